@@ -1,0 +1,1 @@
+"""Authentication (JWT -> Principal), authorization helpers and rate limiting."""

@@ -1,0 +1,136 @@
+"""JWT verification and minting. HS256 only, explicit; exp, iat, iss, aud and sub required.
+
+A token's claims: ``sub`` (the service name, or an admin's name), ``roles`` (["service"] or
+["admin"]), ``iss`` and ``aud`` ("lucid-cp" by default), ``exp``, ``iat``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import jwt
+
+from lucid_cp.clock import Clock
+from lucid_cp.errors import PermissionDenied, Unauthenticated
+
+ALGORITHM = "HS256"
+ISSUER = "lucid-cp"
+AUDIENCE = "lucid-cp"
+LEEWAY_SECONDS = 5
+MIN_SECRET_BYTES = 32
+
+
+class Role(enum.Enum):
+    SERVICE = "service"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise PermissionDenied("this operation requires an admin token")
+
+    def require_acts_as(self, service_name: str) -> None:
+        """A service token acts only as its own service; admins act as anyone."""
+        if not self.is_admin and self.subject != service_name:
+            raise PermissionDenied(
+                f"token subject {self.subject!r} may not act for service {service_name!r}",
+                details={"subject": self.subject, "serviceName": service_name},
+            )
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        secret: bytes,
+        clock: Clock,
+        *,
+        issuer: str = ISSUER,
+        audience: str = AUDIENCE,
+        leeway: int = LEEWAY_SECONDS,
+    ) -> None:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"JWT secret must be at least {MIN_SECRET_BYTES} bytes")
+        self._secret = secret
+        self._clock = clock
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    def verify(self, authorization: str | None) -> Principal:
+        """Verifies an ``authorization`` header value ("Bearer <jwt>")."""
+        if not authorization:
+            raise Unauthenticated("missing authorization: expected 'Bearer <token>'")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("malformed authorization: expected 'Bearer <token>'")
+        try:
+            # pyjwt checks exp/iat/nbf against the wall clock; we check them against the
+            # injected clock instead, so verify_exp is off here and done below.
+            claims = jwt.decode(
+                token.strip(),
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={
+                    "require": ["exp", "iat", "iss", "aud", "sub"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from None
+        now = self._clock.now()
+        exp = claims.get("exp")
+        if not isinstance(exp, (int, float)) or now > exp + self._leeway:
+            raise Unauthenticated("token expired")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, (int, float)) and now + self._leeway < nbf:
+            raise Unauthenticated("token not yet valid")
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("token has no subject")
+        return Principal(subject, _role_of(claims.get("roles")))
+
+
+def _role_of(roles: object) -> Role:
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise Unauthenticated("token 'roles' must be a list of strings")
+    if Role.ADMIN.value in roles:
+        return Role.ADMIN
+    if Role.SERVICE.value in roles:
+        return Role.SERVICE
+    raise Unauthenticated("token has neither the 'service' nor the 'admin' role")
+
+
+def mint_token(
+    secret: bytes,
+    subject: str,
+    role: Role,
+    clock: Clock,
+    *,
+    ttl: int = 3600,
+    issuer: str = ISSUER,
+    audience: str = AUDIENCE,
+) -> str:
+    now = int(clock.now())
+    claims = {
+        "sub": subject,
+        "roles": [role.value],
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)

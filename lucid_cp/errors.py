@@ -1,0 +1,79 @@
+"""Domain errors raised by the core. They know nothing about gRPC or HTTP; the one mapping to
+google.rpc.Status lives in lucid_cp.server.status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str  # proto field path in lowerCamelCase JSON names, e.g. "registration.endpoint.port"
+    description: str
+
+
+class LucidError(Exception):
+    """Base of every domain error. ``details`` is a small JSON-able dict shown to the caller."""
+
+    def __init__(self, message: str, *, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, object] = details or {}
+
+
+class InvalidArgument(LucidError):
+    def __init__(
+        self,
+        message: str,
+        violations: list[FieldViolation] | None = None,
+        *,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, details=details)
+        self.violations = violations or []
+
+
+class MalformedRequest(LucidError):
+    """The request could not be decoded at all (bad protobuf, bad JSON)."""
+
+
+class NotFound(LucidError):
+    pass
+
+
+class AlreadyExists(LucidError):
+    pass
+
+
+class Conflict(LucidError):
+    """A compare-and-swap lost; the caller may re-read and retry."""
+
+
+class Unauthenticated(LucidError):
+    pass
+
+
+class PermissionDenied(LucidError):
+    pass
+
+
+class RateLimited(LucidError):
+    def __init__(self, bucket: str, retry_after: float) -> None:
+        super().__init__(
+            f"rate limit exceeded for {bucket}; retry in {retry_after:.1f}s",
+            details={"bucket": bucket, "retryAfterSeconds": round(retry_after, 3)},
+        )
+        self.bucket = bucket
+        self.retry_after = retry_after
+
+
+class Unavailable(LucidError):
+    """A dependency (the store) is unreachable; retry later."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(LucidError):
+    pass

@@ -1,0 +1,213 @@
+"""The store contract: etcd v3 semantics, implemented by sqlite, memory and etcd backends.
+
+Rules every backend obeys (the contract test suite in tests/store/ proves them):
+
+* One global, monotonically increasing ``revision``. Every successful write (put, delete that
+  removed something, a txn whose executed branch wrote anything) advances it by exactly one; all
+  keys written in one txn share that revision. A fresh store is at revision 1 (as etcd).
+* Each key carries ``create_revision`` (revision of the put that created it since it last did not
+  exist), ``mod_revision`` (revision of its last write) and ``version`` (writes since creation, 1
+  on create). A deleted key has none of them; recreating it starts over.
+* ``range(prefix, revision=R)`` reads the keyspace as it was at revision R. R below the compacted
+  revision raises :class:`CompactedError`; R above the current revision raises :class:`FutureRevisionError`.
+  Results are sorted by key; ``limit`` caps them and ``more`` says whether more existed; ``count``
+  is the number of keys in range (ignoring limit).
+* Txn: all compares are evaluated against the current state atomically; if all hold, the success
+  ops run, otherwise the failure ops run; either way as one atomic write at one revision.
+* Leases: ``grant_lease(ttl)`` returns a lease whose keys are deleted (with normal delete events
+  at a new revision) once ``ttl`` seconds pass without ``keepalive``. ``revoke`` deletes its keys at
+  once. Putting a key with an unknown/expired lease raises :class:`LeaseNotFoundError`; so does
+  keepalive of an unknown/expired lease.
+* ``watch(prefix, start_revision)`` yields batches of events with revision >= start_revision, in
+  revision order, every event exactly once, one batch per revision. If start_revision is at or below the
+  compacted revision it raises :class:`CompactedError` (from the iterator, on first ``__anext__``)
+  carrying ``compact_revision``: the consumer must re-list. A watch never skips silently.
+* Any backend failure that is not one of the errors above is raised as :class:`StoreUnavailableError`.
+
+Keys and values are bytes. Backends are async and safe to use from one event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class StoreError(Exception):
+    """Base class of every error a store raises."""
+
+
+class StoreUnavailableError(StoreError):
+    """The backend could not be reached or failed; the operation may or may not have applied
+    only if it was a txn whose outcome is unknown (callers re-read before retrying)."""
+
+
+class CompactedError(StoreError):
+    """The requested revision has been compacted away."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted; oldest available is {compact_revision + 1}")
+        self.compact_revision = compact_revision
+
+
+class FutureRevisionError(StoreError):
+    """The requested revision is newer than the store's current revision."""
+
+
+class LeaseNotFoundError(StoreError):
+    """The lease does not exist (never granted, revoked, or expired)."""
+
+    def __init__(self, lease_id: int) -> None:
+        super().__init__(f"lease {lease_id} not found")
+        self.lease_id = lease_id
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    revision: int  # the revision the range was read at
+    more: bool = False
+    count: int = 0
+
+
+class CompareTarget(enum.Enum):
+    VERSION = "version"
+    CREATE = "create_revision"
+    MOD = "mod_revision"
+    VALUE = "value"
+    LEASE = "lease"
+
+
+class CompareOp(enum.Enum):
+    EQUAL = "=="
+    NOT_EQUAL = "!="
+    GREATER = ">"
+    LESS = "<"
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """A txn guard on one key. A missing key has version/create/mod revision 0, lease 0, value b""."""
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp
+    value: int | bytes
+
+
+def key_missing(key: bytes) -> Compare:
+    """Holds when ``key`` does not exist (create-only writes)."""
+    return Compare(key, CompareTarget.CREATE, CompareOp.EQUAL, 0)
+
+
+def mod_revision_is(key: bytes, revision: int) -> Compare:
+    """Holds when ``key`` was last written at ``revision`` (compare-and-swap)."""
+    return Compare(key, CompareTarget.MOD, CompareOp.EQUAL, revision)
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: bytes
+    prefix: bool = False  # delete every key starting with ``key``
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    key: bytes
+
+
+TxnOp = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int  # store revision after the txn (unchanged if the executed branch wrote nothing)
+    # one entry per executed op: Put -> None, Delete -> number deleted, Get -> KeyValue | None
+    responses: list[KeyValue | int | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    id: int
+    ttl: int  # seconds granted
+
+
+class EventType(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: EventType
+    # For DELETE: key set, value b"", mod_revision = the deletion revision, other fields 0.
+    kv: KeyValue
+    prev_kv: KeyValue | None = None  # the value before this event, when the backend has it
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    revision: int
+    events: list[WatchEvent]
+
+
+@runtime_checkable
+class Store(Protocol):
+    async def current_revision(self) -> int: ...
+
+    async def get(self, key: bytes) -> KeyValue | None: ...
+
+    async def range(
+        self, prefix: bytes, *, limit: int = 0, revision: int = 0
+    ) -> RangeResult: ...
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        """Returns the new store revision."""
+        ...
+
+    async def delete(self, key: bytes, *, prefix: bool = False) -> tuple[int, int]:
+        """Returns (number of keys deleted, store revision after)."""
+        ...
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult: ...
+
+    async def grant_lease(self, ttl: int) -> Lease: ...
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refreshes the lease; returns its granted ttl. Raises LeaseNotFoundError."""
+        ...
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        """Revokes the lease and deletes its keys. Unknown lease: LeaseNotFoundError."""
+        ...
+
+    def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]: ...
+
+    async def compact(self, revision: int) -> None: ...
+
+    async def close(self) -> None: ...
