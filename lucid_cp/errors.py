@@ -15,10 +15,18 @@ class FieldViolation:
 class LucidError(Exception):
     """Base of every domain error. ``details`` is a small JSON-able dict shown to the caller."""
 
-    def __init__(self, message: str, *, details: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, object] | None = None,
+        reason: int = 0,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, object] = details or {}
+        # An lucid.common.v1.ErrorReason value; 0 = the error table's default for this class.
+        self.reason = reason
 
 
 class InvalidArgument(LucidError):
@@ -28,8 +36,9 @@ class InvalidArgument(LucidError):
         violations: list[FieldViolation] | None = None,
         *,
         details: dict[str, object] | None = None,
+        reason: int = 0,
     ) -> None:
-        super().__init__(message, details=details)
+        super().__init__(message, details=details, reason=reason)
         self.violations = violations or []
 
 
@@ -70,8 +79,8 @@ class RateLimited(LucidError):
 class Unavailable(LucidError):
     """A dependency (the store) is unreachable; retry later."""
 
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: float = 1.0, reason: int = 0) -> None:
+        super().__init__(message, reason=reason)
         self.retry_after = retry_after
 
 

@@ -1,0 +1,53 @@
+"""Per-principal token buckets (the seed's rate-limit table), on the injected clock."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from lucid_cp.clock import Clock
+from lucid_cp.config import RateLimit
+from lucid_cp.errors import RateLimited
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """``acquire(bucket, subject)`` takes one token or raises RateLimited with the wait time.
+
+    Buckets are kept per (bucket name, subject); the least recently used are forgotten past
+    ``max_principals`` (a forgotten bucket restarts full, which only ever errs on the lenient side).
+    """
+
+    def __init__(
+        self, limits: dict[str, RateLimit], clock: Clock, *, max_principals: int = 100_000
+    ) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._max = max_principals
+        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
+
+    def acquire(self, bucket: str, subject: str) -> None:
+        limit = self._limits.get(bucket)
+        if limit is None:
+            return
+        now = self._clock.monotonic()
+        rate = limit.capacity / limit.period
+        key = (bucket, subject)
+        state = self._buckets.get(key)
+        if state is None:
+            state = _Bucket(float(limit.capacity), now)
+            self._buckets[key] = state
+            if len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            state.tokens = min(limit.capacity, state.tokens + (now - state.updated) * rate)
+            state.updated = now
+        if state.tokens < 1.0:
+            raise RateLimited(bucket, (1.0 - state.tokens) / rate)
+        state.tokens -= 1.0

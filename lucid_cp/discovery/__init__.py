@@ -1,0 +1,1 @@
+"""Service discovery: registry (writes), index (watch-fed reads), balancer, servicer."""

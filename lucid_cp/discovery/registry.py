@@ -1,0 +1,319 @@
+"""The discovery core: registration under leases, health, heartbeats, and the reads that the
+index serves. Pure asyncio over the Store contract and the Clock; it never imports grpc.
+
+Writes go to the store (one txn each, nothing half-written) and then wait, briefly, until the
+index has applied them, so a caller reads its own writes from the same replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from google.protobuf import timestamp_pb2
+
+from lucid_cp.api.lucid.common.v1 import errors_pb2
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.auth.tokens import Principal
+from lucid_cp.clock import Clock
+from lucid_cp.discovery import keys
+from lucid_cp.discovery.balancer import Balancer
+from lucid_cp.discovery.index import InstanceIndex, Match, decode_instance
+from lucid_cp.errors import AlreadyExists, Conflict, NotFound
+from lucid_cp.store.base import (
+    Compare,
+    CompareOp,
+    CompareTarget,
+    Get,
+    KeyValue,
+    LeaseNotFoundError,
+    Put,
+    Store,
+    key_missing,
+    mod_revision_is,
+)
+
+R = errors_pb2.ErrorReason
+READ_YOUR_WRITES_TIMEOUT = 2.0
+CAS_ATTEMPTS = 8
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _not_found(service_id: str) -> NotFound:
+    return NotFound(
+        f"service instance {service_id} is not registered",
+        details={"serviceId": service_id},
+        reason=R.SERVICE_NOT_FOUND,
+    )
+
+
+class Registry:
+    def __init__(
+        self, store: Store, index: InstanceIndex, clock: Clock, balancer: Balancer | None = None
+    ) -> None:
+        self._store = store
+        self._index = index
+        self._clock = clock
+        self._balancer = balancer or Balancer()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def register(self, principal: Principal, reg: pb.ServiceRegistration) -> pb.RegisterResponse:
+        principal.require_acts_as(reg.service_name)
+        now = _timestamp(self._clock.now())
+        instance = pb.ServiceInstance(
+            service_id=reg.service_id,
+            service_name=reg.service_name,
+            cluster=reg.cluster,
+            plane=reg.plane,
+            version=reg.version,
+            instance_id=reg.instance_id,
+            ttl=reg.ttl,
+            weight=reg.weight,
+            status=pb.HEALTH_STATE_UNKNOWN,
+        )
+        instance.endpoint.CopyFrom(reg.endpoint)
+        instance.health_check.CopyFrom(reg.health_check)
+        if reg.HasField("metadata"):
+            instance.metadata.CopyFrom(reg.metadata)
+        instance.registered_at.CopyFrom(now)
+        instance.health.status = pb.HEALTH_STATE_UNKNOWN
+        instance.health.timestamp.CopyFrom(now)
+
+        key = keys.instance_key(reg.service_id)
+        lease = await self._store.grant_lease(reg.ttl)
+        instance.lease_id = lease.id
+        result = await self._store.txn(
+            [key_missing(key)], [Put(key, instance.SerializeToString(), lease.id)], [Get(key)]
+        )
+        if not result.succeeded:
+            await self._revoke_quietly(lease.id)
+            existing = result.responses[0]
+            details: dict[str, object] = {"serviceId": reg.service_id}
+            if isinstance(existing, KeyValue):
+                details["registeredRevision"] = existing.mod_revision
+            raise AlreadyExists(
+                f"service instance {reg.service_id} is already registered",
+                details=details,
+                reason=R.SERVICE_ALREADY_REGISTERED,
+            )
+        await self._index.wait_for(result.revision, READ_YOUR_WRITES_TIMEOUT)
+        response = pb.RegisterResponse(
+            service_id=reg.service_id,
+            service_name=reg.service_name,
+            cluster=reg.cluster,
+            plane=reg.plane,
+            version=reg.version,
+            instance_id=reg.instance_id,
+            status=pb.REGISTRATION_STATUS_REGISTERED,
+            ttl=reg.ttl,
+            revision=result.revision,
+        )
+        response.endpoint.CopyFrom(reg.endpoint)
+        response.endpoint.tls.client_key = ""
+        if not response.endpoint.tls.ByteSize():
+            response.endpoint.ClearField("tls")
+        response.registered_at.CopyFrom(now)
+        return response
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            await self._store.revoke_lease(lease_id)
+        except LeaseNotFoundError:
+            pass
+
+    async def _read(self, service_id: str) -> tuple[KeyValue, pb.ServiceInstance]:
+        kv = await self._store.get(keys.instance_key(service_id))
+        if kv is None:
+            raise _not_found(service_id)
+        return kv, decode_instance(kv.value, kv.mod_revision)
+
+    async def deregister(self, principal: Principal, service_id: str) -> int:
+        """Deletes the instance and everything under its lease, at once and for good: the lease
+        is revoked, so no heartbeat or health update can bring the instance back."""
+        _, instance = await self._read(service_id)
+        principal.require_acts_as(instance.service_name)
+        try:
+            await self._store.revoke_lease(instance.lease_id)
+        except LeaseNotFoundError:
+            raise _not_found(service_id) from None
+        revision = await self._store.current_revision()
+        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        return revision
+
+    async def update_health(
+        self, principal: Principal, service_id: str, update: pb.HealthUpdate
+    ) -> tuple[pb.HealthStatus, int]:
+        """Applies a manual health report (compare-and-swap on the record) and refreshes the lease."""
+        for _ in range(CAS_ATTEMPTS):
+            kv, instance = await self._read(service_id)
+            principal.require_acts_as(instance.service_name)
+            health = self._next_health(instance.health, update)
+            instance.health.CopyFrom(health)
+            instance.status = health.status
+            instance.last_health_check.CopyFrom(health.last_check)
+            instance.revision = 0
+            key = keys.instance_key(service_id)
+            try:
+                result = await self._store.txn(
+                    [mod_revision_is(key, kv.mod_revision)],
+                    [Put(key, instance.SerializeToString(), instance.lease_id)],
+                )
+            except LeaseNotFoundError:
+                raise _not_found(service_id) from None
+            if result.succeeded:
+                await self._keepalive(service_id, instance.lease_id)
+                await self._index.wait_for(result.revision, READ_YOUR_WRITES_TIMEOUT)
+                return health, result.revision
+        raise Conflict(
+            f"service instance {service_id} changed concurrently; retry",
+            details={"key": keys.instance_key(service_id).decode()},
+        )
+
+    def _next_health(self, current: pb.HealthStatus, update: pb.HealthUpdate) -> pb.HealthStatus:
+        now = _timestamp(self._clock.now())
+        health = pb.HealthStatus(status=update.status, error=update.error)
+        health.timestamp.CopyFrom(now)
+        health.last_check.CopyFrom(now)
+        if update.HasField("response_time"):
+            health.response_time = update.response_time
+        if update.HasField("details"):
+            health.details.CopyFrom(update.details)
+        if update.status in (pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DEGRADED):
+            health.consecutive_successes = current.consecutive_successes + 1
+        elif update.status == pb.HEALTH_STATE_UNHEALTHY:
+            health.consecutive_failures = current.consecutive_failures + 1
+        return health
+
+    async def _keepalive(self, service_id: str, lease_id: int) -> int:
+        try:
+            return await self._store.keepalive(lease_id)
+        except LeaseNotFoundError:
+            raise _not_found(service_id) from None
+
+    async def heartbeat(
+        self, principal: Principal, service_id: str, active_connections: int | None
+    ) -> tuple[int, int]:
+        """Refreshes the lease (no write) and, when the reported load changed, records it.
+        Returns (ttl, revision)."""
+        instance = self._index.get(service_id)
+        if instance is None:
+            _, instance = await self._read(service_id)
+        principal.require_acts_as(instance.service_name)
+        ttl = await self._keepalive(service_id, instance.lease_id)
+        revision = self._index.revision
+        if (
+            active_connections is not None
+            and active_connections != self._index.active_connections(service_id)
+        ):
+            key = keys.instance_key(service_id)
+            try:
+                result = await self._store.txn(
+                    [Compare(key, CompareTarget.CREATE, CompareOp.GREATER, 0)],
+                    [Put(keys.load_key(service_id), str(active_connections).encode(), instance.lease_id)],
+                )
+            except LeaseNotFoundError:
+                raise _not_found(service_id) from None
+            if not result.succeeded:
+                raise _not_found(service_id)
+            revision = result.revision
+            await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        return ttl, revision
+
+    # -- reads (index only) -----------------------------------------------------------------
+
+    def discover(self, request: pb.DiscoverRequest) -> pb.DiscoverResponse:
+        response = pb.DiscoverResponse(
+            limit=request.limit, offset=request.offset, revision=self._index.revision
+        )
+        total = 0
+        end = request.offset + request.limit
+        for instance in self._index.ordered(request.service_name):
+            if request.cluster and instance.cluster != request.cluster:
+                continue
+            if request.plane and instance.plane != request.plane:
+                continue
+            if request.status and instance.status != request.status:
+                continue
+            if request.offset <= total < end:
+                added = response.services.add()
+                added.CopyFrom(instance)
+                added.active_connections = self._index.active_connections(instance.service_id)
+            total += 1
+        response.total = total
+        return response
+
+    def resolve(self, request: pb.ResolveRequest) -> pb.ResolveResponse:
+        instances = self._index.of_service(request.service_name)
+        candidates = [
+            i
+            for i in instances.values()
+            if i.status == pb.HEALTH_STATE_HEALTHY
+            and (not request.version or i.version == request.version)
+        ]
+        candidates.sort(key=lambda i: i.service_id)
+        chosen = self._balancer.pick(
+            request.load_balance,
+            candidates,
+            cursor_key=f"{request.service_name}\x00{request.version}",
+            hash_key=request.hash_key,
+            connections=self._index.active_connections,
+        )
+        if chosen is None:
+            raise self._no_instance(request, instances)
+        response = pb.ResolveResponse(
+            host=chosen.endpoint.host,
+            port=chosen.endpoint.port,
+            protocol=chosen.endpoint.protocol,
+            path=chosen.endpoint.path,
+            service_id=chosen.service_id,
+            service_name=chosen.service_name,
+            instance_id=chosen.instance_id,
+            version=chosen.version,
+            status=chosen.status,
+            revision=self._index.revision,
+        )
+        if chosen.endpoint.HasField("tls"):
+            response.tls.CopyFrom(chosen.endpoint.tls)
+        return response
+
+    def _no_instance(
+        self, request: pb.ResolveRequest, instances: dict[str, pb.ServiceInstance]
+    ) -> NotFound:
+        by_status: dict[str, int] = {}
+        for i in instances.values():
+            name = pb.HealthState.Name(i.status).removeprefix("HEALTH_STATE_").lower()
+            by_status[name] = by_status.get(name, 0) + 1
+        what = f"{request.service_name}" + (f" version {request.version}" if request.version else "")
+        if not instances:
+            message = f"no instances of service {what} are registered"
+        else:
+            message = f"no healthy instance of service {what} ({len(instances)} registered)"
+        return NotFound(
+            message,
+            details={"serviceName": request.service_name, "registered": len(instances), **by_status},
+            reason=R.SERVICE_NOT_FOUND,
+        )
+
+    def watch(self, request: pb.WatchRequest) -> AsyncIterator[pb.WatchResponse]:
+        def match(instance: pb.ServiceInstance) -> bool:
+            return (not request.cluster or instance.cluster == request.cluster) and (
+                not request.plane or instance.plane == request.plane
+            )
+
+        return _stream(self._index, match, request.service_name, request.start_revision)
+
+
+async def _stream(
+    index: InstanceIndex, match: Match, service_name: str, start_revision: int
+) -> AsyncIterator[pb.WatchResponse]:
+    subscription = index.subscribe(match, service_name=service_name, start_revision=start_revision)
+    try:
+        async for response in subscription:
+            yield response
+    finally:
+        subscription.close()

@@ -1,0 +1,1 @@
+"""gRPC server wiring: the error table, interceptors, metrics and the app."""
