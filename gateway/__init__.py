@@ -1,0 +1,1 @@
+"""Lucid REST gateway: the seed's REST/JSON surface transcoded onto gRPC from descriptors."""

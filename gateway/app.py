@@ -1,0 +1,255 @@
+"""The ASGI app: one catch-all handler that matches the route table and forwards to gRPC."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+from starlette.types import Receive, Scope, Send
+
+from gateway.backend import Backend
+from gateway.errors import ApiError, from_grpc, gateway_error, internal_error
+from gateway.openapi import build_openapi
+from gateway.routes import MethodNotAllowed, NoRoute, Route, RouteTable, compile_routes
+from gateway.services import DEFAULT_PACKAGE, select_services
+from gateway.streaming import NdjsonStream
+from gateway.transcode import (
+    MAX_BODY_BYTES,
+    body_too_large,
+    build_request,
+    check_body_size,
+    dumps,
+    encode_response,
+    encode_response_json,
+    field_prefix,
+)
+from lucid_cp.api.lucid.common.v1 import errors_pb2
+
+log = logging.getLogger("lucid.gateway")
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
+REQUEST_ID_HEADER = "X-Request-ID"
+JSON_TYPE = "application/json"
+
+_R = errors_pb2.ErrorReason
+
+
+def package_version() -> str:
+    return metadata.version("lucid-cp")
+
+
+def create_app(
+    grpc_target: str | grpc.aio.Channel,
+    *,
+    services: Sequence[str | ServiceDescriptor] | None = None,
+    package: str = DEFAULT_PACKAGE,
+    timeout: float = 30.0,
+    readiness_timeout: float = 1.0,
+    max_message_bytes: int = 4 * 1024 * 1024,
+    version: str | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> Starlette:
+    """The REST gateway as a Starlette app over ONE grpc.aio channel.
+
+    ``grpc_target`` is "host:port" (the app owns the channel, created in its event loop and
+    closed at shutdown) or an existing grpc.aio channel (borrowed, never closed).
+    ``services`` are full service names or descriptors; None exposes every service in
+    ``package``. Raises ServiceNotFound / TemplateError at once on bad configuration.
+    """
+    selected = select_services(services, package)
+    table = compile_routes(selected)
+    gateway = Gateway(
+        table,
+        Backend(grpc_target, max_message_bytes=max_message_bytes),
+        openapi=build_openapi(table.routes, selected),
+        timeout=timeout,
+        readiness_timeout=readiness_timeout,
+        version=version or package_version(),
+        now=now or (lambda: datetime.now(UTC)),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await gateway.backend.close()
+
+    app = Starlette(
+        routes=[StarletteRoute("/{path:path}", gateway.handle, methods=None)],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+class Gateway:
+    def __init__(
+        self,
+        routes: RouteTable,
+        backend: Backend,
+        *,
+        openapi: dict[str, Any],
+        timeout: float,
+        readiness_timeout: float,
+        version: str,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.routes = routes
+        self.backend = backend
+        self.openapi_body = dumps(openapi)
+        self.timeout = timeout
+        self.readiness_timeout = readiness_timeout
+        self.version = version
+        self.now = now
+
+    async def handle(self, request: Request) -> Response | NdjsonStream:
+        request_id = _request_id(request.headers.get(REQUEST_ID_HEADER))
+        try:
+            return await self._dispatch(request, request_id)
+        except ApiError as error:
+            return self.error_response(error, request_id)
+        except Exception:
+            log.exception("unhandled error in the REST gateway (request_id=%s)", request_id)
+            return self.error_response(internal_error(), request_id)
+
+    async def _dispatch(self, request: Request, request_id: str) -> Response | NdjsonStream:
+        method, path = request.method, request.scope["path"]
+        if method == "GET" and path in (HEALTHZ_PATH, READYZ_PATH, OPENAPI_PATH):
+            return await self._local(path, request_id)
+        raw_path = request.scope.get("raw_path") or path.encode()
+        try:
+            match = self.routes.match(method, raw_path.decode("latin-1"))
+        except NoRoute:
+            raise gateway_error(404, _R.NOT_FOUND, f"no route for {method} {path}") from None
+        except MethodNotAllowed as exc:
+            error = gateway_error(405, _R.MALFORMED_REQUEST, f"method {method} not allowed")
+            response = self.error_response(error, request_id)
+            response.headers["Allow"] = ", ".join(exc.allowed)
+            return response
+        route = match.route
+        body = await _read_body(request) if route.body else b""
+        message = build_request(route, match.path_values, request.scope["query_string"], body)
+        call_metadata = [("x-request-id", request_id)]
+        authorization = request.headers.get("authorization")
+        if authorization is not None:
+            call_metadata.append(("authorization", authorization))
+        if route.server_streaming:
+            return self._stream(route, message, call_metadata, request_id)
+        return await self._unary(route, message, call_metadata, request_id)
+
+    async def _unary(
+        self,
+        route: Route,
+        message: Message,
+        call_metadata: list[tuple[str, str]],
+        request_id: str,
+    ) -> Response:
+        call = self.backend.unary(route)
+        try:
+            reply = await call(message, metadata=call_metadata, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _api_error(route, exc) from None
+        headers = {REQUEST_ID_HEADER: request_id}
+        if route.success_status == 204:
+            return Response(status_code=204, headers=headers)
+        return Response(
+            encode_response(route, reply),
+            status_code=route.success_status,
+            headers=headers,
+            media_type=JSON_TYPE,
+        )
+
+    def _stream(
+        self,
+        route: Route,
+        message: Message,
+        call_metadata: list[tuple[str, str]],
+        request_id: str,
+    ) -> NdjsonStream:
+        call = self.backend.server_stream(route)(message, metadata=call_metadata)
+
+        async def error_answer(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+            await self.error_response(error, request_id)(scope, receive, send)
+
+        return NdjsonStream(
+            call,
+            encode=lambda m: dumps(encode_response_json(route, m)) + b"\n",
+            error_of=lambda exc: _api_error(route, exc),
+            error_line=lambda error: dumps(self._error_body(error, request_id)) + b"\n",
+            error_answer=error_answer,
+            headers={REQUEST_ID_HEADER: request_id, "Cache-Control": "no-cache"},
+        )
+
+    async def _local(self, path: str, request_id: str) -> Response:
+        headers = {REQUEST_ID_HEADER: request_id}
+        if path == OPENAPI_PATH:
+            return Response(self.openapi_body, headers=headers, media_type=JSON_TYPE)
+        if path == HEALTHZ_PATH:
+            return Response(dumps({"status": "ok"}), headers=headers, media_type=JSON_TYPE)
+        if await self.backend.serving(self.readiness_timeout):
+            return Response(dumps({"status": "ready"}), headers=headers, media_type=JSON_TYPE)
+        return Response(
+            dumps({"status": "unavailable", "reason": "gRPC backend is not serving"}),
+            status_code=503,
+            headers=headers,
+            media_type=JSON_TYPE,
+        )
+
+    def _error_body(self, error: ApiError, request_id: str) -> dict[str, object]:
+        return error.body(request_id, self.now(), self.version)
+
+    def error_response(self, error: ApiError, request_id: str) -> Response:
+        return Response(
+            dumps(self._error_body(error, request_id)),
+            status_code=error.status,
+            headers={REQUEST_ID_HEADER: request_id, **error.headers()},
+            media_type=JSON_TYPE,
+        )
+
+
+def _api_error(route: Route, exc: grpc.aio.AioRpcError) -> ApiError:
+    return from_grpc(
+        exc.code(),
+        exc.details(),
+        exc.trailing_metadata(),
+        strip_field_prefix=field_prefix(route),
+    )
+
+
+def _request_id(header: str | None) -> str:
+    if header:
+        try:
+            return str(uuid.UUID(header))
+        except ValueError:
+            pass
+    return str(uuid.uuid4())
+
+
+async def _read_body(request: Request) -> bytes:
+    check_body_size(request.headers.get("content-length"))
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise body_too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise gateway_error(400, _R.MALFORMED_REQUEST, "client disconnected mid-body") from None
+    return b"".join(chunks)

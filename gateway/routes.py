@@ -1,0 +1,177 @@
+"""The route table, compiled once from the services' google.api.http annotations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.api import annotations_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from gateway.http_rule import Binding, TemplateError, bindings_of, split_path
+from lucid_cp.api.lucid.common.v1 import options_pb2
+
+FieldPath = tuple[FieldDescriptor, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: MethodDescriptor
+    binding: Binding
+    grpc_path: str  # "/package.Service/Method"
+    request_class: type[Message]
+    response_class: type[Message]
+    server_streaming: bool
+    success_status: int
+    admin_only: bool
+    # Path variables: proto field-name path -> resolved field chain.
+    path_fields: dict[tuple[str, ...], FieldPath]
+    body_field: FieldDescriptor | None  # set when body names one field
+    response_field: FieldDescriptor | None  # set when response_body names one field
+
+    @property
+    def http_method(self) -> str:
+        return self.binding.http_method
+
+    @property
+    def body(self) -> str:
+        return self.binding.body
+
+    @property
+    def path_param_names(self) -> dict[tuple[str, ...], str]:
+        """Path variables by their REST name: the fields' JSON names joined with '.'."""
+        return {key: ".".join(f.json_name for f in chain) for key, chain in self.path_fields.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    path_values: dict[tuple[str, ...], str]
+
+
+class NoRoute(LookupError):
+    """No template matches the path (404)."""
+
+
+class MethodNotAllowed(LookupError):
+    """A template matches the path but not with this HTTP method (405)."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__(f"method not allowed; allowed: {', '.join(allowed)}")
+        self.allowed = allowed
+
+
+class RouteTable:
+    def __init__(self, routes: Iterable[Route]) -> None:
+        # Most specific first: more literal segments, then fewer variables.
+        self.routes: tuple[Route, ...] = tuple(
+            sorted(
+                routes,
+                key=lambda r: (-r.binding.template.literal_count, len(r.binding.template.variables)),
+            )
+        )
+        seen: dict[tuple[str, str], str] = {}
+        for route in self.routes:
+            key = (route.http_method, route.binding.template.source)
+            if key in seen:
+                raise TemplateError(
+                    f"{route.method.full_name} and {seen[key]} both bind {key[0]} {key[1]}"
+                )
+            seen[key] = route.method.full_name
+
+    def match(self, http_method: str, raw_path: str) -> RouteMatch:
+        segments, verb = split_path(raw_path)
+        allowed: list[str] = []
+        for route in self.routes:
+            values = route.binding.template.match(segments, verb)
+            if values is None:
+                continue
+            if route.http_method == http_method:
+                return RouteMatch(route, values)
+            allowed.append(route.http_method)
+        if allowed:
+            raise MethodNotAllowed(sorted(set(allowed)))
+        raise NoRoute(raw_path)
+
+
+def compile_routes(services: Iterable[ServiceDescriptor]) -> RouteTable:
+    """Builds the route table; raises TemplateError for any annotation it cannot honour."""
+    routes: list[Route] = []
+    for service in services:
+        for method in service.methods:
+            options = method.GetOptions()
+            if not options.HasExtension(annotations_pb2.http):
+                continue
+            rule = options.Extensions[annotations_pb2.http]
+            http = options.Extensions[options_pb2.http_options]
+            try:
+                routes.extend(_route(service, method, b, http) for b in bindings_of(rule))
+            except TemplateError as exc:
+                raise TemplateError(f"{method.full_name}: {exc}") from None
+    return RouteTable(routes)
+
+
+def _route(
+    service: ServiceDescriptor,
+    method: MethodDescriptor,
+    binding: Binding,
+    http: options_pb2.HttpOptions,
+) -> Route:
+    if method.client_streaming:
+        raise TemplateError("client-streaming methods cannot be transcoded")
+    request = method.input_type
+    path_fields = {
+        var.field_path: _resolve_path_field(request, var.field_path)
+        for var in binding.template.variables
+    }
+    body_field = None
+    if binding.body not in ("", "*"):
+        body_field = _top_level_field(request, binding.body, "body")
+        if any(chain[0] is body_field for chain in path_fields.values()):
+            raise TemplateError(f"body field {binding.body!r} is also bound by the path")
+    response_field = None
+    if binding.response_body:
+        response_field = _top_level_field(method.output_type, binding.response_body, "response_body")
+    status = http.success_status or 200
+    if not 200 <= status <= 299:
+        raise TemplateError(f"success_status {status} is not a 2xx status")
+    return Route(
+        method=method,
+        binding=binding,
+        grpc_path=f"/{service.full_name}/{method.name}",
+        request_class=GetMessageClass(request),
+        response_class=GetMessageClass(method.output_type),
+        server_streaming=method.server_streaming,
+        success_status=status,
+        admin_only=http.admin_only,
+        path_fields=path_fields,
+        body_field=body_field,
+        response_field=response_field,
+    )
+
+
+def _top_level_field(message: Descriptor, name: str, what: str) -> FieldDescriptor:
+    field = message.fields_by_name.get(name)
+    if field is None:
+        raise TemplateError(f"{what} {name!r} is not a field of {message.full_name}")
+    return field
+
+
+def _resolve_path_field(message: Descriptor, path: tuple[str, ...]) -> FieldPath:
+    chain: list[FieldDescriptor] = []
+    current: Descriptor | None = message
+    for name in path:
+        if current is None:
+            raise TemplateError(f"path variable {'.'.join(path)!r} descends into a scalar")
+        field = current.fields_by_name.get(name)
+        if field is None:
+            raise TemplateError(f"path variable {'.'.join(path)!r}: no field {name!r}")
+        if field.is_repeated:
+            raise TemplateError(f"path variable {'.'.join(path)!r} is a repeated field")
+        chain.append(field)
+        current = field.message_type
+    if current is not None:
+        raise TemplateError(f"path variable {'.'.join(path)!r} must be a scalar field")
+    return tuple(chain)
