@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route as StarletteRoute
+from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
 from gateway.backend import Backend
@@ -89,10 +89,9 @@ def create_app(
         finally:
             await gateway.backend.close()
 
-    app = Starlette(
-        routes=[StarletteRoute("/{path:path}", gateway.handle, methods=None)],
-        lifespan=lifespan,
-    )
+    # One mount for everything: every method and path reaches Gateway.asgi, so even unknown
+    # paths and methods are answered in the standard error shape.
+    app = Starlette(routes=[Mount("/", app=gateway.asgi)], lifespan=lifespan)
     app.state.gateway = gateway
     return app
 
@@ -116,6 +115,12 @@ class Gateway:
         self.readiness_timeout = readiness_timeout
         self.version = version
         self.now = now
+        self._streams: set[NdjsonStream] = set()
+        self._closing = False
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response | NdjsonStream:
         request_id = _request_id(request.headers.get(REQUEST_ID_HEADER))
@@ -186,7 +191,7 @@ class Gateway:
         async def error_answer(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
             await self.error_response(error, request_id)(scope, receive, send)
 
-        return NdjsonStream(
+        stream = NdjsonStream(
             call,
             encode=lambda m: dumps(encode_response_json(route, m)) + b"\n",
             error_of=lambda exc: _api_error(route, exc),
@@ -194,6 +199,17 @@ class Gateway:
             error_answer=error_answer,
             headers={REQUEST_ID_HEADER: request_id, "Cache-Control": "no-cache"},
         )
+        self._streams.add(stream)
+        call.add_done_callback(lambda _: self._streams.discard(stream))
+        if self._closing:
+            stream.abort()
+        return stream
+
+    def abort_streams(self) -> None:
+        """Ends every open stream (called when the HTTP server starts shutting down)."""
+        self._closing = True
+        for stream in list(self._streams):
+            stream.abort()
 
     async def _local(self, path: str, request_id: str) -> Response:
         headers = {REQUEST_ID_HEADER: request_id}

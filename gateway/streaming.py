@@ -3,6 +3,7 @@
 One message per line, written as it arrives. If the call fails before anything was streamed
 (e.g. UNAUTHENTICATED), the answer is an ordinary HTTP error; a failure mid-stream becomes one
 final line ``{"error": {...}}``. When the HTTP client disconnects, the gRPC call is cancelled.
+When the gateway shuts down, open streams end with an UNAVAILABLE error line.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import grpc
 from google.protobuf.message import Message
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, gateway_error
+from lucid_cp.api.lucid.common.v1 import errors_pb2
 
 NDJSON = "application/x-ndjson"
 
@@ -44,6 +46,12 @@ class NdjsonStream:
         self._error_answer = error_answer
         self._headers = headers
         self.disconnected = asyncio.Event()
+        self._aborted = False
+
+    def abort(self) -> None:
+        """Ends the stream (gateway shutdown): cancels the call, then writes an error line."""
+        self._aborted = True
+        self._call.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = self._call
@@ -89,14 +97,25 @@ class NdjsonStream:
         except grpc.aio.AioRpcError as exc:
             if self.disconnected.is_set():
                 return
-            line = self._error_line(self._error_of(exc))
-            await send({"type": "http.response.body", "body": line, "more_body": True})
+            if not self._aborted:
+                await self._send_line(send, self._error_of(exc))
         except asyncio.CancelledError:
-            if not self.disconnected.is_set():
+            if self.disconnected.is_set():
+                return
+            if not self._aborted:
                 raise
-            return
-        if not self.disconnected.is_set():
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self._aborted:
+            await self._send_line(send, _SHUTTING_DOWN)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_line(self, send: Send, error: ApiError) -> None:
+        line = self._error_line(error)
+        await send({"type": "http.response.body", "body": line, "more_body": True})
+
+
+_SHUTTING_DOWN = gateway_error(
+    503, errors_pb2.ErrorReason.STORE_UNAVAILABLE, "the REST gateway is shutting down; reconnect"
+)
 
 
 async def _as_error(

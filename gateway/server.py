@@ -1,0 +1,139 @@
+"""Running the gateway: uvicorn inside the caller's event loop, or as a blocking process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import uvicorn
+
+from gateway.app import create_app
+
+DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
+
+
+def split_http_addr(addr: str) -> tuple[str, int]:
+    """"host:port" (IPv6 as "[::1]:port"); port 0 picks a free port."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"HTTP address must be host:port, got {addr!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bind_socket(addr: str) -> socket.socket:
+    """A listening TCP socket; binding here (not in uvicorn) makes port errors raise."""
+    host, port = split_http_addr(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that reports readiness and leaves signal handling to its embedder."""
+
+    def __init__(
+        self, config: uvicorn.Config, *, handle_signals: bool, on_shutdown: Callable[[], None]
+    ) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+        self._handle_signals = handle_signals
+        self._on_shutdown = on_shutdown
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()  # open NDJSON streams would otherwise hold the shutdown up
+        await super().shutdown(sockets=sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if self._handle_signals:
+            with super().capture_signals():
+                yield
+        else:
+            yield
+
+
+@dataclass
+class GatewayHandle:
+    """A running gateway. ``port`` is the bound port (useful with port 0)."""
+
+    host: str
+    port: int
+    _server: _Server
+    _task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stops accepting, lets in-flight requests finish (streams are cancelled), closes
+        the gRPC channel."""
+        self._server.should_exit = True
+        await self._task
+
+
+def _server(grpc_target: str | grpc.aio.Channel, *, signals: bool, **options: Any) -> _Server:
+    app = create_app(grpc_target, **options)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,  # logging belongs to the embedding process (lucid_cp.logs)
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    return _Server(config, handle_signals=signals, on_shutdown=app.state.gateway.abort_streams)
+
+
+async def start_gateway(
+    grpc_target: str | grpc.aio.Channel,
+    http_addr: str = DEFAULT_HTTP_ADDR,
+    **app_options: Any,
+) -> GatewayHandle:
+    """Starts the gateway in the running event loop and returns once it accepts connections.
+
+    Raises OSError if ``http_addr`` cannot be bound, and ServiceNotFound/TemplateError for a
+    bad service configuration. ``app_options`` go to ``create_app``.
+    """
+    server = _server(grpc_target, signals=False, **app_options)
+    sock = bind_socket(http_addr)
+    host, port = sock.getsockname()[:2]
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"lucid-gateway:{port}")
+    ready = asyncio.create_task(server.ready.wait())
+    try:
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+    if task.done():
+        sock.close()
+        task.result()
+        raise RuntimeError("REST gateway exited during startup")
+    return GatewayHandle(host, port, server, task)
+
+
+def run_gateway(grpc_target: str, http_addr: str = DEFAULT_HTTP_ADDR) -> None:
+    """Blocking entry point (``lucid-cp gateway``): serves until SIGINT/SIGTERM."""
+    server = _server(grpc_target, signals=True)
+    sock = bind_socket(http_addr)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()

@@ -1,0 +1,35 @@
+"""Gateway fixtures: a scripted gRPC backend and the real gateway (uvicorn) in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from gw_fake_backend import FakeBackend, start_fake_backend
+
+from gateway.server import GatewayHandle, start_gateway
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[FakeBackend]:
+    fake = await start_fake_backend()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def gateway(backend: FakeBackend) -> AsyncIterator[GatewayHandle]:
+    handle = await start_gateway(backend.target, "127.0.0.1:0")
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+
+
+@pytest.fixture
+async def client(gateway: GatewayHandle) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0) as http:
+        yield http
