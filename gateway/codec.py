@@ -44,7 +44,6 @@ _INT_RANGES: dict[int, tuple[int, int]] = {
     _F.TYPE_UINT64: (0, 2**64 - 1),
     _F.TYPE_FIXED64: (0, 2**64 - 1),
 }
-_FLOAT_MAX = 3.4028234663852886e38
 _INT_TEXT = re.compile(r"-?[0-9]+")
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -470,8 +469,11 @@ def _floating(value: JSON, single: bool, path: str) -> float:
             raise CodecError(path, "expected a number")
     else:
         raise CodecError(path, "expected a number")
-    if single and abs(number) > _FLOAT_MAX:
-        raise CodecError(path, "number out of range for a 32-bit float")
+    if single:
+        try:
+            struct.pack("<f", number)  # rounds to the nearest 32-bit float, or overflows
+        except OverflowError:
+            raise CodecError(path, "number out of range for a 32-bit float") from None
     return number
 
 
@@ -516,8 +518,10 @@ def _decode_value(value: JSON, message: Any, path: str) -> None:
     elif isinstance(value, str):
         message.string_value = value
     elif isinstance(value, dict):
+        message.struct_value.SetInParent()  # selects the oneof member even for {}
         _decode_struct(value, message.struct_value, path)
     elif isinstance(value, list):
+        message.list_value.SetInParent()  # selects the oneof member even for []
         _decode_list(value, message.list_value, path)
     else:
         raise CodecError(path, "expected a JSON value")
