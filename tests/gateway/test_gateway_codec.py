@@ -236,4 +236,4 @@ def test_decode_text_parses_url_values_by_field_type() -> None:
     with pytest.raises(CodecError):
         decode_text(kitchen, kfields["nested"], "x", "nested")
     with pytest.raises(CodecError):
-        decode_text(kitchen, kfields["byNum"], "x", "byNum")
+        decode_text(kitchen, kfields["by_num"], "x", "byNum")
