@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from gw_dynamic_proto import echo_service
 from gw_fake_backend import FakeBackend, start_fake_backend
 
 from gateway.server import GatewayHandle, start_gateway
@@ -33,3 +34,19 @@ async def gateway(backend: FakeBackend) -> AsyncIterator[GatewayHandle]:
 async def client(gateway: GatewayHandle) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0) as http:
         yield http
+
+
+@pytest.fixture
+async def echo_client(backend: FakeBackend) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway exposing the test-only EchoService next to discovery, with a short deadline."""
+    handle = await start_gateway(
+        backend.target,
+        "127.0.0.1:0",
+        services=[echo_service(), "lucid.discovery.v1.DiscoveryService"],
+        timeout=0.5,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=handle.url, timeout=10.0) as http:
+            yield http
+    finally:
+        await handle.stop()

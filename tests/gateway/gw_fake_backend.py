@@ -14,9 +14,12 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
+from gw_dynamic_proto import SERVICE as ECHO_SERVICE
+from gw_dynamic_proto import message_class
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
@@ -55,6 +58,19 @@ def status(
     return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=details))
 
 
+@dataclass(frozen=True)
+class PlainStatus(grpc.Status):
+    """A failure with no grpc-status-details-bin trailer (a backend that sends no ErrorInfo)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str], ...] = ()
+
+
+def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
+    return PlainStatus(code, message)
+
+
 @dataclass
 class Seen:
     """One call as the backend received it."""
@@ -77,6 +93,7 @@ class Script:
     watch_started: asyncio.Event = field(default_factory=asyncio.Event)
     errors: dict[str, grpc.Status] = field(default_factory=dict)  # method name -> error
     crash: set[str] = field(default_factory=set)  # method names that raise RuntimeError
+    hang: set[str] = field(default_factory=set)  # method names that never answer
 
     def last(self, method: str) -> Seen:
         for seen in reversed(self.calls):
@@ -94,6 +111,8 @@ class FakeDiscovery(discovery_pb2_grpc.DiscoveryServiceServicer):
         self.script.calls.append(Seen(method, request, md))
         if method in self.script.crash:
             raise RuntimeError("scripted crash")
+        if method in self.script.hang:
+            await asyncio.Event().wait()  # until the client's deadline cancels the call
         error = self.script.errors.get(method)
         if error is not None:
             await context.abort_with_status(error)
@@ -161,6 +180,27 @@ class FakeDiscovery(discovery_pb2_grpc.DiscoveryServiceServicer):
             raise
 
 
+def echo_handler(script: Script) -> grpc.GenericRpcHandler:
+    """The test-only EchoService: answers with the request's fields."""
+    request_cls, response_cls = message_class("EchoRequest"), message_class("EchoResponse")
+
+    async def echo(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        script.calls.append(Seen("Echo", request, md))
+        return response_cls(
+            name=request.name, kitchen=request.kitchen, count=request.count, tags=request.tags
+        )
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        echo,
+        request_deserializer=request_cls.FromString,
+        response_serializer=response_cls.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(
+        ECHO_SERVICE, {"Echo": handler, "EchoKitchen": handler}
+    )
+
+
 @dataclass
 class FakeBackend:
     server: grpc.aio.Server
@@ -180,6 +220,7 @@ async def start_fake_backend() -> FakeBackend:
     script = Script()
     server = grpc.aio.server()
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(FakeDiscovery(script), server)
+    server.add_generic_rpc_handlers([echo_handler(script)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -187,5 +228,3 @@ async def start_fake_backend() -> FakeBackend:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return FakeBackend(server, port, script, health_servicer)
 
-
-UNAUTHENTICATED = code_pb2.UNAUTHENTICATED
