@@ -8,6 +8,7 @@ import httpx
 import pytest
 from gw_dynamic_proto import echo_service
 from gw_fake_backend import FakeBackend, start_fake_backend
+from gw_live import Stack, start_stack
 
 from gateway.server import GatewayHandle, start_gateway
 
@@ -50,3 +51,19 @@ async def echo_client(backend: FakeBackend) -> AsyncIterator[httpx.AsyncClient]:
             yield http
     finally:
         await handle.stop()
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    """The real control plane (memory store, default rate limits) behind the real gateway."""
+    live = await start_stack()
+    try:
+        yield live
+    finally:
+        await live.stop()
+
+
+@pytest.fixture
+async def live(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=10.0) as http:
+        yield http
