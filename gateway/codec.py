@@ -10,7 +10,8 @@ It is the proto3 JSON mapping with the project's REST conventions:
 * Timestamp is RFC 3339, Struct/Value/ListValue are free-form JSON, wrappers are their value;
 * output emits numbers and booleans even when zero, repeated fields and maps even when empty,
   and omits empty strings/bytes, zero enums, unset messages and unset ``optional`` fields;
-* unknown fields and wrong JSON types are errors (CodecError names the field path).
+* unknown fields, wrong JSON types and ``null`` (except for google.protobuf.Value and wrapper
+  fields, where the OpenAPI document allows it) are errors (CodecError names the field path).
 """
 
 from __future__ import annotations
@@ -307,8 +308,11 @@ def decode_message(value: JSON, message: Message, path: str = "") -> None:
         sub = _join(path, key)
         if field is None:
             raise CodecError(sub, "unknown field")
-        if item is None and not _accepts_null(field):
-            continue
+        if item is None:
+            if _is_wrapper(field):
+                continue  # a null wrapper is an absent one
+            if not _accepts_null(field):
+                raise CodecError(sub, "null is not allowed (omit the field instead)")
         oneof = field.containing_oneof
         if oneof is not None:
             if oneof.name in oneofs_set and oneofs_set[oneof.name] != field.name:
@@ -379,6 +383,10 @@ def _bool_from_text(text: str, path: str) -> bool:
 
 def _accepts_null(field: FieldDescriptor) -> bool:
     return field.type == _F.TYPE_MESSAGE and field.message_type.full_name == VALUE
+
+
+def _is_wrapper(field: FieldDescriptor) -> bool:
+    return field.type == _F.TYPE_MESSAGE and field.message_type.full_name in WRAPPERS
 
 
 def _join(path: str, key: str) -> str:

@@ -294,7 +294,10 @@ class _Builder:
         if kind == _F.TYPE_ENUM:
             return {"type": "string", "enum": codec.enum_wire(field.enum_type).strings}
         if kind == _F.TYPE_STRING:
-            return _string_schema(rules)
+            schema = _string_schema(rules)
+            if field.is_repeated or field.has_presence or rules.required:
+                return schema
+            return _allow_empty(schema, rules)
         if kind == _F.TYPE_BOOL:
             return {"type": "boolean"}
         if kind == _F.TYPE_BYTES:
@@ -330,6 +333,17 @@ def _string_schema(rules: options_pb2.FieldRules) -> Schema:
         schema["minLength"] = rules.min_len
     if rules.HasField("max_len"):
         schema["maxLength"] = rules.max_len
+    return schema
+
+
+def _allow_empty(schema: Schema, rules: options_pb2.FieldRules) -> Schema:
+    """A proto3 string without presence: "" is the same as absent, so the document allows it
+    even where the field's constraints (which apply to a value that is set) would not."""
+    if rules.pattern and not re.fullmatch(rules.pattern, ""):
+        inner = _anchored(rules.pattern)[1:-1]
+        schema = {**schema, "pattern": f"^(?:{inner})?$"}
+    if schema.get("minLength", 0) > 0 or "format" in schema:
+        return {"anyOf": [{"type": "string", "maxLength": 0}, schema]}
     return schema
 
 

@@ -145,9 +145,12 @@ def test_wrong_json_types_name_the_field() -> None:
     assert error_of(pb.RegisterRequest, []).description == "expected a JSON object"
 
 
-def test_null_means_absent_except_in_arrays() -> None:
-    assert not decode(pb.ServiceRegistration, {"endpoint": None}).HasField("endpoint")
+def test_null_is_rejected_except_for_value_and_wrappers() -> None:
+    assert error_of(pb.ServiceRegistration, {"endpoint": None}).field == "endpoint"
+    assert error_of(pb.ServiceRegistration, {"weight": None}).field == "weight"
     assert error_of(pb.HttpCheck, {"expectedStatus": [None]}).field == "expectedStatus[0]"
+    kitchen = decode(message_class("Kitchen"), {"wrapped": None, "anyValue": None})
+    assert not kitchen.HasField("wrapped") and kitchen.HasField("any_value")
 
 
 def test_timestamps_are_rfc3339_and_normalized_to_utc() -> None:
