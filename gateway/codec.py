@@ -64,6 +64,16 @@ WRAPPERS = frozenset(
 STRING_FORMED = frozenset({TIMESTAMP, DURATION, FIELD_MASK})
 
 
+def url_settable(message: Descriptor) -> bool:
+    """Well-known types a single path/query value can set (their JSON form is a string/scalar)."""
+    return message.full_name in STRING_FORMED or message.full_name in WRAPPERS
+
+
+def url_descendable(message: Descriptor) -> bool:
+    """Messages whose fields the URL may address with dotted names (not well-known types)."""
+    return not message.full_name.startswith("google.protobuf.")
+
+
 class CodecError(ValueError):
     """A JSON value that does not fit the message; ``field`` is the JSON path."""
 
@@ -365,7 +375,7 @@ def decode_text(message: Message, field: FieldDescriptor, text: str, path: str) 
     value: JSON = text
     if field.type == _F.TYPE_MESSAGE:
         name = field.message_type.full_name
-        if name not in STRING_FORMED and name not in WRAPPERS:
+        if not url_settable(field.message_type):
             raise CodecError(path, "message fields cannot be set from the URL; use dotted names")
         if name == "google.protobuf.BoolValue":
             value = _bool_from_text(text, path)

@@ -185,11 +185,10 @@ class _Builder:
                     continue
                 name = f"{prefix}{field.json_name}"
                 nested = field.message_type
-                if nested is not None and not _query_leaf(nested):
-                    if not field.is_repeated and depth < _QUERY_DEPTH:
+                if nested is not None and not codec.url_settable(nested):
+                    descend = not field.is_repeated and codec.url_descendable(nested)
+                    if descend and depth < _QUERY_DEPTH:
                         walk(nested, f"{name}.", key, depth + 1)
-                    continue
-                if nested is not None and nested.GetOptions().map_entry:
                     continue
                 param: Schema = {"name": name, "in": "query", "schema": self.field(field)}
                 if _rules(field).required:
@@ -316,11 +315,6 @@ class _Builder:
 
 def _rules(field: FieldDescriptor) -> options_pb2.FieldRules:
     return field.GetOptions().Extensions[options_pb2.rules]
-
-
-def _query_leaf(message: Descriptor) -> bool:
-    name = message.full_name
-    return name in codec.STRING_FORMED or name in codec.WRAPPERS
 
 
 def _string_schema(rules: options_pb2.FieldRules) -> Schema:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,12 +47,9 @@ def bind_socket(addr: str) -> socket.socket:
 class _Server(uvicorn.Server):
     """uvicorn that reports readiness and leaves signal handling to its embedder."""
 
-    def __init__(
-        self, config: uvicorn.Config, *, handle_signals: bool, on_shutdown: Callable[[], None]
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]) -> None:
         super().__init__(config)
         self.ready = asyncio.Event()
-        self._handle_signals = handle_signals
         self._on_shutdown = on_shutdown
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -64,11 +62,15 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        if self._handle_signals:
-            with super().capture_signals():
-                yield
-        else:
-            yield
+        # uvicorn would install process-wide handlers and re-raise the signal after shutdown;
+        # the embedder (lucid-cp serve, or run_gateway below) owns signals instead.
+        yield
+
+    def request_exit(self) -> None:
+        """First call: graceful shutdown; second call: stop waiting for connections."""
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
 
 
 @dataclass
@@ -92,7 +94,7 @@ class GatewayHandle:
         await self._task
 
 
-def _server(grpc_target: str | grpc.aio.Channel, *, signals: bool, **options: Any) -> _Server:
+def _server(grpc_target: str | grpc.aio.Channel, **options: Any) -> _Server:
     app = create_app(grpc_target, **options)
     config = uvicorn.Config(
         app,
@@ -102,7 +104,7 @@ def _server(grpc_target: str | grpc.aio.Channel, *, signals: bool, **options: An
         timeout_graceful_shutdown=5,
         server_header=False,
     )
-    return _Server(config, handle_signals=signals, on_shutdown=app.state.gateway.abort_streams)
+    return _Server(config, on_shutdown=app.state.gateway.abort_streams)
 
 
 async def start_gateway(
@@ -115,7 +117,7 @@ async def start_gateway(
     Raises OSError if ``http_addr`` cannot be bound, and ServiceNotFound/TemplateError for a
     bad service configuration. ``app_options`` go to ``create_app``.
     """
-    server = _server(grpc_target, signals=False, **app_options)
+    server = _server(grpc_target, **app_options)
     sock = bind_socket(http_addr)
     host, port = sock.getsockname()[:2]
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"lucid-gateway:{port}")
@@ -132,10 +134,18 @@ async def start_gateway(
 
 
 def run_gateway(grpc_target: str, http_addr: str = DEFAULT_HTTP_ADDR) -> None:
-    """Blocking entry point (``lucid-cp gateway``): serves until SIGINT/SIGTERM."""
-    server = _server(grpc_target, signals=True)
+    """Blocking entry point (``lucid-cp gateway``): serves until SIGINT/SIGTERM, then shuts
+    down gracefully and returns (a second signal stops waiting for open connections)."""
+    server = _server(grpc_target)
     sock = bind_socket(http_addr)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_exit)
+        await server.serve(sockets=[sock])
+
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(serve())
     finally:
         sock.close()

@@ -10,8 +10,6 @@ from google.protobuf.message import Message
 
 from gateway.codec import (
     JSON,
-    STRING_FORMED,
-    WRAPPERS,
     CodecError,
     decode_field,
     decode_message,
@@ -19,6 +17,7 @@ from gateway.codec import (
     encode_field,
     encode_message,
     fields_by_any_name,
+    url_descendable,
 )
 from gateway.errors import ApiError, malformed
 from gateway.routes import Route
@@ -108,13 +107,7 @@ def _query_target(
         if depth == len(parts) - 1:
             return target, field, tuple(key)
         message_type = field.message_type
-        if (
-            message_type is None
-            or field.is_repeated
-            or message_type.full_name in STRING_FORMED
-            or message_type.full_name in WRAPPERS
-            or message_type.full_name.startswith("google.protobuf.")
-        ):
+        if message_type is None or field.is_repeated or not url_descendable(message_type):
             raise CodecError(name, "unknown query parameter")
         target = getattr(target, field.name)
     raise CodecError(name, "unknown query parameter")
