@@ -7,7 +7,7 @@ index has applied them, so a caller reads its own writes from the same replica.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from google.protobuf import timestamp_pb2
 
@@ -149,15 +149,47 @@ class Registry:
         self, principal: Principal, service_id: str, update: pb.HealthUpdate
     ) -> tuple[pb.HealthStatus, int]:
         """Applies a manual health report (compare-and-swap on the record) and refreshes the lease."""
-        for _ in range(CAS_ATTEMPTS):
-            kv, instance = await self._read(service_id)
-            principal.require_acts_as(instance.service_name)
+
+        def apply(instance: pb.ServiceInstance) -> bool:
             health = self._next_health(instance.health, update)
             instance.health.CopyFrom(health)
             instance.status = health.status
             instance.last_health_check.CopyFrom(health.last_check)
+            return True
+
+        instance, revision = await self._modify(principal, service_id, apply)
+        await self._keepalive(service_id, instance.lease_id)
+        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        return instance.health, revision
+
+    async def drain(self, principal: Principal, service_id: str) -> int:
+        """Marks the instance draining (idempotent); Resolve skips it from now on."""
+
+        def apply(instance: pb.ServiceInstance) -> bool:
+            if instance.draining:
+                return False
+            instance.draining = True
+            return True
+
+        _, revision = await self._modify(principal, service_id, apply)
+        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        return revision
+
+    async def _modify(
+        self,
+        principal: Principal,
+        service_id: str,
+        apply: Callable[[pb.ServiceInstance], bool],
+    ) -> tuple[pb.ServiceInstance, int]:
+        """Read, ``apply`` (False: nothing to write), compare-and-swap on the record's
+        mod_revision under its own lease; retried on a lost race. Returns (instance, revision)."""
+        key = keys.instance_key(service_id)
+        for _ in range(CAS_ATTEMPTS):
+            kv, instance = await self._read(service_id)
+            principal.require_acts_as(instance.service_name)
+            if not apply(instance):
+                return instance, kv.mod_revision
             instance.revision = 0
-            key = keys.instance_key(service_id)
             try:
                 result = await self._store.txn(
                     [mod_revision_is(key, kv.mod_revision)],
@@ -166,17 +198,17 @@ class Registry:
             except LeaseNotFoundError:
                 raise _not_found(service_id) from None
             if result.succeeded:
-                await self._keepalive(service_id, instance.lease_id)
-                await self._index.wait_for(result.revision, READ_YOUR_WRITES_TIMEOUT)
-                return health, result.revision
+                return instance, result.revision
         raise Conflict(
             f"service instance {service_id} changed concurrently; retry",
-            details={"key": keys.instance_key(service_id).decode()},
+            details={"key": key.decode()},
         )
 
     def _next_health(self, current: pb.HealthStatus, update: pb.HealthUpdate) -> pb.HealthStatus:
         now = _timestamp(self._clock.now())
-        health = pb.HealthStatus(status=update.status, error=update.error)
+        health = pb.HealthStatus(
+            status=update.status, error=update.error, source=pb.HEALTH_SOURCE_MANUAL
+        )
         health.timestamp.CopyFrom(now)
         health.last_check.CopyFrom(now)
         if update.HasField("response_time"):
@@ -249,13 +281,7 @@ class Registry:
 
     def resolve(self, request: pb.ResolveRequest) -> pb.ResolveResponse:
         instances = self._index.of_service(request.service_name)
-        candidates = [
-            i
-            for i in instances.values()
-            if i.status == pb.HEALTH_STATE_HEALTHY
-            and (not request.version or i.version == request.version)
-        ]
-        candidates.sort(key=lambda i: i.service_id)
+        candidates = _eligible(instances.values(), request)
         chosen = self._balancer.pick(
             request.load_balance,
             candidates,
@@ -288,11 +314,16 @@ class Registry:
         for i in instances.values():
             name = pb.HealthState.Name(i.status).removeprefix("HEALTH_STATE_").lower()
             by_status[name] = by_status.get(name, 0) + 1
+            if i.draining:
+                by_status["draining"] = by_status.get("draining", 0) + 1
         what = f"{request.service_name}" + (f" version {request.version}" if request.version else "")
         if not instances:
             message = f"no instances of service {what} are registered"
         else:
-            message = f"no healthy instance of service {what} ({len(instances)} registered)"
+            counts = ", ".join(f"{n} {state}" for state, n in sorted(by_status.items()))
+            message = f"no healthy instance of service {what} ({len(instances)} registered: {counts})"
+            if not request.include_unhealthy:
+                message += "; includeUnhealthy=true resolves to an unhealthy one instead"
         return NotFound(
             message,
             details={"serviceName": request.service_name, "registered": len(instances), **by_status},
@@ -306,6 +337,28 @@ class Registry:
             )
 
         return _stream(self._index, match, request.service_name, request.start_revision)
+
+
+# Resolve's preference: healthy, else degraded, else (only when asked) unhealthy or unknown.
+_TIERS = ((pb.HEALTH_STATE_HEALTHY,), (pb.HEALTH_STATE_DEGRADED,))
+_LAST_RESORT = (pb.HEALTH_STATE_UNHEALTHY, pb.HEALTH_STATE_UNKNOWN, pb.HEALTH_STATE_UNSPECIFIED)
+
+
+def _eligible(
+    instances: Iterable[pb.ServiceInstance], request: pb.ResolveRequest
+) -> list[pb.ServiceInstance]:
+    """The instances Resolve may pick from, sorted by serviceId: never a draining one."""
+    usable = [
+        i
+        for i in instances
+        if not i.draining and (not request.version or i.version == request.version)
+    ]
+    tiers = (*_TIERS, _LAST_RESORT) if request.include_unhealthy else _TIERS
+    for states in tiers:
+        chosen = [i for i in usable if i.status in states]
+        if chosen:
+            return sorted(chosen, key=lambda i: i.service_id)
+    return []
 
 
 async def _stream(

@@ -36,6 +36,12 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
         )
         return pb.UpdateHealthResponse(health=health, revision=revision)
 
+    async def Drain(
+        self, request: pb.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DrainResponse:
+        revision = await self._registry.drain(current_principal(), request.service_id)
+        return pb.DrainResponse(revision=revision)
+
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:

@@ -117,6 +117,28 @@ HEALTH_STATE_UNKNOWN: HealthState.ValueType  # 3
 HEALTH_STATE_DEGRADED: HealthState.ValueType  # 4
 Global___HealthState: _TypeAlias = HealthState  # noqa: Y015
 
+class _HealthSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_SOURCE_UNSPECIFIED: _HealthSource.ValueType  # 0
+    HEALTH_SOURCE_ACTIVE: _HealthSource.ValueType  # 1
+    """The control plane's active checks (HTTP, gRPC or TCP probes, per healthCheck)."""
+    HEALTH_SOURCE_MANUAL: _HealthSource.ValueType  # 2
+    """A manual report through UpdateHealth (PUT .../health)."""
+
+class HealthSource(_HealthSource, metaclass=_HealthSourceEnumTypeWrapper):
+    """Who set an instance's current health."""
+
+HEALTH_SOURCE_UNSPECIFIED: HealthSource.ValueType  # 0
+HEALTH_SOURCE_ACTIVE: HealthSource.ValueType  # 1
+"""The control plane's active checks (HTTP, gRPC or TCP probes, per healthCheck)."""
+HEALTH_SOURCE_MANUAL: HealthSource.ValueType  # 2
+"""A manual report through UpdateHealth (PUT .../health)."""
+Global___HealthSource: _TypeAlias = HealthSource  # noqa: Y015
+
 class _RegistrationStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -519,6 +541,12 @@ Global___ServiceRegistration: _TypeAlias = ServiceRegistration  # noqa: Y015
 
 @_typing.final
 class HealthStatus(_message.Message):
+    """An instance's health as last persisted. Active checks write it only when the status changes
+    (a transition), never once per check: timestamp is when that status began, last_check the check
+    that caused it, the counters and response_time/error are those of that moment. Between
+    transitions the checking replica keeps the live counters in memory.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
@@ -529,18 +557,25 @@ class HealthStatus(_message.Message):
     RESPONSE_TIME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     status: Global___HealthState.ValueType
     consecutive_failures: _builtins.int
     consecutive_successes: _builtins.int
     response_time: _builtins.float
     """Milliseconds."""
     error: _builtins.str
+    source: Global___HealthSource.ValueType
+    """Lucid extension: who set this status (active checks or a manual update)."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_check(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def details(self) -> _struct_pb2.Struct: ...
+    def details(self) -> _struct_pb2.Struct:
+        """Active checks: check (http|grpc|tcp), target, attempts, replica, slowThresholdMs and the
+        probe's own facts (httpStatus, grpcStatus).
+        """
+
     def __init__(
         self,
         *,
@@ -552,10 +587,11 @@ class HealthStatus(_message.Message):
         response_time: _builtins.float = ...,
         error: _builtins.str = ...,
         details: _struct_pb2.Struct | None = ...,
+        source: Global___HealthSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "last_check", b"last_check", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "consecutive_successes", b"consecutive_successes", "details", b"details", "error", b"error", "last_check", b"last_check", "response_time", b"response_time", "status", b"status", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "consecutive_successes", b"consecutive_successes", "details", b"details", "error", b"error", "last_check", b"last_check", "response_time", b"response_time", "source", b"source", "status", b"status", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -563,7 +599,15 @@ Global___HealthStatus: _TypeAlias = HealthStatus  # noqa: Y015
 
 @_typing.final
 class HealthUpdate(_message.Message):
-    """Body of PUT /service-discovery/services/{serviceId}/health."""
+    """Body of PUT /service-discovery/services/{serviceId}/health.
+
+    Precedence with active checks: a manual update takes effect at once and restarts the active
+    checker's hysteresis from the reported status. It holds until the active checks, counting only
+    rounds that start after the update, reach a threshold against it: successThreshold consecutive
+    passing rounds turn unhealthy/unknown into healthy (or degraded, if the last pass was slow), and
+    failureThreshold consecutive failing rounds turn healthy/degraded into unhealthy. Instances
+    without active checks (hosts under .onion) keep the manual status until the next update.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -619,6 +663,7 @@ class ServiceInstance(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     ACTIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
     service_name: _builtins.str
     cluster: Global___Cluster.ValueType
@@ -634,6 +679,10 @@ class ServiceInstance(_message.Message):
     """The lease the record lives under."""
     active_connections: _builtins.int
     """Last active-connection count reported by Heartbeat (least-connections balancing)."""
+    draining: _builtins.bool
+    """Lucid extension: set by Drain. Resolve never returns a draining instance; it is still
+    listed by Discover and keeps being health-checked until it is deregistered.
+    """
     @_builtins.property
     def endpoint(self) -> Global___ServiceEndpoint: ...
     @_builtins.property
@@ -667,10 +716,11 @@ class ServiceInstance(_message.Message):
         revision: _builtins.int = ...,
         lease_id: _builtins.int = ...,
         active_connections: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "health", b"health", "health_check", b"health_check", "last_health_check", b"last_health_check", "metadata", b"metadata", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "cluster", b"cluster", "endpoint", b"endpoint", "health", b"health", "health_check", b"health_check", "instance_id", b"instance_id", "last_health_check", b"last_health_check", "lease_id", b"lease_id", "metadata", b"metadata", "plane", b"plane", "registered_at", b"registered_at", "revision", b"revision", "service_id", b"service_id", "service_name", b"service_name", "status", b"status", "ttl", b"ttl", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "cluster", b"cluster", "draining", b"draining", "endpoint", b"endpoint", "health", b"health", "health_check", b"health_check", "instance_id", b"instance_id", "last_health_check", b"last_health_check", "lease_id", b"lease_id", "metadata", b"metadata", "plane", b"plane", "registered_at", b"registered_at", "revision", b"revision", "service_id", b"service_id", "service_name", b"service_name", "status", b"status", "ttl", b"ttl", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -968,12 +1018,18 @@ class ResolveRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     LOAD_BALANCE_FIELD_NUMBER: _builtins.int
     HASH_KEY_FIELD_NUMBER: _builtins.int
+    INCLUDE_UNHEALTHY_FIELD_NUMBER: _builtins.int
     service_name: _builtins.str
     version: _builtins.str
     """Exact version to resolve ("" = any)."""
     load_balance: Global___LoadBalance.ValueType
     hash_key: _builtins.str
     """Key for consistent-hash (required with it)."""
+    include_unhealthy: _builtins.bool
+    """Resolve picks among healthy instances, else among degraded ones; draining instances never.
+    When neither exists the answer is NOT_FOUND, unless include_unhealthy is set: then it picks
+    among the unhealthy and unknown instances instead.
+    """
     def __init__(
         self,
         *,
@@ -981,10 +1037,11 @@ class ResolveRequest(_message.Message):
         version: _builtins.str = ...,
         load_balance: Global___LoadBalance.ValueType | None = ...,
         hash_key: _builtins.str = ...,
+        include_unhealthy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_load_balance", b"_load_balance", "load_balance", b"load_balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_load_balance", b"_load_balance", "hash_key", b"hash_key", "load_balance", b"load_balance", "service_name", b"service_name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_load_balance", b"_load_balance", "hash_key", b"hash_key", "include_unhealthy", b"include_unhealthy", "load_balance", b"load_balance", "service_name", b"service_name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__load_balance: _TypeAlias = _typing.Literal["load_balance"]  # noqa: Y015
     _WhichOneofArgType__load_balance: _TypeAlias = _typing.Literal["_load_balance", b"_load_balance"]  # noqa: Y015
@@ -1043,6 +1100,45 @@ class ResolveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveResponse: _TypeAlias = ResolveResponse  # noqa: Y015
+
+@_typing.final
+class DrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainRequest: _TypeAlias = DrainRequest  # noqa: Y015
+
+@_typing.final
+class DrainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Store revision of the write (of the record, if it was already draining)."""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainResponse: _TypeAlias = DrainResponse  # noqa: Y015
 
 @_typing.final
 class WatchRequest(_message.Message):

@@ -52,6 +52,11 @@ class DiscoveryServiceStub:
                 request_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.UpdateHealthRequest.SerializeToString,
                 response_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.UpdateHealthResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/lucid.discovery.v1.DiscoveryService/Drain',
+                request_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.DrainRequest.SerializeToString,
+                response_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.DrainResponse.FromString,
+                _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/lucid.discovery.v1.DiscoveryService/Heartbeat',
                 request_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.HeartbeatRequest.SerializeToString,
@@ -97,6 +102,15 @@ class DiscoveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Puts an instance into draining before deregistration: new resolves skip it at once and
+        watchers receive an "updated" event with draining set. Idempotent. A service token may
+        drain only its own service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Heartbeat(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -138,6 +152,11 @@ def add_DiscoveryServiceServicer_to_server(servicer, server):
                     servicer.UpdateHealth,
                     request_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.UpdateHealthRequest.FromString,
                     response_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.UpdateHealthResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.DrainRequest.FromString,
+                    response_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.DrainResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -243,6 +262,33 @@ class DiscoveryService:
             '/lucid.discovery.v1.DiscoveryService/UpdateHealth',
             lucid_dot_discovery_dot_v1_dot_discovery__pb2.UpdateHealthRequest.SerializeToString,
             lucid_dot_discovery_dot_v1_dot_discovery__pb2.UpdateHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.discovery.v1.DiscoveryService/Drain',
+            lucid_dot_discovery_dot_v1_dot_discovery__pb2.DrainRequest.SerializeToString,
+            lucid_dot_discovery_dot_v1_dot_discovery__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

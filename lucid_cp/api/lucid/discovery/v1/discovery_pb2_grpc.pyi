@@ -37,6 +37,11 @@ class DiscoveryServiceStub:
     Register: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.RegisterRequest, _discovery_pb2.RegisterResponse]
     Deregister: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.DeregisterRequest, _discovery_pb2.DeregisterResponse]
     UpdateHealth: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.UpdateHealthRequest, _discovery_pb2.UpdateHealthResponse]
+    Drain: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.DrainRequest, _discovery_pb2.DrainResponse]
+    """Puts an instance into draining before deregistration: new resolves skip it at once and
+    watchers receive an "updated" event with draining set. Idempotent. A service token may
+    drain only its own service.
+    """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.HeartbeatRequest, _discovery_pb2.HeartbeatResponse]
     Discover: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.DiscoverRequest, _discovery_pb2.DiscoverResponse]
     Resolve: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.ResolveRequest, _discovery_pb2.ResolveResponse]
@@ -50,6 +55,11 @@ class DiscoveryServiceAsyncStub(DiscoveryServiceStub):
     Register: _aio.UnaryUnaryMultiCallable[_discovery_pb2.RegisterRequest, _discovery_pb2.RegisterResponse]  # type: ignore[assignment]
     Deregister: _aio.UnaryUnaryMultiCallable[_discovery_pb2.DeregisterRequest, _discovery_pb2.DeregisterResponse]  # type: ignore[assignment]
     UpdateHealth: _aio.UnaryUnaryMultiCallable[_discovery_pb2.UpdateHealthRequest, _discovery_pb2.UpdateHealthResponse]  # type: ignore[assignment]
+    Drain: _aio.UnaryUnaryMultiCallable[_discovery_pb2.DrainRequest, _discovery_pb2.DrainResponse]  # type: ignore[assignment]
+    """Puts an instance into draining before deregistration: new resolves skip it at once and
+    watchers receive an "updated" event with draining set. Idempotent. A service token may
+    drain only its own service.
+    """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_discovery_pb2.HeartbeatRequest, _discovery_pb2.HeartbeatResponse]  # type: ignore[assignment]
     Discover: _aio.UnaryUnaryMultiCallable[_discovery_pb2.DiscoverRequest, _discovery_pb2.DiscoverResponse]  # type: ignore[assignment]
     Resolve: _aio.UnaryUnaryMultiCallable[_discovery_pb2.ResolveRequest, _discovery_pb2.ResolveResponse]  # type: ignore[assignment]
@@ -78,6 +88,17 @@ class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _discovery_pb2.UpdateHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_discovery_pb2.UpdateHealthResponse, _abc.Awaitable[_discovery_pb2.UpdateHealthResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Drain(
+        self,
+        request: _discovery_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_discovery_pb2.DrainResponse, _abc.Awaitable[_discovery_pb2.DrainResponse]]:
+        """Puts an instance into draining before deregistration: new resolves skip it at once and
+        watchers receive an "updated" event with draining set. Idempotent. A service token may
+        drain only its own service.
+        """
 
     @_abc_1.abstractmethod
     def Heartbeat(
