@@ -159,7 +159,7 @@ def _check_items(plan: _FieldPlan, path: str, items: object, out: list[FieldViol
 def _check_scalar(plan: _FieldPlan, path: str, value: object, out: list[FieldViolation]) -> None:
     field, rules = plan.field, plan.rules
     if field.enum_type is not None:
-        if field.enum_type.values_by_number.get(value) is None:  # type: ignore[arg-type]
+        if field.enum_type.values_by_number.get(value) is None:  # type: ignore[call-overload]
             out.append(FieldViolation(path, f"unknown {field.enum_type.name} value {value}"))
         return
     if rules is None:
