@@ -4,6 +4,7 @@ clients, servers or singletons."""
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +18,22 @@ from lucid_cp.auth.ratelimit import RateLimiter
 from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.config import Settings
+from lucid_cp.discovery.health import (
+    HealthChecker,
+    HttpProber,
+    LeaseMembership,
+    Membership,
+    ProtocolProber,
+    StaticMembership,
+    TcpProber,
+)
+from lucid_cp.discovery.health.grpc_probe import GrpcHealthProber
 from lucid_cp.discovery.index import InstanceIndex
 from lucid_cp.discovery.registry import Registry
 from lucid_cp.discovery.service import DiscoveryServicer
 from lucid_cp.server.interceptor import LucidInterceptor, policies_from
-from lucid_cp.server.metrics import Metrics
-from lucid_cp.store import open_store
+from lucid_cp.server.metrics import HealthCheckMetrics, Metrics
+from lucid_cp.store import SqliteStore, open_store
 from lucid_cp.store.base import Store
 
 log = logging.getLogger("lucid_cp.server")
@@ -47,16 +58,51 @@ class ControlPlane:
     metrics: Metrics
     health: health.aio.HealthServicer
     settings: Settings
+    # Active health checks (None when settings.health_checks_enabled is off).
+    checker: HealthChecker | None = None
     _metrics_server: Any = field(default=None, repr=False)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: report NOT_SERVING, drain in-flight calls, then close the store."""
+        """Graceful shutdown: report NOT_SERVING, drain in-flight calls, hand this replica's
+        health checks over to the others, then close the store."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.checker is not None:
+            await self.checker.stop()
         await self.index.stop()
         await self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+
+
+def build_health_checker(
+    settings: Settings, store: Store, index: InstanceIndex, clock: Clock, metrics: Metrics
+) -> HealthChecker:
+    """The active health checker. Replicas share checks through store leases, except on the
+    single-process sqlite/memory stores, where this replica checks everything."""
+    replica_id = settings.health_replica_id or uuid.uuid4().hex
+    user_agent = f"lucid-health-check/{replica_id}"
+    membership: Membership
+    if isinstance(store, SqliteStore):
+        membership = StaticMembership(replica_id)
+    else:
+        membership = LeaseMembership(store, replica_id, settings.health_replica_ttl)
+    prober = ProtocolProber(HttpProber(user_agent), TcpProber(), GrpcHealthProber(user_agent))
+    checker = HealthChecker(
+        store,
+        index,
+        clock,
+        prober,
+        membership,
+        observer=HealthCheckMetrics(metrics),
+        max_concurrency=settings.health_max_concurrent_checks,
+        write_concurrency=settings.health_write_concurrency,
+        time_scale=settings.health_time_scale,
+    )
+    metrics.health_checked_instances.set_function(lambda: len(checker))
+    metrics.health_replicas.set_function(lambda: len(membership.members()))
+    metrics.health_pending_writes.set_function(lambda: checker.writer.backlog)
+    return checker
 
 
 async def start_control_plane(
@@ -96,6 +142,10 @@ async def start_control_plane(
     )
     port = server.add_insecure_port(settings.grpc_addr)
     await server.start()
+    checker = None
+    if settings.health_checks_enabled:
+        checker = build_health_checker(settings, store, index, clock, metrics)
+        await checker.start()
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -115,6 +165,7 @@ async def start_control_plane(
         metrics=metrics,
         health=health_servicer,
         settings=settings,
+        checker=checker,
         _metrics_server=metrics_server,
     )
     log.info("control plane serving", extra={"grpc": plane.grpc_target, "store": settings.store_url})

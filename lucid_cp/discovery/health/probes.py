@@ -1,0 +1,233 @@
+"""Probes: one attempt against one instance, and a round of attempts with retries.
+
+* HTTP (protocol http/https): ``httpCheck.method`` with its headers and body to
+  ``endpoint.host:port`` + ``healthCheck.endpoint``; passes when the status is in
+  ``httpCheck.expectedStatus`` (default [200]).
+  TLS (https): the only verification is what ``endpoint.tls`` asks for. With a ``certAuthority``
+  the server chain must lead to it and the certificate must name ``endpoint.host``; without one
+  nothing is verified (a health check asks "are you up", not "who are you"). No client
+  certificate is presented: the control plane never keeps clients' private keys readable.
+* gRPC (protocol grpc/grpcs): grpc.health.v1 Check, in ``grpc_probe`` (the one module of the
+  checker that imports grpc), injected by the wiring.
+* TCP for any other protocol: a connection that opens passes.
+
+Every probe is bounded by the attempt timeout here, whatever the probe does inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol
+
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.discovery.health import http_client
+from lucid_cp.discovery.health.plan import CheckKind, CheckPlan
+
+log = logging.getLogger("lucid_cp.discovery.health")
+
+Detail = dict[str, str | int | float]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    ok: bool
+    seconds: float
+    error: str = ""
+    detail: Detail = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """The last attempt of a round (the passing one, if any) and how many attempts were made."""
+
+    last: ProbeResult
+    attempts: int
+    started: float  # loop time when the first attempt got its concurrency slot
+
+    @property
+    def ok(self) -> bool:
+        return self.last.ok
+
+
+class Prober(Protocol):
+    async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult: ...
+
+    async def release(self, service_id: str) -> None:
+        """Forgets anything cached for the instance (it is gone or no longer ours)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def describe(exc: BaseException, host: str) -> str:
+    """A short, stable error text for a failed attempt (recorded in HealthStatus.error)."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host {host!r}: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc.reason or exc}"
+    if isinstance(exc, http_client.HttpProtocolError):
+        return f"bad http response: {exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+_INSECURE: ssl.SSLContext | None = None
+
+
+def _insecure_context() -> ssl.SSLContext:
+    global _INSECURE
+    if _INSECURE is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _INSECURE = ctx
+    return _INSECURE
+
+
+@lru_cache(maxsize=256)
+def _verifying_context(cert_authority: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=cert_authority)
+
+
+def tls_context(tls: pb.TlsConfig) -> ssl.SSLContext:
+    return _verifying_context(tls.cert_authority) if tls.cert_authority else _insecure_context()
+
+
+_METHODS = {pb.HTTP_METHOD_GET: "GET", pb.HTTP_METHOD_POST: "POST", pb.HTTP_METHOD_HEAD: "HEAD"}
+
+
+class HttpProber:
+    def __init__(self, user_agent: str = "lucid-health-check") -> None:
+        self._user_agent = user_agent
+
+    async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
+        ep, check = instance.endpoint, instance.health_check.http_check
+        expected = list(check.expected_status) or [200]
+        headers = {"User-Agent": self._user_agent, **dict(check.headers)}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            request = http_client.build_request(
+                _METHODS.get(check.method, "GET"),
+                ep.host,
+                ep.port,
+                instance.health_check.endpoint or "/",
+                headers,
+                check.body.encode(),
+            )
+            tls = tls_context(ep.tls) if ep.protocol == pb.PROTOCOL_HTTPS else None
+            async with asyncio.timeout(timeout):
+                status = await http_client.request_status(
+                    ep.host, ep.port, request, tls=tls, server_hostname=ep.host
+                )
+        except TimeoutError:
+            return ProbeResult(False, loop.time() - started, f"timed out after {timeout:g}s")
+        except (OSError, ValueError, http_client.HttpProtocolError) as exc:
+            return ProbeResult(False, loop.time() - started, describe(exc, ep.host))
+        elapsed = loop.time() - started
+        if status in expected:
+            return ProbeResult(True, elapsed, detail={"httpStatus": status})
+        wanted = ", ".join(str(s) for s in expected)
+        return ProbeResult(
+            False, elapsed, f"HTTP {status} (expected {wanted})", {"httpStatus": status}
+        )
+
+    async def release(self, service_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class TcpProber:
+    async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
+        ep = instance.endpoint
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(ep.host, ep.port)
+        except TimeoutError:
+            return ProbeResult(False, loop.time() - started, f"timed out after {timeout:g}s")
+        except OSError as exc:
+            return ProbeResult(False, loop.time() - started, describe(exc, ep.host))
+        elapsed = loop.time() - started
+        http_client.abort_with_reset(writer)
+        return ProbeResult(True, elapsed)
+
+    async def release(self, service_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class ProtocolProber:
+    """Picks the probe by the plan's kind. Without a gRPC prober, gRPC targets get TCP checks."""
+
+    def __init__(self, http: Prober, tcp: Prober, grpc: Prober | None = None) -> None:
+        self._by_kind: dict[CheckKind, Prober] = {
+            CheckKind.HTTP: http,
+            CheckKind.TCP: tcp,
+            CheckKind.GRPC: grpc or tcp,
+        }
+
+    def for_kind(self, kind: CheckKind) -> Prober:
+        return self._by_kind[kind]
+
+    async def release(self, service_id: str) -> None:
+        for prober in set(self._by_kind.values()):
+            await prober.release(service_id)
+
+    async def close(self) -> None:
+        for prober in set(self._by_kind.values()):
+            await prober.close()
+
+
+async def run_round(
+    prober: Prober, instance: pb.ServiceInstance, plan: CheckPlan, slots: asyncio.Semaphore
+) -> RoundResult:
+    """Up to ``plan.attempts`` attempts, each holding one concurrency slot and bounded by the
+    plan's timeout; the round ends at the first pass and never outlasts one interval."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + plan.interval
+    started = 0.0
+    attempts = 0
+    last = ProbeResult(False, 0.0, "no attempt fitted in the interval")
+    while attempts < plan.attempts:
+        if attempts:
+            if loop.time() + plan.pause >= deadline:
+                break
+            await asyncio.sleep(plan.pause)
+        async with slots:
+            if not attempts:
+                started = loop.time()
+            timeout = min(plan.timeout, deadline - loop.time())
+            if timeout <= 0:
+                break
+            attempts += 1
+            last = await _attempt(prober, instance, timeout)
+        if last.ok:
+            break
+    return RoundResult(last, attempts, started)
+
+
+async def _attempt(prober: Prober, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(timeout):
+            return await prober.probe(instance, timeout)
+    except TimeoutError:
+        return ProbeResult(False, loop.time() - started, f"timed out after {timeout:g}s")
+    except Exception as exc:
+        log.warning("probe of %s raised", instance.service_id, exc_info=exc)
+        return ProbeResult(False, loop.time() - started, describe(exc, instance.endpoint.host))

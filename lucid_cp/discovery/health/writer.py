@@ -1,0 +1,180 @@
+"""Persists status transitions: one compare-and-swap write per transition, never one per check.
+
+A transition is submitted with the stored health it was decided against (``base``). The writer
+reads the record, and
+
+* if it is gone (deregistered, lease expired): drops the write; the instance never comes back
+  as a zombie, because the write compares the record's mod_revision (0 once deleted) and puts
+  under the record's own lease;
+* if its health is no longer ``base`` (a manual update or another replica wrote it): drops the
+  write and reports the record, whose health then takes precedence (see ``state.adopt``);
+* if the status already equals the desired one (the instance flapped back while the write
+  waited): drops the write, nothing changed;
+* else writes the record with the new health, keeping its lease and every other field.
+
+A store outage never blocks the checks: pending writes wait here, newer transitions of the same
+instance replace older ones (only the latest status matters), and workers retry with backoff
+until the store answers again, so the latest status is written once it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.discovery import keys
+from lucid_cp.discovery.index import decode_instance
+from lucid_cp.store.base import LeaseNotFoundError, Put, Store, mod_revision_is
+
+log = logging.getLogger("lucid_cp.discovery.health")
+
+CAS_ATTEMPTS = 8
+MIN_BACKOFF = 0.05
+MAX_BACKOFF = 2.0
+
+
+class WriteOutcome(enum.Enum):
+    WRITTEN = "written"  # record: the instance as written
+    SUPERSEDED = "superseded"  # record: the instance whose health someone else set
+    GONE = "gone"  # record: None
+    UNCHANGED = "unchanged"  # record: None
+
+
+OnOutcome = Callable[[str, WriteOutcome, pb.ServiceInstance | None], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    desired: pb.HealthStatus
+    base: pb.HealthStatus
+
+
+class StatusWriter:
+    def __init__(self, store: Store, on_outcome: OnOutcome, *, concurrency: int = 16) -> None:
+        self._store = store
+        self._on_outcome = on_outcome
+        self._concurrency = concurrency
+        self._pending: dict[str, _Pending] = {}
+        self._inflight: dict[str, pb.HealthStatus] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self.failures = 0  # writes that hit a store error and were retried
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def pending(self, service_id: str) -> pb.HealthStatus | None:
+        entry = self._pending.get(service_id)
+        return entry.desired if entry is not None else None
+
+    def inflight(self, service_id: str) -> pb.HealthStatus | None:
+        """The health last sent to the store for this instance whose outcome is not yet known
+        here (its watch echo may arrive first)."""
+        return self._inflight.get(service_id)
+
+    def submit(self, service_id: str, desired: pb.HealthStatus, base: pb.HealthStatus) -> None:
+        entry = self._pending.get(service_id)
+        if entry is None:
+            self._pending[service_id] = _Pending(desired, base)
+        else:
+            entry.desired = desired  # only the latest transition matters; the base stays
+        self._enqueue(service_id)
+
+    def discard(self, service_id: str) -> None:
+        self._pending.pop(service_id, None)
+        self._inflight.pop(service_id, None)
+
+    def _enqueue(self, service_id: str) -> None:
+        if service_id not in self._queued:
+            self._queued.add(service_id)
+            self._queue.put_nowait(service_id)
+
+    def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"health-writer-{n}")
+            for n in range(self._concurrency)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def _worker(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            service_id = await self._queue.get()
+            self._queued.discard(service_id)
+            entry = self._pending.get(service_id)
+            if entry is None:
+                continue
+            try:
+                await self._flush(service_id, entry)
+                backoff = MIN_BACKOFF
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - store outage: keep the write, retry later
+                self.failures += 1
+                log.warning(
+                    "health write for %s failed (%s); retrying in %.2fs", service_id, exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                if service_id in self._pending:
+                    self._enqueue(service_id)
+
+    async def _flush(self, service_id: str, entry: _Pending) -> None:
+        key = keys.instance_key(service_id)
+        for _ in range(CAS_ATTEMPTS):
+            kv = await self._store.get(key)
+            if kv is None:
+                return self._finish(service_id, entry, WriteOutcome.GONE, None)
+            record = decode_instance(kv.value, kv.mod_revision)
+            if record.health != entry.base:
+                return self._finish(service_id, entry, WriteOutcome.SUPERSEDED, record)
+            desired = entry.desired
+            if desired.status == record.health.status:
+                return self._finish(service_id, entry, WriteOutcome.UNCHANGED, None)
+            record.health.CopyFrom(desired)
+            record.status = desired.status
+            record.last_health_check.CopyFrom(desired.last_check)
+            record.revision = 0
+            self._inflight[service_id] = desired
+            try:
+                result = await self._store.txn(
+                    [mod_revision_is(key, kv.mod_revision)],
+                    [Put(key, record.SerializeToString(), record.lease_id)],
+                )
+            except LeaseNotFoundError:
+                return self._finish(service_id, entry, WriteOutcome.GONE, None)
+            if result.succeeded:
+                record.revision = result.revision
+                return self._finish(service_id, entry, WriteOutcome.WRITTEN, record, desired)
+        self._enqueue(service_id)  # lost every race (the record is busy): try again later
+        return None
+
+    def _finish(
+        self,
+        service_id: str,
+        entry: _Pending,
+        outcome: WriteOutcome,
+        record: pb.ServiceInstance | None,
+        sent: pb.HealthStatus | None = None,
+    ) -> None:
+        self._inflight.pop(service_id, None)
+        if self._pending.get(service_id) is not entry:
+            return  # discarded meanwhile: the instance was dropped or its health adopted
+        if outcome is WriteOutcome.WRITTEN and record is not None and entry.desired is not sent:
+            # A newer transition arrived during the write: it now builds on what was written.
+            entry.base = record.health
+            self._enqueue(service_id)
+        else:
+            del self._pending[service_id]
+        self._on_outcome(service_id, outcome, record)
