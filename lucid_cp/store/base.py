@@ -99,7 +99,8 @@ class CompareOp(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Compare:
-    """A txn guard on one key. A missing key has version/create/mod revision 0, lease 0, value b""."""
+    """A txn guard on one key. A missing key has version/create/mod revision 0 and lease 0; a VALUE
+    compare on a missing key never holds, whatever the op (as in etcd)."""
 
     key: bytes
     target: CompareTarget

@@ -1,0 +1,578 @@
+"""The store contract on a real etcd v3 cluster.
+
+Talks gRPC directly through aetcd's generated stubs (``aetcd.rpc``): aetcd's high-level client
+cannot express range limits, pinned revisions, txn Get responses or per-revision watch batches,
+all of which the contract needs.
+
+Endpoints and failover: the store keeps one channel to one endpoint. Before each call it makes
+sure that channel is READY; if it does not become ready within ``connect_timeout`` the store
+tries the next endpoints in turn, and raises :class:`StoreUnavailableError` when none answers.
+Reads and lease keepalives that fail with UNAVAILABLE are retried on the next endpoint; writes
+are not retried once sent (their outcome is unknown), they raise StoreUnavailableError.
+
+Watches: each watch has its own gRPC stream. After a transient disconnect it reconnects (to any
+endpoint) and resumes from the last delivered revision + 1, so nothing is lost or repeated; if
+no endpoint comes back within ``watch_retry_timeout`` it raises StoreUnavailableError.
+
+Compaction: etcd refuses a watch starting *below* its compaction point, the contract also refuses
+one starting *at* it (etcd may already have dropped that revision's delete tombstones). So a watch
+from ``S`` asks etcd for ``S - 1`` and drops that revision's events: etcd then reports compaction
+exactly when the contract requires it, with the compact revision the error must carry. (For
+``S == 1`` there is no ``S - 1``; only a compaction at exactly revision 1 goes unreported.)
+etcd's range error does not carry the compact revision; the store learns it by opening a watch
+from revision 1, which etcd answers with the compact revision at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from aetcd import rpc
+
+from lucid_cp.clock import Clock
+from lucid_cp.store.base import (
+    CompactedError,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    Delete,
+    EventType,
+    FutureRevisionError,
+    Get,
+    KeyValue,
+    Lease,
+    LeaseNotFoundError,
+    Put,
+    RangeResult,
+    StoreUnavailableError,
+    TxnOp,
+    TxnResult,
+    WatchBatch,
+    WatchEvent,
+)
+from lucid_cp.store.sqlite import prefix_end, validate_compare, validate_txn_branch
+
+R = TypeVar("R")
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.enable_http_proxy", 0),  # talk to the endpoint itself, never through a proxy
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    # Ping only while calls (watches) are open: etcd's server rejects idle pings by default.
+    ("grpc.keepalive_permit_without_calls", 0),
+]
+
+# Stream failures after which a watch reconnects and resumes.
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+
+_COMPARE_OPS = {
+    CompareOp.EQUAL: rpc.Compare.EQUAL,
+    CompareOp.NOT_EQUAL: rpc.Compare.NOT_EQUAL,
+    CompareOp.GREATER: rpc.Compare.GREATER,
+    CompareOp.LESS: rpc.Compare.LESS,
+}
+_COMPARE_TARGETS = {
+    CompareTarget.VERSION: (rpc.Compare.VERSION, "version"),
+    CompareTarget.CREATE: (rpc.Compare.CREATE, "create_revision"),
+    CompareTarget.MOD: (rpc.Compare.MOD, "mod_revision"),
+    CompareTarget.VALUE: (rpc.Compare.VALUE, "value"),
+    CompareTarget.LEASE: (rpc.Compare.LEASE, "lease"),
+}
+_PROBE_KEY = b"\x00lucid/probe"
+
+
+def _key_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """etcd's [key, range_end) for a prefix; b"\\0" as range_end means "to the end"."""
+    end = prefix_end(prefix)
+    return (prefix or b"\x00"), (end if end is not None else b"\x00")
+
+
+def _never_sent(e: grpc.aio.AioRpcError) -> bool:
+    """gRPC failed the call for want of a connection, so the server never saw it."""
+    details = (e.details() or "").lower()
+    return any(
+        marker in details
+        for marker in ("failed to connect", "no address available", "no connection available")
+    )
+
+
+def _kv(kv: Any) -> KeyValue:
+    return KeyValue(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+def _event(ev: Any) -> WatchEvent:
+    prev = _kv(ev.prev_kv) if ev.HasField("prev_kv") else None
+    if ev.type == rpc.Event.DELETE:
+        return WatchEvent(
+            EventType.DELETE, KeyValue(ev.kv.key, b"", 0, ev.kv.mod_revision, 0, 0), prev
+        )
+    return WatchEvent(EventType.PUT, _kv(ev.kv), prev)
+
+
+def _batches(events: Iterable[Any], from_revision: int) -> list[WatchBatch]:
+    batches: list[WatchBatch] = []
+    for ev in events:
+        revision = ev.kv.mod_revision
+        if revision < from_revision:
+            continue
+        if batches and batches[-1].revision == revision:
+            batches[-1].events.append(_event(ev))
+        else:
+            batches.append(WatchBatch(revision, [_event(ev)]))
+    return batches
+
+
+def _compare_message(c: Compare) -> Any:
+    target, field_name = _COMPARE_TARGETS[c.target]
+    return rpc.Compare(key=c.key, result=_COMPARE_OPS[c.op], target=target, **{field_name: c.value})
+
+
+def _request_op(op: TxnOp) -> Any:
+    if isinstance(op, Put):
+        return rpc.RequestOp(request_put=rpc.PutRequest(key=op.key, value=op.value, lease=op.lease))
+    if isinstance(op, Delete):
+        if op.prefix:
+            key, end = _key_range(op.key)
+            request = rpc.DeleteRangeRequest(key=key, range_end=end)
+        else:
+            request = rpc.DeleteRangeRequest(key=op.key)
+        return rpc.RequestOp(request_delete_range=request)
+    assert isinstance(op, Get)
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key))
+
+
+def _response(resp: Any) -> KeyValue | int | None:
+    kind = resp.WhichOneof("response")
+    if kind == "response_range":
+        kvs = resp.response_range.kvs
+        return _kv(kvs[0]) if kvs else None
+    if kind == "response_delete_range":
+        return int(resp.response_delete_range.deleted)
+    return None
+
+
+@dataclass(eq=False)
+class _Connection:
+    index: int
+    target: str
+    channel: grpc.aio.Channel
+    kv: Any
+    lease: Any
+    watch: Any
+
+    @classmethod
+    def open(cls, index: int, target: str) -> _Connection:
+        channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        return cls(
+            index,
+            target,
+            channel,
+            rpc.KVStub(channel),
+            rpc.LeaseStub(channel),
+            rpc.WatchStub(channel),
+        )
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), timeout)
+        except (TimeoutError, grpc.aio.UsageError):
+            return False
+        return True
+
+
+class EtcdStore:
+    """The store contract on etcd (see the module docstring).
+
+    ``clock`` is accepted for symmetry with the other backends and ignored: etcd keeps lease time
+    itself. Channels are created lazily, on the event loop of first use.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        *,
+        clock: Clock | None = None,
+        connect_timeout: float = 2.0,
+        request_timeout: float = 5.0,
+        watch_retry_timeout: float = 30.0,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self._targets = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in endpoints]
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._watch_retry_timeout = watch_retry_timeout
+        self._current = 0
+        self._conn: _Connection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
+        self._watch_calls: set[Any] = set()
+        self._closed = False
+
+    @property
+    def active_watches(self) -> int:
+        """How many watch streams are currently open."""
+        return len(self._watch_calls)
+
+    @property
+    def endpoint(self) -> str:
+        """The ``host:port`` currently used (or tried first)."""
+        return self._targets[self._current]
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def _connection(self) -> _Connection:
+        if self._closed:
+            raise StoreUnavailableError("store is closed")
+        conn = self._conn
+        if conn is not None:
+            state = conn.channel.get_state(try_to_connect=True)
+            if state is grpc.ChannelConnectivity.READY:
+                return conn
+        async with self._connect_lock:
+            n = len(self._targets)
+            for i in range(n):
+                if self._closed:
+                    raise StoreUnavailableError("store is closed")
+                index = (self._current + i) % n
+                current = self._conn
+                if current is not None and current.index == index:
+                    candidate = current
+                else:
+                    candidate = _Connection.open(index, self._targets[index])
+                if await candidate.wait_ready(self._connect_timeout):
+                    if candidate is not current:
+                        self._conn, self._current = candidate, index
+                        if current is not None:
+                            self._retire(current)
+                    return candidate
+                if candidate is not current:
+                    await candidate.channel.close()
+            raise StoreUnavailableError(
+                f"no etcd endpoint answered within {self._connect_timeout}s: "
+                + ", ".join(self._targets)
+            )
+
+    def _retire(self, conn: _Connection) -> None:
+        """Close a channel we moved away from, letting its in-flight unary calls finish."""
+        task = asyncio.get_running_loop().create_task(
+            conn.channel.close(grace=self._request_timeout)
+        )
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    def _skip_endpoint(self, conn: _Connection) -> None:
+        """After UNAVAILABLE from ``conn``, make the next attempt start at the next endpoint."""
+        if self._conn is conn:
+            self._conn = None
+            self._current = (conn.index + 1) % len(self._targets)
+            self._retire(conn)
+
+    async def _call(
+        self,
+        invoke: Callable[[_Connection], Awaitable[R]],
+        *,
+        retry: bool,
+        lease_ids: Sequence[int] = (),
+    ) -> R:
+        """Run one RPC. On UNAVAILABLE the next attempt goes to the next endpoint; a call is
+        retried if ``retry`` says it is safe to repeat, or if it never left this process (no
+        connection), which is the rule etcd's own client uses for writes. Every endpoint gets a
+        try, the first one twice (its channel may only just have noticed a restart)."""
+        attempts = len(self._targets) + 1
+        while True:
+            conn = await self._connection()
+            try:
+                return await invoke(conn)
+            except grpc.aio.AioRpcError as e:
+                attempts -= 1
+                if e.code() is grpc.StatusCode.UNAVAILABLE:
+                    self._skip_endpoint(conn)
+                    if attempts > 0 and (retry or _never_sent(e)):
+                        continue
+                raise await self._translate(e, conn, lease_ids) from e
+
+    async def _translate(
+        self, e: grpc.aio.AioRpcError, conn: _Connection, lease_ids: Sequence[int]
+    ) -> Exception:
+        code, details = e.code(), e.details() or ""
+        if code is grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+            return CompactedError(await self._compact_revision())
+        if code is grpc.StatusCode.OUT_OF_RANGE and "future revision" in details:
+            return FutureRevisionError(details)
+        if code is grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+            return LeaseNotFoundError(await self._missing_lease(lease_ids))
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            return ValueError(details)
+        return StoreUnavailableError(f"etcd {conn.target}: {code.name}: {details}")
+
+    async def _compact_revision(self) -> int:
+        """etcd's current compact revision, learnt from a watch that starts at revision 1."""
+        conn = await self._connection()
+        call = conn.watch.Watch(timeout=self._request_timeout)
+        try:
+            await call.write(
+                rpc.WatchRequest(
+                    create_request=rpc.WatchCreateRequest(key=_PROBE_KEY, start_revision=1)
+                )
+            )
+            while (resp := await call.read()) is not grpc.aio.EOF:
+                if resp.compact_revision:
+                    return int(resp.compact_revision)
+                if resp.canceled:
+                    break
+        except grpc.aio.AioRpcError as e:
+            raise StoreUnavailableError(
+                f"etcd {conn.target}: {e.code().name}: {e.details()}"
+            ) from e
+        finally:
+            call.cancel()
+        raise StoreUnavailableError("etcd reported a compaction but not its revision")
+
+    async def _missing_lease(self, lease_ids: Sequence[int]) -> int:
+        """Which of ``lease_ids`` etcd does not know (the error does not say)."""
+        for lease_id in dict.fromkeys(lease_ids):
+            resp = await self._call(functools.partial(self._lease_ttl, lease_id), retry=True)
+            if resp.TTL == -1:
+                return lease_id
+        return lease_ids[0] if lease_ids else 0
+
+    async def _lease_ttl(self, lease_id: int, conn: _Connection) -> Any:
+        request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
+        return await conn.lease.LeaseTimeToLive(request, timeout=self._request_timeout)
+
+    # -- the contract ----------------------------------------------------------------------
+
+    async def current_revision(self) -> int:
+        resp = await self._call(
+            lambda c: c.kv.Range(
+                rpc.RangeRequest(key=_PROBE_KEY, count_only=True), timeout=self._request_timeout
+            ),
+            retry=True,
+        )
+        return int(resp.header.revision)
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        resp = await self._call(
+            lambda c: c.kv.Range(rpc.RangeRequest(key=key), timeout=self._request_timeout),
+            retry=True,
+        )
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def range(self, prefix: bytes, *, limit: int = 0, revision: int = 0) -> RangeResult:
+        if limit < 0 or revision < 0:
+            raise ValueError("limit and revision must not be negative")
+        key, end = _key_range(prefix)
+        request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
+        resp = await self._call(
+            lambda c: c.kv.Range(request, timeout=self._request_timeout), retry=True
+        )
+        return RangeResult(
+            [_kv(kv) for kv in resp.kvs],
+            revision or int(resp.header.revision),
+            more=bool(resp.more),
+            count=int(resp.count),
+        )
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        request = rpc.PutRequest(key=key, value=value, lease=lease)
+        resp = await self._call(
+            lambda c: c.kv.Put(request, timeout=self._request_timeout),
+            retry=False,
+            lease_ids=(lease,),
+        )
+        return int(resp.header.revision)
+
+    async def delete(self, key: bytes, *, prefix: bool = False) -> tuple[int, int]:
+        if prefix:
+            start, end = _key_range(key)
+            request = rpc.DeleteRangeRequest(key=start, range_end=end)
+        else:
+            request = rpc.DeleteRangeRequest(key=key)
+        resp = await self._call(
+            lambda c: c.kv.DeleteRange(request, timeout=self._request_timeout), retry=False
+        )
+        return int(resp.deleted), int(resp.header.revision)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        for c in compares:
+            validate_compare(c)
+        validate_txn_branch(success)
+        validate_txn_branch(failure)
+        request = rpc.TxnRequest(
+            compare=[_compare_message(c) for c in compares],
+            success=[_request_op(op) for op in success],
+            failure=[_request_op(op) for op in failure],
+        )
+        leases = [op.lease for op in (*success, *failure) if isinstance(op, Put) and op.lease]
+        resp = await self._call(
+            lambda c: c.kv.Txn(request, timeout=self._request_timeout),
+            retry=False,
+            lease_ids=leases,
+        )
+        return TxnResult(
+            bool(resp.succeeded),
+            int(resp.header.revision),
+            [_response(r) for r in resp.responses],
+        )
+
+    async def grant_lease(self, ttl: int) -> Lease:
+        if ttl < 1:
+            raise ValueError("a lease ttl is at least 1 second")
+        # A retried grant can at worst leave an unused lease behind, which then expires.
+        resp = await self._call(
+            lambda c: c.lease.LeaseGrant(
+                rpc.LeaseGrantRequest(TTL=ttl), timeout=self._request_timeout
+            ),
+            retry=True,
+        )
+        if resp.error:
+            raise StoreUnavailableError(f"etcd refused the lease: {resp.error}")
+        return Lease(int(resp.ID), int(resp.TTL))
+
+    async def keepalive(self, lease_id: int) -> int:
+        async def refresh(conn: _Connection) -> Any:
+            call = conn.lease.LeaseKeepAlive(timeout=self._request_timeout)
+            try:
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                return await call.read()
+            finally:
+                call.cancel()
+
+        resp = await self._call(refresh, retry=True, lease_ids=(lease_id,))
+        if resp is grpc.aio.EOF:
+            raise StoreUnavailableError("etcd closed the keepalive stream without answering")
+        if resp.TTL <= 0:
+            raise LeaseNotFoundError(lease_id)
+        return int(resp.TTL)
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._call(
+            lambda c: c.lease.LeaseRevoke(
+                rpc.LeaseRevokeRequest(ID=lease_id), timeout=self._request_timeout
+            ),
+            retry=False,
+            lease_ids=(lease_id,),
+        )
+
+    async def compact(self, revision: int) -> None:
+        await self._call(
+            lambda c: c.kv.Compact(
+                rpc.CompactionRequest(revision=revision), timeout=self._request_timeout
+            ),
+            retry=False,
+        )
+
+    def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        return self._watch(prefix, start_revision)
+
+    async def _watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        if start_revision < 1:
+            raise ValueError("start_revision must be >= 1")
+        key, end = _key_range(prefix)
+        loop = asyncio.get_running_loop()
+        next_revision = start_revision
+        give_up_at: float | None = None
+        backoff = 0.05
+        while True:
+            failure: Exception
+            try:
+                conn = await self._connection()
+            except StoreUnavailableError as e:
+                if self._closed:
+                    raise
+                failure = e
+            else:
+                call = conn.watch.Watch()
+                self._watch_calls.add(call)
+                try:
+                    # One revision early, see the module docstring; _batches drops it again.
+                    create = rpc.WatchCreateRequest(
+                        key=key,
+                        range_end=end,
+                        start_revision=max(next_revision - 1, 1),
+                        prev_kv=True,
+                    )
+                    await call.write(rpc.WatchRequest(create_request=create))
+                    while (resp := await call.read()) is not grpc.aio.EOF:
+                        if resp.compact_revision:
+                            raise CompactedError(int(resp.compact_revision))
+                        if resp.canceled:
+                            raise StoreUnavailableError(
+                                f"etcd cancelled the watch: {resp.cancel_reason}"
+                            )
+                        give_up_at, backoff = None, 0.05
+                        for batch in _batches(resp.events, next_revision):
+                            yield batch
+                            next_revision = batch.revision + 1
+                    failure = StoreUnavailableError(f"etcd {conn.target} ended the watch stream")
+                except asyncio.CancelledError:
+                    # Either our consumer is being cancelled (propagate), or the call itself was
+                    # cancelled under us: by close(), or by retiring its channel (reconnect).
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    if self._closed:
+                        raise StoreUnavailableError("store closed while watching") from None
+                    failure = StoreUnavailableError(f"etcd {conn.target}: watch stream cancelled")
+                except grpc.aio.AioRpcError as e:
+                    if self._closed:
+                        raise StoreUnavailableError("store closed while watching") from e
+                    if e.code() not in _TRANSIENT:
+                        raise StoreUnavailableError(
+                            f"etcd {conn.target}: {e.code().name}: {e.details()}"
+                        ) from e
+                    failure = StoreUnavailableError(
+                        f"etcd {conn.target}: {e.code().name}: {e.details()}"
+                    )
+                finally:
+                    self._watch_calls.discard(call)
+                    call.cancel()
+            # Disconnected: resume from next_revision once an endpoint answers again.
+            if self._closed:
+                raise StoreUnavailableError("store closed while watching")
+            now = loop.time()
+            if give_up_at is None:
+                give_up_at = now + self._watch_retry_timeout
+            elif now >= give_up_at:
+                raise StoreUnavailableError(
+                    f"watch could not reconnect within {self._watch_retry_timeout}s"
+                ) from failure
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for call in list(self._watch_calls):
+            call.cancel()
+        async with self._connect_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.channel.close()
+        for task in list(self._retired):
+            with contextlib.suppress(Exception):
+                await task
