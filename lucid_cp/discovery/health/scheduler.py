@@ -41,9 +41,9 @@ class CheckScheduler:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.cancel(key)
-        first_delay = self._rng.uniform(0, interval)
+        first_due = asyncio.get_running_loop().time() + self._rng.uniform(0, interval)
         self._tasks[key] = asyncio.create_task(
-            self._loop(key, interval, first_delay, job), name=f"health-check-{key}"
+            self._loop(key, interval, first_due, job), name=f"health-check-{key}"
         )
 
     def cancel(self, key: str) -> None:
@@ -58,9 +58,8 @@ class CheckScheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _loop(self, key: str, interval: float, first_delay: float, job: Job) -> None:
+    async def _loop(self, key: str, interval: float, due: float, job: Job) -> None:
         loop = asyncio.get_running_loop()
-        due = loop.time() + first_delay
         while True:
             delay = due - loop.time()
             if delay > 0:
