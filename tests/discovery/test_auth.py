@@ -56,6 +56,7 @@ BAD_TOKENS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 @pytest.mark.parametrize("name", sorted(BAD_TOKENS))
 async def test_bad_tokens_are_unauthenticated(stub, name: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
