@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -36,6 +36,7 @@ from gateway.transcode import (
     field_prefix,
 )
 from lucid_cp.api.lucid.common.v1 import errors_pb2
+from lucid_cp.clock import Clock, SystemClock
 
 log = logging.getLogger("lucid.gateway")
 
@@ -61,14 +62,15 @@ def create_app(
     readiness_timeout: float = 1.0,
     max_message_bytes: int = 4 * 1024 * 1024,
     version: str | None = None,
-    now: Callable[[], datetime] | None = None,
+    clock: Clock | None = None,
 ) -> Starlette:
     """The REST gateway as a Starlette app over ONE grpc.aio channel.
 
     ``grpc_target`` is "host:port" (the app owns the channel, created in its event loop and
     closed at shutdown) or an existing grpc.aio channel (borrowed, never closed).
     ``services`` are full service names or descriptors; None exposes every service in
-    ``package``. Raises ServiceNotFound / TemplateError at once on bad configuration.
+    ``package``. ``clock`` stamps error timestamps. Raises ServiceNotFound / TemplateError at
+    once on bad configuration.
     """
     selected = select_services(services, package)
     table = compile_routes(selected)
@@ -79,7 +81,7 @@ def create_app(
         timeout=timeout,
         readiness_timeout=readiness_timeout,
         version=version or package_version(),
-        now=now or (lambda: datetime.now(UTC)),
+        clock=clock or SystemClock(),
     )
 
     @contextlib.asynccontextmanager
@@ -106,7 +108,7 @@ class Gateway:
         timeout: float,
         readiness_timeout: float,
         version: str,
-        now: Callable[[], datetime],
+        clock: Clock,
     ) -> None:
         self.routes = routes
         self.backend = backend
@@ -114,7 +116,7 @@ class Gateway:
         self.timeout = timeout
         self.readiness_timeout = readiness_timeout
         self.version = version
-        self.now = now
+        self.clock = clock
         self._streams: set[NdjsonStream] = set()
         self._closing = False
 
@@ -227,7 +229,7 @@ class Gateway:
         )
 
     def _error_body(self, error: ApiError, request_id: str) -> dict[str, object]:
-        return error.body(request_id, self.now(), self.version)
+        return error.body(request_id, datetime.fromtimestamp(self.clock.now(), UTC), self.version)
 
     def error_response(self, error: ApiError, request_id: str) -> Response:
         return Response(

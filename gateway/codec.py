@@ -22,7 +22,7 @@ import math
 import re
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -62,6 +62,25 @@ WRAPPERS = frozenset(
 )
 # Well-known types whose JSON form is a single string (settable from a query parameter).
 STRING_FORMED = frozenset({TIMESTAMP, DURATION, FIELD_MASK})
+
+
+def message_type(field: FieldDescriptor) -> Descriptor:
+    """The message type of a message (or map) field."""
+    message = field.message_type
+    if message is None:
+        raise TypeError(f"{field.full_name} is not a message field")
+    return message
+
+
+def enum_type(field: FieldDescriptor) -> EnumDescriptor:
+    enum = field.enum_type
+    if enum is None:
+        raise TypeError(f"{field.full_name} is not an enum field")
+    return enum
+
+
+def descriptor_of(message: Message) -> Descriptor:
+    return cast(Descriptor, message.DESCRIPTOR)
 
 
 def url_settable(message: Descriptor) -> bool:
@@ -147,7 +166,7 @@ def encode_field(message: Message, field: FieldDescriptor) -> JSON:
 
 
 def _encode(message: Message) -> JSON:
-    descriptor = message.DESCRIPTOR
+    descriptor = descriptor_of(message)
     special = _WKT_ENCODERS.get(descriptor.full_name)
     if special is not None:
         return special(message)
@@ -194,8 +213,8 @@ def _plan(descriptor: Descriptor) -> _Plan:
 
 def _field_encoder(field: FieldDescriptor) -> Callable[[Any], JSON]:
     if _is_map(field):
-        key_field = field.message_type.fields_by_name["key"]
-        value_encode = _value_encoder(field.message_type.fields_by_name["value"])
+        key_field = message_type(field).fields_by_name["key"]
+        value_encode = _value_encoder(message_type(field).fields_by_name["value"])
         key_encode = _map_key_text if key_field.type != _F.TYPE_BOOL else _bool_text
         return lambda m: {key_encode(k): value_encode(v) for k, v in m.items()}
     single = _value_encoder(field)
@@ -209,7 +228,7 @@ def _value_encoder(field: FieldDescriptor) -> Callable[[Any], JSON]:
     if kind == _F.TYPE_MESSAGE:
         return _encode
     if kind == _F.TYPE_ENUM:
-        return enum_wire(field.enum_type).encode
+        return enum_wire(enum_type(field)).encode
     if kind == _F.TYPE_DOUBLE:
         return _encode_double
     if kind == _F.TYPE_FLOAT:
@@ -311,7 +330,7 @@ def decode_message(value: JSON, message: Message, path: str = "") -> None:
         return
     if not isinstance(value, dict):
         raise CodecError(path, "expected a JSON object")
-    fields = fields_by_any_name(message.DESCRIPTOR)
+    fields = fields_by_any_name(descriptor_of(message))
     oneofs_set: dict[str, str] = {}
     for key, item in value.items():
         field = fields.get(key)
@@ -336,8 +355,8 @@ def decode_field(message: Message, field: FieldDescriptor, value: JSON, path: st
     if _is_map(field):
         if not isinstance(value, dict):
             raise CodecError(path, "expected a JSON object")
-        key_field = field.message_type.fields_by_name["key"]
-        value_field = field.message_type.fields_by_name["value"]
+        key_field = message_type(field).fields_by_name["key"]
+        value_field = message_type(field).fields_by_name["value"]
         target = getattr(message, field.name)
         for key, item in value.items():
             sub = _join(path, key)
@@ -374,8 +393,8 @@ def decode_text(message: Message, field: FieldDescriptor, text: str, path: str) 
         raise CodecError(path, "maps cannot be set from the URL")
     value: JSON = text
     if field.type == _F.TYPE_MESSAGE:
-        name = field.message_type.full_name
-        if not url_settable(field.message_type):
+        name = message_type(field).full_name
+        if not url_settable(message_type(field)):
             raise CodecError(path, "message fields cannot be set from the URL; use dotted names")
         if name == "google.protobuf.BoolValue":
             value = _bool_from_text(text, path)
@@ -392,11 +411,11 @@ def _bool_from_text(text: str, path: str) -> bool:
 
 
 def _accepts_null(field: FieldDescriptor) -> bool:
-    return field.type == _F.TYPE_MESSAGE and field.message_type.full_name == VALUE
+    return field.type == _F.TYPE_MESSAGE and message_type(field).full_name == VALUE
 
 
 def _is_wrapper(field: FieldDescriptor) -> bool:
-    return field.type == _F.TYPE_MESSAGE and field.message_type.full_name in WRAPPERS
+    return field.type == _F.TYPE_MESSAGE and message_type(field).full_name in WRAPPERS
 
 
 def _join(path: str, key: str) -> str:
@@ -420,7 +439,7 @@ def _is_map(field: FieldDescriptor) -> bool:
     return (
         field.type == _F.TYPE_MESSAGE
         and field.is_repeated
-        and field.message_type.GetOptions().map_entry
+        and message_type(field).GetOptions().map_entry
     )
 
 
@@ -442,7 +461,7 @@ def _scalar(field: FieldDescriptor, value: JSON, path: str) -> Any:
             return value
         raise CodecError(path, "expected a string")
     if kind == _F.TYPE_ENUM:
-        return enum_wire(field.enum_type).decode(value, path)
+        return enum_wire(enum_type(field)).decode(value, path)
     if kind == _F.TYPE_BOOL:
         if isinstance(value, bool):
             return value
@@ -459,9 +478,12 @@ def _integer(value: JSON, bounds: tuple[int, int], path: str) -> int:
         raise CodecError(path, "expected an integer")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
+    elif (
+        isinstance(value, float)
+        and value.is_integer()
+        or isinstance(value, str)
+        and _INT_TEXT.fullmatch(value)
+    ):
         number = int(value)
     else:
         raise CodecError(path, "expected an integer")

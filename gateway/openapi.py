@@ -44,7 +44,10 @@ _STRUCT_KINDS: dict[int, Schema] = {
     options_pb2.STRUCT_KIND_STRING: {"type": "string"},
     options_pb2.STRUCT_KIND_STRING_LIST: {"type": "array", "items": {"type": "string"}},
     options_pb2.STRUCT_KIND_OBJECT: {"type": "object", "additionalProperties": True},
-    options_pb2.STRUCT_KIND_STRING_MAP: {"type": "object", "additionalProperties": {"type": "string"}},
+    options_pb2.STRUCT_KIND_STRING_MAP: {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+    },
     options_pb2.STRUCT_KIND_NUMBER: {"type": "number"},
     options_pb2.STRUCT_KIND_BOOL: {"type": "boolean"},
 }
@@ -67,8 +70,12 @@ _QUERY_DEPTH = 4
 
 def build_openapi(routes: Sequence[Route], services: Sequence[ServiceDescriptor]) -> dict[str, Any]:
     """The document for ``routes`` (compiled from ``services``, which name the tags)."""
-    builder = _Builder([r.method.input_type for r in routes] + [r.method.output_type for r in routes])
-    prefix = API_PREFIX if all(_openapi_path(r).startswith(API_PREFIX + "/") for r in routes) else ""
+    builder = _Builder(
+        [r.method.input_type for r in routes] + [r.method.output_type for r in routes]
+    )
+    prefix = (
+        API_PREFIX if all(_openapi_path(r).startswith(API_PREFIX + "/") for r in routes) else ""
+    )
     paths: dict[str, dict[str, Any]] = {}
     for route in sorted(routes, key=_openapi_path):
         path = _openapi_path(route)[len(prefix) :]
@@ -94,7 +101,12 @@ def build_openapi(routes: Sequence[Route], services: Sequence[ServiceDescriptor]
                 for name, text in _ERRORS.values()
             },
             "securitySchemes": {
-                name: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": text}
+                name: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": text,
+                }
                 for name, text in _SECURITY.items()
             },
         },
@@ -203,7 +215,9 @@ class _Builder:
             schema = self.field(route.body_field)
         elif route.body == "*":
             schema = self.message(route.method.input_type)
-            path_top = {chain[0].json_name for chain in route.path_fields.values() if len(chain) == 1}
+            path_top = {
+                chain[0].json_name for chain in route.path_fields.values() if len(chain) == 1
+            }
             if path_top:
                 inline = dict(self.schemas[self._names[route.method.input_type.full_name]])
                 inline["properties"] = {
@@ -285,13 +299,15 @@ class _Builder:
     def _single(self, field: FieldDescriptor, rules: options_pb2.FieldRules) -> Schema:
         kind = field.type
         if kind == _F.TYPE_MESSAGE:
-            schema = self.message(field.message_type)
-            if field.message_type.full_name == codec.STRUCT and rules.struct_properties:
+            schema = self.message(codec.message_type(field))
+            if codec.message_type(field).full_name == codec.STRUCT and rules.struct_properties:
                 schema = dict(schema)
-                schema["properties"] = {p.name: _struct_property(p) for p in rules.struct_properties}
+                schema["properties"] = {
+                    p.name: _struct_property(p) for p in rules.struct_properties
+                }
             return schema
         if kind == _F.TYPE_ENUM:
-            return {"type": "string", "enum": codec.enum_wire(field.enum_type).strings}
+            return {"type": "string", "enum": codec.enum_wire(codec.enum_type(field)).strings}
         if kind == _F.TYPE_STRING:
             schema = _string_schema(rules)
             if field.is_repeated or field.has_presence or rules.required:
@@ -376,8 +392,8 @@ def _with_default(schema: Schema, field: FieldDescriptor, rules: options_pb2.Fie
 
 def _enum_default(field: FieldDescriptor, default: Any) -> Any:
     """default_json names enum values by their proto names; REST uses the wire strings."""
-    wire = codec.enum_wire(field.enum_type)
-    by_name = {v.name: wire.encode(v.number) for v in field.enum_type.values}
+    wire = codec.enum_wire(codec.enum_type(field))
+    by_name = {v.name: wire.encode(v.number) for v in codec.enum_type(field).values}
     if isinstance(default, list):
         return [by_name.get(v, v) for v in default]
     return by_name.get(default, default)
@@ -404,7 +420,11 @@ def _wkt_schema(name: str) -> Schema | None:
     if name == codec.LIST_VALUE:
         return {"type": "array", "items": {}}
     if name == codec.ANY:
-        return {"type": "object", "properties": {"@type": {"type": "string"}}, "additionalProperties": True}
+        return {
+            "type": "object",
+            "properties": {"@type": {"type": "string"}},
+            "additionalProperties": True,
+        }
     if name == codec.EMPTY:
         return {"type": "object", "additionalProperties": False}
     if name in codec.WRAPPERS:

@@ -6,7 +6,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.api import annotations_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -42,7 +47,9 @@ class Route:
     @property
     def path_param_names(self) -> dict[tuple[str, ...], str]:
         """Path variables by their REST name: the fields' JSON names joined with '.'."""
-        return {key: ".".join(f.json_name for f in chain) for key, chain in self.path_fields.items()}
+        return {
+            key: ".".join(f.json_name for f in chain) for key, chain in self.path_fields.items()
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +76,10 @@ class RouteTable:
         self.routes: tuple[Route, ...] = tuple(
             sorted(
                 routes,
-                key=lambda r: (-r.binding.template.literal_count, len(r.binding.template.variables)),
+                key=lambda r: (
+                    -r.binding.template.literal_count,
+                    len(r.binding.template.variables),
+                ),
             )
         )
         seen: dict[tuple[str, str], str] = {}
@@ -133,7 +143,9 @@ def _route(
             raise TemplateError(f"body field {binding.body!r} is also bound by the path")
     response_field = None
     if binding.response_body:
-        response_field = _top_level_field(method.output_type, binding.response_body, "response_body")
+        response_field = _top_level_field(
+            method.output_type, binding.response_body, "response_body"
+        )
     status = http.success_status or 200
     if not 200 <= status <= 299:
         raise TemplateError(f"success_status {status} is not a 2xx status")

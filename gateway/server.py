@@ -19,7 +19,7 @@ DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 
 
 def split_http_addr(addr: str) -> tuple[str, int]:
-    """"host:port" (IPv6 as "[::1]:port"); port 0 picks a free port."""
+    """ "host:port" (IPv6 as "[::1]:port"); port 0 picks a free port."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"HTTP address must be host:port, got {addr!r}")

@@ -14,6 +14,7 @@ from gateway.codec import (
     decode_field,
     decode_message,
     decode_text,
+    descriptor_of,
     encode_field,
     encode_message,
     fields_by_any_name,
@@ -72,8 +73,11 @@ def _apply_query(route: Route, request: Message, query_string: bytes) -> None:
         return
     try:
         pairs = parse_qsl(
-            query_string.decode("latin-1"), keep_blank_values=True, strict_parsing=True,
-            encoding="utf-8", errors="strict",
+            query_string.decode("latin-1"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            encoding="utf-8",
+            errors="strict",
         )
     except (ValueError, UnicodeDecodeError):
         raise CodecError("", "malformed query string") from None
@@ -96,7 +100,7 @@ def _query_target(
     parts = name.split(".")
     key: list[int] = []
     for depth, part in enumerate(parts):
-        field = fields_by_any_name(target.DESCRIPTOR).get(part)
+        field = fields_by_any_name(descriptor_of(target)).get(part)
         if field is None:
             raise CodecError(name, "unknown query parameter")
         key.append(field.number)

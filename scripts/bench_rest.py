@@ -64,12 +64,20 @@ async def _serve_plane(with_gateway: bool) -> None:
     async with grpc.aio.insecure_channel(plane.grpc_target) as channel:
         stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
         reg = pb.ServiceRegistration(
-            service_id=str(uuid.uuid4()), service_name=SERVICE, cluster=pb.CLUSTER_API_GATEWAY,
-            plane=pb.PLANE_OPS, version="1.0.0", ttl=3600,
+            service_id=str(uuid.uuid4()),
+            service_name=SERVICE,
+            cluster=pb.CLUSTER_API_GATEWAY,
+            plane=pb.PLANE_OPS,
+            version="1.0.0",
+            ttl=3600,
         )
         reg.endpoint.host, reg.endpoint.port = "api-gateway.lucid.onion", 8080
         reg.endpoint.protocol = pb.PROTOCOL_HTTPS
-        reg.health_check.endpoint, reg.health_check.interval, reg.health_check.timeout = "/h", 300, 5
+        reg.health_check.endpoint, reg.health_check.interval, reg.health_check.timeout = (
+            "/h",
+            300,
+            5,
+        )
         await stub.Register(pb.RegisterRequest(registration=reg), metadata=md)
         await stub.UpdateHealth(
             pb.UpdateHealthRequest(
@@ -169,12 +177,32 @@ def _check_rest(port: int, token: str) -> None:
         raise SystemExit(f"REST resolve failed: {response.status_code} {response.text}")
 
 
-def _h2load(label: str, args: list[str], url: str, concurrency: int, duration: int,
-            warmup: int, workdir: Path) -> Result:
+def _h2load(
+    label: str,
+    args: list[str],
+    url: str,
+    concurrency: int,
+    duration: int,
+    warmup: int,
+    workdir: Path,
+) -> Result:
     log = workdir / f"{label}-{concurrency}.log"
     command = [
-        "h2load", "-c", str(concurrency), "-m", "1", "-t", "1", "-D", str(duration),
-        "--warm-up-time", str(warmup), "--log-file", str(log), *args, url,
+        "h2load",
+        "-c",
+        str(concurrency),
+        "-m",
+        "1",
+        "-t",
+        "1",
+        "-D",
+        str(duration),
+        "--warm-up-time",
+        str(warmup),
+        "--log-file",
+        str(log),
+        *args,
+        url,
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     latencies: list[float] = []
@@ -254,14 +282,30 @@ def main() -> int:
             for level in (int(c) for c in ns.concurrency.split(",")):
                 grpc_result = _h2load(
                     "gRPC",
-                    ["-H", "content-type: application/grpc", "-H", "te: trailers", "-H", auth,
-                     "-d", str(workdir / "frame.bin")],
+                    [
+                        "-H",
+                        "content-type: application/grpc",
+                        "-H",
+                        "te: trailers",
+                        "-H",
+                        auth,
+                        "-d",
+                        str(workdir / "frame.bin"),
+                    ],
                     f"http://127.0.0.1:{grpc_port}{RESOLVE_GRPC}",
-                    level, ns.duration, ns.warmup, workdir,
+                    level,
+                    ns.duration,
+                    ns.warmup,
+                    workdir,
                 )
                 rest = _h2load(
-                    "REST", ["--h1", "-H", auth], f"http://127.0.0.1:{http_port}{RESOLVE_REST}",
-                    level, ns.duration, ns.warmup, workdir,
+                    "REST",
+                    ["--h1", "-H", auth],
+                    f"http://127.0.0.1:{http_port}{RESOLVE_REST}",
+                    level,
+                    ns.duration,
+                    ns.warmup,
+                    workdir,
                 )
                 print()
                 print(_table(level, grpc_result, rest))

@@ -27,8 +27,15 @@ PACKAGE = "lucid.gwtest.v1"
 SERVICE = f"{PACKAGE}.EchoService"
 _T = descriptor_pb2.FieldDescriptorProto
 # Importing these modules loads the files echo.proto depends on into the default pool.
-DEPENDENCIES = (annotations_pb2, options_pb2, discovery_pb2, duration_pb2, struct_pb2,
-                timestamp_pb2, wrappers_pb2)
+DEPENDENCIES = (
+    annotations_pb2,
+    options_pb2,
+    discovery_pb2,
+    duration_pb2,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
 
 
 def _field(
@@ -94,7 +101,9 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     _field(kitchen, "b", 9, _T.TYPE_INT32, oneof=0)
     _field(kitchen, "wrapped", 10, _T.TYPE_MESSAGE, type_name=".google.protobuf.Int64Value")
     _field(kitchen, "wait", 11, _T.TYPE_MESSAGE, type_name=".google.protobuf.Duration")
-    _field(kitchen, "planes", 12, _T.TYPE_ENUM, type_name=".lucid.discovery.v1.Plane", repeated=True)
+    _field(
+        kitchen, "planes", 12, _T.TYPE_ENUM, type_name=".lucid.discovery.v1.Plane", repeated=True
+    )
     _field(kitchen, "nested", 13, _T.TYPE_MESSAGE, type_name=f".{PACKAGE}.Kitchen.Nested")
     _field(kitchen, "at", 14, _T.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp")
     _field(kitchen, "any_value", 15, _T.TYPE_MESSAGE, type_name=".google.protobuf.Value")
@@ -107,22 +116,34 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         message = f.message_type.add(name=name)
         _field(message, "name", 1, _T.TYPE_STRING)
         _field(message, "kitchen", 2, _T.TYPE_MESSAGE, type_name=f".{PACKAGE}.Kitchen")
-        _field(message, "count", 3, _T.TYPE_INT32, rules=options_pb2.FieldRules(minimum=0, maximum=9))
+        _field(
+            message, "count", 3, _T.TYPE_INT32, rules=options_pb2.FieldRules(minimum=0, maximum=9)
+        )
         _field(message, "tags", 4, _T.TYPE_STRING, repeated=True)
 
     service = f.service.add(name="EchoService")
     echo = service.method.add(
         name="Echo", input_type=f".{PACKAGE}.EchoRequest", output_type=f".{PACKAGE}.EchoResponse"
     )
-    echo.options.Extensions[annotations_pb2.http].CopyFrom(http_pb2.HttpRule(get="/api/v1/echo/{name}"))
-    echo.options.Extensions[options_pb2.http_options].CopyFrom(options_pb2.HttpOptions(success_status=202))
+    echo.options.Extensions[annotations_pb2.http].CopyFrom(
+        http_pb2.HttpRule(get="/api/v1/echo/{name}")
+    )
+    echo.options.Extensions[options_pb2.http_options].CopyFrom(
+        options_pb2.HttpOptions(success_status=202)
+    )
     body = service.method.add(
-        name="EchoKitchen", input_type=f".{PACKAGE}.EchoRequest", output_type=f".{PACKAGE}.EchoResponse"
+        name="EchoKitchen",
+        input_type=f".{PACKAGE}.EchoRequest",
+        output_type=f".{PACKAGE}.EchoResponse",
     )
     body.options.Extensions[annotations_pb2.http].CopyFrom(
-        http_pb2.HttpRule(post="/api/v1/echo/{name}:kitchen", body="kitchen", response_body="kitchen")
+        http_pb2.HttpRule(
+            post="/api/v1/echo/{name}:kitchen", body="kitchen", response_body="kitchen"
+        )
     )
-    body.options.Extensions[options_pb2.http_options].CopyFrom(options_pb2.HttpOptions(admin_only=True))
+    body.options.Extensions[options_pb2.http_options].CopyFrom(
+        options_pb2.HttpOptions(admin_only=True)
+    )
     return f
 
 

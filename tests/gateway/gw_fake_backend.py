@@ -17,7 +17,6 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-
 from gw_dynamic_proto import SERVICE as ECHO_SERVICE
 from gw_dynamic_proto import message_class
 
@@ -99,7 +98,9 @@ class Script:
         for seen in reversed(self.calls):
             if seen.method == method:
                 return seen
-        raise AssertionError(f"backend never received {method}; got {[c.method for c in self.calls]}")
+        raise AssertionError(
+            f"backend never received {method}; got {[c.method for c in self.calls]}"
+        )
 
 
 class FakeDiscovery(discovery_pb2_grpc.DiscoveryServiceServicer):
@@ -134,7 +135,9 @@ class FakeDiscovery(discovery_pb2_grpc.DiscoveryServiceServicer):
         reply.registered_at.FromSeconds(REGISTERED_AT)
         return reply
 
-    async def Deregister(self, request: pb.DeregisterRequest, context: Any) -> pb.DeregisterResponse:
+    async def Deregister(
+        self, request: pb.DeregisterRequest, context: Any
+    ) -> pb.DeregisterResponse:
         await self._enter("Deregister", request, context)
         return pb.DeregisterResponse(revision=8)
 
@@ -164,7 +167,9 @@ class FakeDiscovery(discovery_pb2_grpc.DiscoveryServiceServicer):
             status=pb.HEALTH_STATE_HEALTHY,
         )
 
-    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchResponse]:
+    async def Watch(
+        self, request: pb.WatchRequest, context: Any
+    ) -> AsyncIterator[pb.WatchResponse]:
         await self._enter("Watch", request, context)
         self.script.watch_started.set()
         try:
@@ -219,7 +224,9 @@ class FakeBackend:
 async def start_fake_backend() -> FakeBackend:
     script = Script()
     server = grpc.aio.server()
-    discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(FakeDiscovery(script), server)
+    # Methods the fake does not script answer UNIMPLEMENTED (the generated base class).
+    servicer = FakeDiscovery(script)  # type: ignore[abstract]
+    discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers([echo_handler(script)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -227,4 +234,3 @@ async def start_fake_backend() -> FakeBackend:
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     return FakeBackend(server, port, script, health_servicer)
-

@@ -41,7 +41,9 @@ _json_scalars = (
 )
 free_json = st.recursive(
     _json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -82,7 +84,7 @@ def scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if kind == _F.TYPE_BYTES:
         return st.binary(min_size=1, max_size=12).map(lambda b: base64.b64encode(b).decode())
     if kind == _F.TYPE_ENUM:
-        return st.sampled_from(codec.enum_wire(field.enum_type).strings)
+        return st.sampled_from(codec.enum_wire(codec.enum_type(field)).strings)
     raise AssertionError(f"no scalar strategy for {field.full_name}")
 
 
@@ -124,8 +126,12 @@ def _field(field: FieldDescriptor, depth: int) -> tuple[bool, st.SearchStrategy[
     message = field.message_type
     if message is not None and message.GetOptions().map_entry:
         key, value = message.fields_by_name["key"], message.fields_by_name["value"]
-        keys = scalar(key).map(lambda k: ("true" if k else "false") if isinstance(k, bool) else str(k))
-        return True, st.dictionaries(keys, _value(value, depth), max_size=2 if depth < _MAX_DEPTH else 0)
+        keys = scalar(key).map(
+            lambda k: ("true" if k else "false") if isinstance(k, bool) else str(k)
+        )
+        return True, st.dictionaries(
+            keys, _value(value, depth), max_size=2 if depth < _MAX_DEPTH else 0
+        )
     if field.is_repeated:
         return True, st.lists(_value(field, depth), max_size=2 if depth < _MAX_DEPTH else 0)
     if message is not None:

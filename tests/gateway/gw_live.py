@@ -40,7 +40,12 @@ def registration(name: str = "api-gateway", **overrides: Any) -> dict[str, Any]:
         "serviceName": name,
         "cluster": "api-gateway",
         "plane": "ops",
-        "endpoint": {"host": f"{name}.lucid.onion", "port": 8080, "protocol": "https", "path": "/api/v1"},
+        "endpoint": {
+            "host": f"{name}.lucid.onion",
+            "port": 8080,
+            "protocol": "https",
+            "path": "/api/v1",
+        },
         "version": "1.0.0",
         "healthCheck": {"endpoint": "/health", "interval": 30, "timeout": 10},
     }

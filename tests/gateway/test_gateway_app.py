@@ -13,8 +13,10 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2
 from gw_fake_backend import FakeBackend, plain_status, status
 
+from gateway.app import create_app
 from gateway.transcode import MAX_BODY_BYTES
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.clock import FakeClock
 
 BASE = "/api/v1/service-discovery"
 SID = "550e8400-e29b-41d4-a716-446655440000"
@@ -23,7 +25,12 @@ REGISTRATION = {
     "serviceName": "api-gateway",
     "cluster": "api-gateway",
     "plane": "ops",
-    "endpoint": {"host": "api-gateway.lucid.onion", "port": 8080, "protocol": "https", "path": "/api/v1"},
+    "endpoint": {
+        "host": "api-gateway.lucid.onion",
+        "port": 8080,
+        "protocol": "https",
+        "path": "/api/v1",
+    },
     "version": "1.0.0",
 }
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -38,7 +45,15 @@ def assert_error(response: httpx.Response, status_code: int, code: str) -> dict[
     assert UUID_RE.match(error["request_id"])
     assert error["service"] == "lucid-cp" and error["version"] == "0.1.0"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", error["timestamp"])
-    assert set(error) == {"code", "message", "details", "request_id", "timestamp", "service", "version"}
+    assert set(error) == {
+        "code",
+        "message",
+        "details",
+        "request_id",
+        "timestamp",
+        "service",
+        "version",
+    }
     return dict(error)
 
 
@@ -126,14 +141,22 @@ async def test_query_parameters_map_onto_request_fields(
 ) -> None:
     response = await client.get(
         f"{BASE}/services",
-        params={"cluster": "tron-payment", "plane": "wallet", "status": "healthy", "limit": "5",
-                "offset": "10", "service_name": "pay"},
+        params={
+            "cluster": "tron-payment",
+            "plane": "wallet",
+            "status": "healthy",
+            "limit": "5",
+            "offset": "10",
+            "service_name": "pay",
+        },
     )
     assert response.status_code == 200
     assert response.json() == {"services": [], "total": 0, "limit": 5, "offset": 10, "revision": 0}
     seen = backend.script.last("Discover").request
     assert (seen.cluster, seen.plane, seen.status) == (
-        pb.CLUSTER_TRON_PAYMENT, pb.PLANE_WALLET, pb.HEALTH_STATE_HEALTHY
+        pb.CLUSTER_TRON_PAYMENT,
+        pb.PLANE_WALLET,
+        pb.HEALTH_STATE_HEALTHY,
     )
     assert (seen.limit, seen.offset, seen.service_name) == (5, 10, "pay")
 
@@ -169,7 +192,9 @@ async def test_path_bound_and_body_fields_cannot_come_from_the_query(
 
 
 async def test_resolve_path_and_enum_query(client: httpx.AsyncClient, backend: FakeBackend) -> None:
-    response = await client.get(f"{BASE}/services/api-gateway/resolve?loadBalance=least-connections")
+    response = await client.get(
+        f"{BASE}/services/api-gateway/resolve?loadBalance=least-connections"
+    )
     assert response.json() == {
         "host": "api-gateway.lucid.onion",
         "port": 8080,
@@ -220,10 +245,14 @@ async def test_backend_error_details_become_the_error_body(
     client: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     backend.script.errors["Register"] = status(
-        code_pb2.ALREADY_EXISTS, "service instance is already registered", "LUCID_ERR_1003",
+        code_pb2.ALREADY_EXISTS,
+        "service instance is already registered",
+        "LUCID_ERR_1003",
         metadata={"serviceId": SID, "request_id": "ignored"},
     )
-    error = assert_error(await client.post(f"{BASE}/services", json=REGISTRATION), 409, "LUCID_ERR_1003")
+    error = assert_error(
+        await client.post(f"{BASE}/services", json=REGISTRATION), 409, "LUCID_ERR_1003"
+    )
     assert error["message"] == "service instance is already registered"
     assert error["details"] == {"serviceId": SID}
 
@@ -232,10 +261,14 @@ async def test_backend_field_violations_are_in_body_terms(
     client: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     backend.script.errors["Register"] = status(
-        code_pb2.INVALID_ARGUMENT, "invalid", "LUCID_ERR_1004",
+        code_pb2.INVALID_ARGUMENT,
+        "invalid",
+        "LUCID_ERR_1004",
         violations=[("registration.endpoint.port", "must be at least 1")],
     )
-    error = assert_error(await client.post(f"{BASE}/services", json=REGISTRATION), 400, "LUCID_ERR_1004")
+    error = assert_error(
+        await client.post(f"{BASE}/services", json=REGISTRATION), 400, "LUCID_ERR_1004"
+    )
     assert error["details"]["fieldViolations"] == [
         {"field": "endpoint.port", "description": "must be at least 1"}
     ]
@@ -271,7 +304,9 @@ async def test_backend_crash_is_500_without_internals(
     assert "Traceback" not in error["message"]
 
 
-async def test_deadline_exceeded_is_504(echo_client: httpx.AsyncClient, backend: FakeBackend) -> None:
+async def test_deadline_exceeded_is_504(
+    echo_client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
     backend.script.hang.add("Resolve")
     assert_error(await echo_client.get(f"{BASE}/services/x/resolve"), 504, "LUCID_ERR_1999")
 
@@ -355,3 +390,11 @@ async def test_openapi_document_is_served(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/openapi.json")
     assert response.status_code == 200
     assert response.json()["openapi"] == "3.0.3"
+
+
+async def test_error_timestamps_come_from_the_injected_clock(backend: FakeBackend) -> None:
+    app = create_app(backend.target, clock=FakeClock(now=1736536080.25))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        response = await http.get("/api/v1/nothing")
+    assert response.json()["error"]["timestamp"] == "2025-01-10T19:08:00.250Z"

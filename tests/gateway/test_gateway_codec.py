@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from google.api import httpbody_pb2, http_pb2
+from google.api import http_pb2, httpbody_pb2
 from gw_dynamic_proto import message_class
 
 from gateway.codec import CodecError, decode_message, decode_text, encode_field, encode_message
@@ -99,7 +99,9 @@ def test_unspecified_enums_and_empty_strings_are_omitted() -> None:
 def test_optional_fields_are_emitted_only_when_set() -> None:
     assert "ttl" not in encode_message(pb.ServiceRegistration())
     assert encode_message(pb.ServiceRegistration(ttl=0))["ttl"] == 0
-    assert "loadBalance" not in encode_message(pb.ResolveRequest(load_balance=0))
+    assert "loadBalance" not in encode_message(
+        pb.ResolveRequest(load_balance=pb.LOAD_BALANCE_UNSPECIFIED)
+    )
 
 
 def test_int64_is_a_json_number_and_accepts_strings() -> None:
@@ -116,7 +118,9 @@ def test_integers_reject_other_json_types(bad: Any) -> None:
 
 
 def test_int32_range_is_enforced() -> None:
-    assert error_of(pb.DiscoverRequest, {"limit": 2**31}).description.startswith("integer out of range")
+    assert error_of(pb.DiscoverRequest, {"limit": 2**31}).description.startswith(
+        "integer out of range"
+    )
 
 
 def test_enums_accept_only_wire_strings() -> None:

@@ -61,7 +61,9 @@ async def test_validation_errors_are_400_with_field_violations(live: httpx.Async
     fields = [v["field"] for v in err["details"]["fieldViolations"]]
     assert "endpoint.port" in fields  # in the body's own terms, not "registration.endpoint.port"
     short = registration("ab")
-    err = error(await live.post(f"{BASE}/services", json=short, headers=ADMIN), 400, "LUCID_ERR_1004")
+    err = error(
+        await live.post(f"{BASE}/services", json=short, headers=ADMIN), 400, "LUCID_ERR_1004"
+    )
     assert [v["field"] for v in err["details"]["fieldViolations"]] == ["serviceName"]
 
 
@@ -95,14 +97,18 @@ async def test_deregister_is_204_then_404(live: httpx.AsyncClient) -> None:
     response = await live.delete(url, headers=bearer())
     assert response.status_code == 204 and response.content == b""
     error(await live.delete(url, headers=bearer()), 404, "LUCID_ERR_1002")
-    error(await live.delete(f"{BASE}/services/{uuid.uuid4()}", headers=ADMIN), 404, "LUCID_ERR_1002")
+    error(
+        await live.delete(f"{BASE}/services/{uuid.uuid4()}", headers=ADMIN), 404, "LUCID_ERR_1002"
+    )
 
 
 async def test_health_update_is_200_with_health_status(live: httpx.AsyncClient) -> None:
     body = registration()
     await register(live, body)
     url = f"{BASE}/services/{body['serviceId']}/health"
-    response = await live.put(url, json={"status": "healthy", "responseTime": 12.5}, headers=bearer())
+    response = await live.put(
+        url, json={"status": "healthy", "responseTime": 12.5}, headers=bearer()
+    )
     assert response.status_code == 200, response.text
     health = response.json()
     assert health["status"] == "healthy" and health["responseTime"] == 12.5
@@ -142,15 +148,19 @@ async def test_resolve_is_200_for_a_healthy_instance_and_404_otherwise(
     await register(live, body)
     url = f"{BASE}/services/api-gateway/resolve"
     error(await live.get(url, headers=bearer()), 404, "LUCID_ERR_1002")  # health still unknown
-    await live.put(f"{BASE}/services/{body['serviceId']}/health", json={"status": "healthy"},
-                   headers=bearer())
+    await live.put(
+        f"{BASE}/services/{body['serviceId']}/health", json={"status": "healthy"}, headers=bearer()
+    )
     response = await live.get(f"{url}?loadBalance=round-robin&version=1.0.0", headers=bearer())
     assert response.status_code == 200, response.text
     endpoint = response.json()
     assert endpoint["host"] == "api-gateway.lucid.onion" and endpoint["port"] == 8080
     assert endpoint["protocol"] == "https" and endpoint["serviceId"] == body["serviceId"]
-    error(await live.get(f"{BASE}/services/nothing-here/resolve", headers=bearer()), 404,
-          "LUCID_ERR_1002")
+    error(
+        await live.get(f"{BASE}/services/nothing-here/resolve", headers=bearer()),
+        404,
+        "LUCID_ERR_1002",
+    )
 
 
 async def test_watch_streams_ndjson_events(live: httpx.AsyncClient) -> None:
@@ -187,7 +197,9 @@ async def test_rate_limit_is_429_with_retry_after() -> None:
     try:
         async with httpx.AsyncClient(base_url=stack.gateway.url) as live:
             auth = bearer("ops-admin", Role.ADMIN)
-            statuses = [(await live.get(f"{BASE}/services", headers=auth)).status_code for _ in range(2)]
+            statuses = [
+                (await live.get(f"{BASE}/services", headers=auth)).status_code for _ in range(2)
+            ]
             assert statuses == [200, 200]
             limited = await live.get(f"{BASE}/services", headers=auth)
             err = error(limited, 429, "LUCID_ERR_1903")
@@ -199,8 +211,9 @@ async def test_rate_limit_is_429_with_retry_after() -> None:
 
 async def test_request_id_reaches_the_control_plane(live: httpx.AsyncClient) -> None:
     given = str(uuid.uuid4())
-    response = await live.get(f"{BASE}/services/nothing-here/resolve",
-                              headers={**bearer(), "X-Request-ID": given})
+    response = await live.get(
+        f"{BASE}/services/nothing-here/resolve", headers={**bearer(), "X-Request-ID": given}
+    )
     assert error(response, 404, "LUCID_ERR_1002")["request_id"] == given
 
 

@@ -104,7 +104,9 @@ def test_bad_request_becomes_field_violations_in_body_terms() -> None:
 def test_retry_info_sets_retry_after_rounded_up() -> None:
     delay = duration_pb2.Duration(seconds=2, nanos=300_000_000)
     retry = error_details_pb2.RetryInfo(retry_delay=delay)
-    error = from_grpc(C.RESOURCE_EXHAUSTED, None, trailer(code_pb2.RESOURCE_EXHAUSTED, "slow", retry))
+    error = from_grpc(
+        C.RESOURCE_EXHAUSTED, None, trailer(code_pb2.RESOURCE_EXHAUSTED, "slow", retry)
+    )
     assert error.retry_after == 3
     assert error.headers() == {"Retry-After": "3"}
     assert error.details["retryAfterSeconds"] == 2.3
@@ -155,4 +157,6 @@ def test_body_has_the_seed_error_shape() -> None:
 def test_rfc3339_is_utc_with_milliseconds() -> None:
     stamp = rfc3339(datetime(2025, 1, 10, 19, 8, 0, 123456, tzinfo=UTC))
     assert stamp == "2025-01-10T19:08:00.123Z"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rfc3339(datetime(2025, 1, 1, tzinfo=UTC)))
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rfc3339(datetime(2025, 1, 1, tzinfo=UTC))
+    )

@@ -111,14 +111,24 @@ def test_discover_query_parameters_match_the_seed(doc: dict[str, Any]) -> None:
     assert {"cluster", "plane", "status", "limit", "offset"} <= set(query)
     assert all(p["in"] == "query" for p in query.values())
     assert query["cluster"]["schema"]["enum"] == [
-        "api-gateway", "blockchain-core", "session-management", "rdp-services", "node-management",
-        "admin-interface", "tron-payment", "storage-database", "authentication",
+        "api-gateway",
+        "blockchain-core",
+        "session-management",
+        "rdp-services",
+        "node-management",
+        "admin-interface",
+        "tron-payment",
+        "storage-database",
+        "authentication",
     ]
     assert query["plane"]["schema"]["enum"] == ["ops", "chain", "wallet"]
     assert {"healthy", "unhealthy", "unknown"} <= set(query["status"]["schema"]["enum"])
     limit = query["limit"]["schema"]
     assert (limit["type"], limit["minimum"], limit["maximum"], limit["default"]) == (
-        "integer", 1, 1000, 100
+        "integer",
+        1,
+        1000,
+        100,
     )
     offset = query["offset"]["schema"]
     assert (offset["minimum"], offset["default"]) == (0, 0)
@@ -143,12 +153,21 @@ def test_path_ids_are_uuids(doc: dict[str, Any]) -> None:
 def test_registration_schema_carries_field_rules(doc: dict[str, Any]) -> None:
     reg = schema(doc, "ServiceRegistration")
     assert reg["required"] == [
-        "serviceId", "serviceName", "cluster", "plane", "endpoint", "version", "healthCheck"
+        "serviceId",
+        "serviceName",
+        "cluster",
+        "plane",
+        "endpoint",
+        "version",
+        "healthCheck",
     ]
     props = reg["properties"]
     assert props["serviceId"] == {"type": "string", "format": "uuid"}
     assert props["serviceName"] == {
-        "type": "string", "pattern": "^[a-z0-9-]+$", "minLength": 3, "maxLength": 50
+        "type": "string",
+        "pattern": "^[a-z0-9-]+$",
+        "minLength": 3,
+        "maxLength": 50,
     }
     assert props["ttl"]["minimum"] == 30 and props["ttl"]["maximum"] == 3600
     assert props["ttl"]["default"] == 300
@@ -160,9 +179,10 @@ def test_registration_schema_carries_field_rules(doc: dict[str, Any]) -> None:
     endpoint = schema(doc, props["endpoint"])
     assert endpoint["required"] == ["host", "port", "protocol"]
     assert endpoint["properties"]["host"]["format"] == "hostname"
-    assert (endpoint["properties"]["port"]["minimum"], endpoint["properties"]["port"]["maximum"]) == (
-        1, 65535
-    )
+    assert (
+        endpoint["properties"]["port"]["minimum"],
+        endpoint["properties"]["port"]["maximum"],
+    ) == (1, 65535)
     assert endpoint["properties"]["protocol"]["enum"] == ["http", "https", "grpc", "grpcs"]
 
 
@@ -190,7 +210,9 @@ def test_security_schemes_and_admin_only_methods() -> None:
     for name in ("ServiceAuth", "AdminAuth"):
         assert schemes[name]["type"] == "http" and schemes[name]["scheme"] == "bearer"
         assert schemes[name]["bearerFormat"] == "JWT"
-    assert operation(doc, "post", "/service-discovery/services")["security"] == [{"ServiceAuth": []}]
+    assert operation(doc, "post", "/service-discovery/services")["security"] == [
+        {"ServiceAuth": []}
+    ]
     kitchen = operation(doc, "post", "/echo/{name}:kitchen")
     assert kitchen["security"] == [{"AdminAuth": []}]
 
@@ -212,14 +234,18 @@ def test_body_star_with_path_fields_leaves_them_out_of_the_body(doc: dict[str, A
     body = heartbeat["requestBody"]["content"]["application/json"]["schema"]
     assert "serviceId" not in body["properties"] and "activeConnections" in body["properties"]
     assert "required" not in body
-    assert "parameters" in heartbeat and not [p for p in heartbeat["parameters"] if p["in"] == "query"]
+    assert "parameters" in heartbeat and not [
+        p for p in heartbeat["parameters"] if p["in"] == "query"
+    ]
 
 
 def test_streaming_method_is_ndjson(doc: dict[str, Any]) -> None:
     watch = operation(doc, "get", "/service-discovery/watch")
     content = watch["responses"]["200"]["content"]
     assert list(content) == ["application/x-ndjson"]
-    assert content["application/x-ndjson"]["schema"] == {"$ref": "#/components/schemas/WatchResponse"}
+    assert content["application/x-ndjson"]["schema"] == {
+        "$ref": "#/components/schemas/WatchResponse"
+    }
 
 
 def test_optional_patterned_strings_allow_empty(doc: dict[str, Any]) -> None:

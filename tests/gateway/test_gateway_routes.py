@@ -36,12 +36,17 @@ def one_method_service(
     req.field.add(name="id", number=1, type=_T.TYPE_STRING, label=_T.LABEL_OPTIONAL)
     req.field.add(name="ids", number=2, type=_T.TYPE_STRING, label=_T.LABEL_REPEATED)
     req.field.add(
-        name="sub", number=3, type=_T.TYPE_MESSAGE, label=_T.LABEL_OPTIONAL,
+        name="sub",
+        number=3,
+        type=_T.TYPE_MESSAGE,
+        label=_T.LABEL_OPTIONAL,
         type_name=f".{package}.Sub",
     )
     f.message_type.add(name="Resp")
     method = f.service.add(name="BadService").method.add(
-        name="Call", input_type=f".{package}.Req", output_type=f".{package}.Resp",
+        name="Call",
+        input_type=f".{package}.Req",
+        output_type=f".{package}.Resp",
         client_streaming=client_streaming,
     )
     method.options.Extensions[annotations_pb2.http].CopyFrom(rule)
@@ -60,7 +65,8 @@ def test_discovery_routes_come_from_the_annotations() -> None:
     }
     base = "/api/v1/service-discovery"
     annotated = [
-        m for m in table.routes[0].method.containing_service.methods
+        m
+        for m in table.routes[0].method.containing_service.methods
         if m.GetOptions().HasExtension(annotations_pb2.http)
     ]
     assert len(table.routes) == len(annotated)

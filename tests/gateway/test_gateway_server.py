@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,30 +73,27 @@ async def test_run_gateway_serves_until_sigterm(backend: FakeBackend) -> None:
     probe = bind_socket("127.0.0.1:0")
     port = probe.getsockname()[1]
     probe.close()
-    code = (
-        "from gateway.server import run_gateway; "
-        f"run_gateway({backend.target!r}, '127.0.0.1:{port}')"
-    )
+    code = f"from gateway.server import run_gateway; run_gateway({backend.target!r}, '127.0.0.1:{port}')"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=ROOT, env=env)
     try:
         await _wait_healthy(f"http://127.0.0.1:{port}", process)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             response = await http.get("/api/v1/service-discovery/services")
             assert response.status_code == 200
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, WAIT) == 0
+        assert await asyncio.wait_for(process.wait(), WAIT) == 0
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.wait(WAIT)
+            await asyncio.wait_for(process.wait(), WAIT)
 
 
-async def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+async def _wait_healthy(url: str, process: asyncio.subprocess.Process) -> None:
     deadline = time.monotonic() + WAIT
     async with httpx.AsyncClient(base_url=url, timeout=1.0) as http:
         while time.monotonic() < deadline:
-            assert process.poll() is None, "run_gateway exited early"
+            assert process.returncode is None, "run_gateway exited early"
             try:
                 if (await http.get("/healthz")).status_code == 200:
                     return

@@ -16,7 +16,7 @@ WATCH = "/api/v1/service-discovery/watch"
 WAIT = 5.0
 
 
-def event(kind: int, name: str, revision: int) -> pb.WatchResponse:
+def event(kind: pb.WatchEventType.ValueType, name: str, revision: int) -> pb.WatchResponse:
     instance = pb.ServiceInstance(service_name=name, cluster=pb.CLUSTER_API_GATEWAY)
     return pb.WatchResponse(type=kind, instance=instance, revision=revision)
 
