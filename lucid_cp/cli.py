@@ -13,7 +13,7 @@ from pathlib import Path
 from lucid_cp import logs
 from lucid_cp.auth.tokens import MIN_SECRET_BYTES, Role, mint_token
 from lucid_cp.clock import SystemClock
-from lucid_cp.config import Settings
+from lucid_cp.config import RateLimit, Settings, default_rate_limits
 
 DEV_SECRET_FILE = "dev-jwt-secret"
 ENV_SECRET = "LUCID_JWT_SECRET"
@@ -53,6 +53,22 @@ def _load_secret(args: argparse.Namespace, data_dir: Path, *, create_dev: bool) 
     return secret, dev
 
 
+def _rate_limits(specs: list[str]) -> dict[str, RateLimit]:
+    """``bucket=CAPACITY/PERIOD_SECONDS`` overrides, e.g. ``discovery=5000/60``."""
+    limits = default_rate_limits()
+    for spec in specs:
+        bucket, _, rate = spec.partition("=")
+        capacity, _, period = rate.partition("/")
+        try:
+            limit: RateLimit | None = RateLimit(int(capacity), float(period or 60))
+        except ValueError:
+            limit = None
+        if not bucket.strip() or limit is None or limit.capacity < 1 or limit.period <= 0:
+            raise SystemExit(f"--rate-limit {spec!r}: expected BUCKET=CAPACITY/SECONDS, both positive")
+        limits[bucket.strip()] = limit
+    return limits
+
+
 def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
     data_dir = _data_dir(args)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +81,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
         metrics_addr=args.metrics_addr,
         data_dir=data_dir,
         jwt_secret=secret,
+        rate_limits=_rate_limits(args.rate_limit),
         rate_limits_enabled=not args.no_rate_limits,
         log_level=args.log_level,
     )
@@ -136,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--jwt-secret-file", help="file holding the HS256 secret (or $LUCID_JWT_SECRET)")
     serve.add_argument("--no-gateway", action="store_true", help="gRPC only")
     serve.add_argument("--no-rate-limits", action="store_true", help="disable per-principal rate limits")
+    serve.add_argument("--rate-limit", action="append", default=[], metavar="BUCKET=N/SECONDS",
+                       help="override a bucket (registration, health, discovery), e.g. discovery=5000/60")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_cmd_serve)
 
