@@ -63,7 +63,7 @@ class PathTemplate:
             if pattern == WILDCARD:
                 if raw == "":
                     return None
-            elif unquote(raw) != pattern:
+            elif raw != pattern and unquote(raw) != pattern:
                 return None
         values: dict[tuple[str, ...], str] = {}
         for var in self.variables:

@@ -15,7 +15,7 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from gateway.http_rule import Binding, TemplateError, bindings_of, split_path
+from gateway.http_rule import DOUBLE_WILDCARD, Binding, TemplateError, bindings_of, split_path
 from lucid_cp.api.lucid.common.v1 import options_pb2
 
 FieldPath = tuple[FieldDescriptor, ...]
@@ -82,6 +82,16 @@ class RouteTable:
                 ),
             )
         )
+        self._rank = {id(route): rank for rank, route in enumerate(self.routes)}
+        # Templates without "**" match exactly their number of segments: bucket them by it.
+        self._by_length: dict[int, list[Route]] = {}
+        self._open_ended: list[Route] = []
+        for route in self.routes:
+            segments = route.binding.template.segments
+            if segments and segments[-1] == DOUBLE_WILDCARD:
+                self._open_ended.append(route)
+            else:
+                self._by_length.setdefault(len(segments), []).append(route)
         seen: dict[tuple[str, str], str] = {}
         for route in self.routes:
             key = (route.http_method, route.binding.template.source)
@@ -94,7 +104,10 @@ class RouteTable:
     def match(self, http_method: str, raw_path: str) -> RouteMatch:
         segments, verb = split_path(raw_path)
         allowed: list[str] = []
-        for route in self.routes:
+        candidates = self._by_length.get(len(segments), [])
+        if self._open_ended:
+            candidates = sorted([*candidates, *self._open_ended], key=lambda r: self._rank[id(r)])
+        for route in candidates:
             values = route.binding.template.match(segments, verb)
             if values is None:
                 continue

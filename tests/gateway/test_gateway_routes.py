@@ -156,3 +156,14 @@ def test_nested_path_variable_resolves_field_chain() -> None:
     service = one_method_service(http_pb2.HttpRule(get="/v1/subs/{sub.id}"))
     route = compile_routes([service]).routes[0]
     assert route.path_param_names == {("sub", "id"): "sub.id"}
+
+
+def test_open_ended_templates_rank_below_more_specific_ones() -> None:
+    anything = one_method_service(http_pb2.HttpRule(get="/v1/files/{id=**}"))
+    special = one_method_service(http_pb2.HttpRule(get="/v1/files/special/{id}"))
+    table = compile_routes([anything, special])
+    hit = table.match("GET", "/v1/files/special/a")
+    assert hit.route.method.containing_service is special
+    deep = table.match("GET", "/v1/files/a/b/c")
+    assert deep.route.method.containing_service is anything
+    assert deep.path_values == {("id",): "a/b/c"}
