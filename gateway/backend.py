@@ -22,6 +22,9 @@ class Backend:
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # After a control-plane restart, reconnect within seconds (gRPC's default backoff
+            # grows to two minutes, during which every REST call would answer 503).
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ]
         self._channel: grpc.aio.Channel | None = None if isinstance(target, str) else target
         self._owned = isinstance(target, str)
