@@ -41,7 +41,7 @@ from lucid_cp.store.base import Store
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
-RESCAN_PERIOD = 0.5  # seconds: how often ownership changes are looked for without index changes
+RESCAN_PERIOD = 0.1  # seconds: how often ownership changes are looked for without index changes
 COALESCE = 0.05  # seconds: bursts of index changes are applied together
 
 
