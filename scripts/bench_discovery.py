@@ -174,7 +174,7 @@ def server_options() -> list[tuple[str, Any]]:
 # ==========================================================================================
 
 
-async def role_control_plane(store_url: str, profile: str | None) -> None:
+async def role_control_plane(store_url: str, profile: str | None, health_checks: bool) -> None:
     from lucid_cp.server.app import start_control_plane
 
     profiler = None
@@ -189,6 +189,9 @@ async def role_control_plane(store_url: str, profile: str | None) -> None:
         jwt_secret=bytes.fromhex(os.environ[SECRET_ENV]),
         rate_limits_enabled=False,
         log_level="WARNING",
+        # The benchmark's instances point at addresses nothing listens on; active checks would
+        # mark them unhealthy and add probe load unrelated to what is measured (--health-checks).
+        health_checks_enabled=health_checks,
     )
     plane = await start_control_plane(settings)
     announce_ready(port=plane.grpc_port, pid=os.getpid())
@@ -298,11 +301,19 @@ def registration(service_name: str, n: int, *, ttl: int = 3600) -> pb.RegisterRe
 
 
 class Bench:
-    def __init__(self, plan: Plan, workdir: Path, children: Children, profile_dir: Path | None):
+    def __init__(
+        self,
+        plan: Plan,
+        workdir: Path,
+        children: Children,
+        profile_dir: Path | None,
+        health_checks: bool = False,
+    ):
         self.plan = plan
         self.workdir = workdir
         self.children = children
         self.profile_dir = profile_dir
+        self.health_checks = health_checks
         self.secret = secrets.token_bytes(32)
         self.token = mint_token(self.secret, "bench-admin", Role.ADMIN, SystemClock(), ttl=3600)
         self.md = (("authorization", f"Bearer {self.token}"),)
@@ -318,6 +329,8 @@ class Bench:
         argv = [sys.executable, __file__, "--role", "cp", "--store", store_url]
         if self.profile_dir is not None:
             argv += ["--profile-out", str(self.profile_dir / f"{name}.prof")]
+        if self.health_checks:
+            argv.append("--health-checks")
         return self.children.start(name, argv, env=self._env())
 
     def start_echo(self) -> Child:
@@ -853,7 +866,9 @@ class _Sampler:
 # ==========================================================================================
 
 
-def build_report(results: dict[str, Any], plan: Plan, quick: bool) -> tuple[list[Row], list[str]]:
+def build_report(
+    results: dict[str, Any], plan: Plan, quick: bool, health_checks: bool
+) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     notes: list[str] = []
 
@@ -1094,9 +1109,15 @@ def build_report(results: dict[str, Any], plan: Plan, quick: bool) -> tuple[list
             f"Register RPC ({plan.scale_register_concurrency} concurrent, 4 channels, memory:// store): "
             f"index holds {small['index_total']:,} then {big['index_total']:,}; the last "
             f"{bulk['done']:,} registrations took {bulk['seconds']:.1f} s ({bulk['per_s']:.0f}/s, "
-            f"{bulk['errors']} errors). RSS {d['empty_rss_kib'] / 1024:.1f} MiB empty; "
+            f"{bulk['errors']} errors); Resolve errors {big['resolve']['errors']} / "
+            f"{small['resolve']['errors']}. RSS {d['empty_rss_kib'] / 1024:.1f} MiB empty; "
             f"~{per_instance / 1024:.2f} KiB per added instance (index + in-memory sqlite store)."
         )
+    notes.append(
+        "Control planes ran with active health checks "
+        + ("ON (--health-checks)" if health_checks else "off (health_checks_enabled=False)")
+        + "; the registered instances' endpoints are unreachable addresses."
+    )
     if quick:
         notes.append("--quick run: smaller sizes than the targets are defined for.")
     return rows, notes
@@ -1120,7 +1141,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
     profile_dir = Path(args.profile_dir).resolve() if args.profile_dir else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(plan, workdir, children, profile_dir)
+    bench = Bench(plan, workdir, children, profile_dir, args.health_checks)
     steps: dict[str, Callable[[], Awaitable[None]]] = {
         "throughput": bench.throughput,
         "register": bench.register_vs_etcd,
@@ -1150,7 +1171,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
     finally:
         children.close()
     total = time.monotonic() - started
-    rows, notes = build_report(bench.results, plan, args.quick)
+    rows, notes = build_report(bench.results, plan, args.quick, args.health_checks)
     if failed:
         notes.append(f"FAILED benchmarks (see stderr): {', '.join(failed)}")
     notes.append(
@@ -1196,6 +1217,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="client processes the Watch streams are spread over (default 1)",
     )
+    parser.add_argument(
+        "--health-checks",
+        action="store_true",
+        help="leave the control plane's active health checks on (off by default: the "
+        "benchmark's instances are unreachable, so probes only fail)",
+    )
     parser.add_argument("--profile-dir", help="run control planes under cProfile, dump stats here")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and h2load files")
     # Child roles (internal).
@@ -1213,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve_echo(server_options()))
         return 0
     if args.role == "cp":
-        asyncio.run(role_control_plane(args.store, args.profile_out))
+        asyncio.run(role_control_plane(args.store, args.profile_out, args.health_checks))
         return 0
     if args.role == "watchers":
         asyncio.run(role_watchers(args.target, args.count, args.channels, args.service, args.out))
