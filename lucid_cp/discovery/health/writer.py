@@ -15,6 +15,10 @@ reads the record, and
 A store outage never blocks the checks: pending writes wait here, newer transitions of the same
 instance replace older ones (only the latest status matters), and workers retry with backoff
 until the store answers again, so the latest status is written once it does.
+
+Mass transitions (a rack going dark, a fleet starting) are batched: up to ``BATCH`` instances
+share one read txn and one compare-and-swap txn, each record still guarded by its own
+mod_revision.
 """
 
 from __future__ import annotations
@@ -28,11 +32,20 @@ from dataclasses import dataclass
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.index import decode_instance
-from lucid_cp.store.base import LeaseNotFoundError, Put, Store, mod_revision_is
+from lucid_cp.store.base import (
+    Compare,
+    Get,
+    KeyValue,
+    LeaseNotFoundError,
+    Put,
+    Store,
+    TxnOp,
+    mod_revision_is,
+)
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
-CAS_ATTEMPTS = 8
+BATCH = 64  # transitions per store txn (etcd allows 128 operations per txn by default)
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 
@@ -110,55 +123,82 @@ class StatusWriter:
     async def _worker(self) -> None:
         backoff = MIN_BACKOFF
         while True:
-            service_id = await self._queue.get()
-            self._queued.discard(service_id)
-            entry = self._pending.get(service_id)
-            if entry is None:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._queued.difference_update(batch)
+            entries = {s: self._pending[s] for s in batch if s in self._pending}
+            if not entries:
                 continue
             try:
-                await self._flush(service_id, entry)
+                retry = await self._flush(entries)
                 backoff = MIN_BACKOFF
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - store outage: keep the write, retry later
+            except Exception as exc:  # noqa: BLE001 - store outage: keep the writes, retry later
                 self.failures += 1
                 log.warning(
-                    "health write for %s failed (%s); retrying in %.2fs", service_id, exc, backoff
+                    "health writes for %d instances failed (%s); retrying in %.2fs",
+                    len(entries), exc, backoff,
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+                retry = list(entries)
+            for service_id in retry:
                 if service_id in self._pending:
                     self._enqueue(service_id)
 
-    async def _flush(self, service_id: str, entry: _Pending) -> None:
-        key = keys.instance_key(service_id)
-        for _ in range(CAS_ATTEMPTS):
-            kv = await self._store.get(key)
-            if kv is None:
-                return self._finish(service_id, entry, WriteOutcome.GONE, None)
+    async def _flush(self, entries: dict[str, _Pending]) -> list[str]:
+        """One read and at most one compare-and-swap txn for a whole batch. A batch whose txn
+        fails (a record changed or a lease is gone) is split and each write tried on its own.
+        Returns the serviceIds that lost a race and go back to the queue."""
+        ids = list(entries)
+        read = await self._store.txn([], [Get(keys.instance_key(s)) for s in ids])
+        compares: list[Compare] = []
+        puts: list[TxnOp] = []
+        sent: list[tuple[str, pb.ServiceInstance, pb.HealthStatus]] = []
+        for service_id, kv in zip(ids, read.responses):
+            entry = entries[service_id]
+            if not isinstance(kv, KeyValue):
+                self._finish(service_id, entry, WriteOutcome.GONE, None)
+                continue
             record = decode_instance(kv.value, kv.mod_revision)
             if record.health != entry.base:
-                return self._finish(service_id, entry, WriteOutcome.SUPERSEDED, record)
+                self._finish(service_id, entry, WriteOutcome.SUPERSEDED, record)
+                continue
             desired = entry.desired
             if desired.status == record.health.status:
-                return self._finish(service_id, entry, WriteOutcome.UNCHANGED, None)
+                self._finish(service_id, entry, WriteOutcome.UNCHANGED, None)
+                continue
             record.health.CopyFrom(desired)
             record.status = desired.status
             record.last_health_check.CopyFrom(desired.last_check)
             record.revision = 0
+            key = keys.instance_key(service_id)
+            compares.append(mod_revision_is(key, kv.mod_revision))
+            puts.append(Put(key, record.SerializeToString(), record.lease_id))
+            sent.append((service_id, record, desired))
             self._inflight[service_id] = desired
-            try:
-                result = await self._store.txn(
-                    [mod_revision_is(key, kv.mod_revision)],
-                    [Put(key, record.SerializeToString(), record.lease_id)],
-                )
-            except LeaseNotFoundError:
-                return self._finish(service_id, entry, WriteOutcome.GONE, None)
-            if result.succeeded:
+        if not sent:
+            return []
+        try:
+            result = await self._store.txn(compares, puts)
+        except LeaseNotFoundError:
+            if len(sent) == 1:
+                self._finish(sent[0][0], entries[sent[0][0]], WriteOutcome.GONE, None)
+                return []
+            result = None
+        if result is not None and result.succeeded:
+            for service_id, record, desired in sent:
                 record.revision = result.revision
-                return self._finish(service_id, entry, WriteOutcome.WRITTEN, record, desired)
-        self._enqueue(service_id)  # lost every race (the record is busy): try again later
-        return None
+                self._finish(service_id, entries[service_id], WriteOutcome.WRITTEN, record, desired)
+            return []
+        if len(sent) == 1:
+            return [sent[0][0]]  # the record changed since the read: read it again
+        retry: list[str] = []
+        for service_id, _, _ in sent:
+            retry += await self._flush({service_id: entries[service_id]})
+        return retry
 
     def _finish(
         self,
