@@ -122,7 +122,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     ok: int
-    failed: int
+    failed: dict[str, int]  # non-200 statuses (h2load logs -1 for a request cut off at the end)
 
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
@@ -206,13 +206,13 @@ def _h2load(
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     latencies: list[float] = []
-    failed = 0
+    failed: dict[str, int] = {}
     for line in log.read_text().splitlines():
         _, status, elapsed_us = line.split("\t")[:3]
         if status == "200":
             latencies.append(int(elapsed_us) / 1000)
         else:
-            failed += 1
+            failed[status] = failed.get(status, 0) + 1
     match = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     if match is None or not latencies:
         raise SystemExit(f"could not read h2load output for {label}:\n{out}")
@@ -223,11 +223,12 @@ def _h2load(
 def _table(concurrency: int, grpc_result: Result, rest: Result) -> str:
     rows = [
         f"concurrency {concurrency}",
-        f"{'path':<6} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'ok':>9} {'failed':>7}",
+        f"{'path':<6} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'ok':>9}  not-200",
     ]
     for r in (grpc_result, rest):
+        failed = ", ".join(f"{k}: {v}" for k, v in sorted(r.failed.items())) or "-"
         rows.append(
-            f"{r.label:<6} {r.rps:>10.0f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f} {r.ok:>9} {r.failed:>7}"
+            f"{r.label:<6} {r.rps:>10.0f} {r.p50_ms:>9.3f} {r.p99_ms:>9.3f} {r.ok:>9}  {failed}"
         )
     rows.append(
         f"REST/gRPC throughput {rest.rps / grpc_result.rps:.2f}x; "
