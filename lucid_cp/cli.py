@@ -83,6 +83,9 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
         jwt_secret=secret,
         rate_limits=_rate_limits(args.rate_limit),
         rate_limits_enabled=not args.no_rate_limits,
+        health_checks_enabled=not args.no_health_checks,
+        health_max_concurrent_checks=args.health_max_concurrency,
+        health_replica_id=args.replica_id,
         log_level=args.log_level,
     )
     return settings, dev
@@ -155,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-rate-limits", action="store_true", help="disable per-principal rate limits")
     serve.add_argument("--rate-limit", action="append", default=[], metavar="BUCKET=N/SECONDS",
                        help="override a bucket (registration, health, discovery), e.g. discovery=5000/60")
+    serve.add_argument("--no-health-checks", action="store_true",
+                       help="do not actively check registered instances")
+    serve.add_argument("--health-max-concurrency", type=int, default=1000, metavar="N",
+                       help="health-check probes in flight at once (default 1000)")
+    serve.add_argument("--replica-id", default="",
+                       help="this replica's id among those sharing an etcd store (default: random)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_cmd_serve)
 
