@@ -285,6 +285,20 @@ class InstanceIndex:
     def get(self, service_id: str) -> pb.ServiceInstance | None:
         return self._instances.get(service_id)
 
+    def changes_since(self, revision: int) -> list[Change] | None:
+        """Instance changes applied after ``revision``, oldest first (load counts excluded);
+        None when the retained history no longer reaches back that far (or a re-list reset
+        it): the caller must re-read everything."""
+        if revision + 1 < self._history_floor:
+            return None
+        changes: list[Change] = []
+        for change in reversed(self._history):
+            if change.revision <= revision:
+                break
+            changes.append(change)
+        changes.reverse()
+        return changes
+
     def active_connections(self, service_id: str) -> int:
         return self._load.get(service_id, 0)
 

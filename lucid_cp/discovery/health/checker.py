@@ -165,30 +165,50 @@ class HealthChecker:
             await asyncio.sleep(COALESCE)
 
     def reconcile(self) -> None:
-        """Brings the tracked set in line with the index and this replica's share."""
+        """Brings the tracked set in line with the index and this replica's share: only the
+        instances that changed since the last call, or everything after a membership change
+        or when the index's history does not reach back (start, compaction)."""
         generation = self.membership.generation
-        seen = (self._index.revision, generation)
-        if seen == self._seen:
+        revision = self._index.revision
+        if (revision, generation) == self._seen:
             return
-        if generation != self._seen[1]:
+        changes = None
+        if generation == self._seen[1]:
+            changes = self._index.changes_since(self._seen[0])
+        if changes is None:
             self._owner_cache.clear()
-        self._seen = seen
+            self._rescan()
+        else:
+            for service_id in dict.fromkeys(c.instance.service_id for c in changes):
+                instance = self._index.get(service_id)
+                if instance is None or not self._wanted(instance):
+                    if service_id in self._tracked:
+                        self._drop(service_id)
+                else:
+                    self._follow(instance)
+        self._seen = (revision, generation)
+
+    def _rescan(self) -> None:
         present: set[str] = set()
         for instance in self._index.ordered():
-            service_id = instance.service_id
-            if not checkable(instance) or not self._owns(service_id):
-                continue
-            present.add(service_id)
-            tracked = self._tracked.get(service_id)
-            if tracked is not None and tracked.instance.lease_id != instance.lease_id:
-                self._drop(service_id)  # re-registered: a new instance under the same id
-                tracked = None
-            if tracked is None:
-                self._track(instance)
-            elif tracked.instance.revision != instance.revision:
-                self._observe(tracked, instance)
+            if self._wanted(instance):
+                present.add(instance.service_id)
+                self._follow(instance)
         for service_id in [s for s in self._tracked if s not in present]:
             self._drop(service_id)
+
+    def _wanted(self, instance: pb.ServiceInstance) -> bool:
+        return checkable(instance) and self._owns(instance.service_id)
+
+    def _follow(self, instance: pb.ServiceInstance) -> None:
+        tracked = self._tracked.get(instance.service_id)
+        if tracked is not None and tracked.instance.lease_id != instance.lease_id:
+            self._drop(instance.service_id)  # re-registered: a new instance under the same id
+            tracked = None
+        if tracked is None:
+            self._track(instance)
+        elif tracked.instance.revision != instance.revision:
+            self._observe(tracked, instance)
 
     def _owns(self, service_id: str) -> bool:
         owned = self._owner_cache.get(service_id)
