@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import resource
 import sys
 import time
@@ -192,7 +193,8 @@ def main() -> None:
             f"{'writes':>6} {'all healthy':>11}"
         )
         print(f"interval {args.interval}s, timeout {args.timeout}s, window {args.window:g}s, "
-              f"max concurrency {args.max_concurrency}, python {sys.version.split()[0]}")
+              f"max concurrency {args.max_concurrency}, python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
         print(header)
         for size in (int(s) for s in args.sizes.split(",")):
             r = asyncio.run(run(size, port, args))

@@ -107,6 +107,11 @@ class _HealthStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthSta
     HEALTH_STATE_UNHEALTHY: _HealthState.ValueType  # 2
     HEALTH_STATE_UNKNOWN: _HealthState.ValueType  # 3
     HEALTH_STATE_DEGRADED: _HealthState.ValueType  # 4
+    """Serving, but slowly: active checks pass yet the passing attempt took more than half the
+    timeout for failureThreshold consecutive rounds (back to healthy after successThreshold fast
+    rounds), or UpdateHealth said so. Resolve picks degraded instances only when no healthy one
+    exists.
+    """
 
 class HealthState(_HealthState, metaclass=_HealthStateEnumTypeWrapper): ...
 
@@ -115,6 +120,11 @@ HEALTH_STATE_HEALTHY: HealthState.ValueType  # 1
 HEALTH_STATE_UNHEALTHY: HealthState.ValueType  # 2
 HEALTH_STATE_UNKNOWN: HealthState.ValueType  # 3
 HEALTH_STATE_DEGRADED: HealthState.ValueType  # 4
+"""Serving, but slowly: active checks pass yet the passing attempt took more than half the
+timeout for failureThreshold consecutive rounds (back to healthy after successThreshold fast
+rounds), or UpdateHealth said so. Resolve picks degraded instances only when no healthy one
+exists.
+"""
 Global___HealthState: _TypeAlias = HealthState  # noqa: Y015
 
 class _HealthSource:
@@ -409,6 +419,15 @@ Global___GrpcCheck: _TypeAlias = GrpcCheck  # noqa: Y015
 
 @_typing.final
 class HealthCheckConfig(_message.Message):
+    """Acted on by the control plane's active checks: HTTP (protocol http/https, httpCheck), gRPC
+    grpc.health.v1 Check (protocol grpc/grpcs, grpcCheck.service) or a TCP connect otherwise.
+    A round starts every `interval` seconds (first one at a random point of the first interval) and
+    makes up to `retries` attempts, each bounded by `timeout` (and grpcCheck.timeout for gRPC); it
+    passes at the first passing attempt. successThreshold consecutive passing rounds make an
+    instance healthy, failureThreshold consecutive failing rounds make it unhealthy. For https the
+    only verification is what endpoint.tls asks (certAuthority given: chain and host name).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENDPOINT_FIELD_NUMBER: _builtins.int
@@ -425,6 +444,7 @@ class HealthCheckConfig(_message.Message):
     timeout: _builtins.int
     """Seconds."""
     retries: _builtins.int
+    """Attempts per check round (1 = no retry); the round fails only when every attempt failed."""
     success_threshold: _builtins.int
     failure_threshold: _builtins.int
     @_builtins.property
