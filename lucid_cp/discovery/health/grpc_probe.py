@@ -58,9 +58,9 @@ class GrpcHealthProber:
         service = instance.health_check.grpc_check.service
         loop = asyncio.get_running_loop()
         started = loop.time()
-        stub = health_pb2_grpc.HealthStub(self._channel(instance))
+        client = health_pb2_grpc.HealthStub(self._channel(instance))
         try:
-            response = await stub.Check(
+            response = await client.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.aio.AioRpcError as exc:
