@@ -1170,6 +1170,8 @@ async def orchestrate(args: argparse.Namespace) -> int:
             print(f"[bench] {name} done in {timings[name]:.1f} s", file=sys.stderr, flush=True)
     finally:
         children.close()
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
     total = time.monotonic() - started
     rows, notes = build_report(bench.results, plan, args.quick, args.health_checks)
     if failed:
@@ -1198,9 +1200,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
                 default=str,
             )
         )
-    if not args.keep_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
+    if args.keep_workdir:
         print(f"[bench] work dir kept: {workdir}", file=sys.stderr)
     return 1 if failed else 0
 
