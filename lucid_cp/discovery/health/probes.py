@@ -21,7 +21,6 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Protocol
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
@@ -79,26 +78,31 @@ def describe(exc: BaseException, host: str) -> str:
     return str(exc) or type(exc).__name__
 
 
-_INSECURE: ssl.SSLContext | None = None
+class TlsContexts:
+    """Client TLS contexts for HTTPS checks, built on first use and reused: one that verifies
+    nothing, and one per certAuthority (bounded; the oldest is dropped first)."""
 
+    def __init__(self, max_authorities: int = 256) -> None:
+        self._insecure: ssl.SSLContext | None = None
+        self._by_authority: dict[str, ssl.SSLContext] = {}
+        self._max = max_authorities
 
-def _insecure_context() -> ssl.SSLContext:
-    global _INSECURE
-    if _INSECURE is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        _INSECURE = ctx
-    return _INSECURE
-
-
-@lru_cache(maxsize=256)
-def _verifying_context(cert_authority: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=cert_authority)
-
-
-def tls_context(tls: pb.TlsConfig) -> ssl.SSLContext:
-    return _verifying_context(tls.cert_authority) if tls.cert_authority else _insecure_context()
+    def for_endpoint(self, tls: pb.TlsConfig) -> ssl.SSLContext:
+        if not tls.cert_authority:
+            if self._insecure is None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                self._insecure = ctx
+            return self._insecure
+        known = self._by_authority.get(tls.cert_authority)
+        if known is not None:
+            return known
+        verifying = ssl.create_default_context(cadata=tls.cert_authority)
+        if len(self._by_authority) >= self._max:
+            del self._by_authority[next(iter(self._by_authority))]
+        self._by_authority[tls.cert_authority] = verifying
+        return verifying
 
 
 _METHODS = {pb.HTTP_METHOD_GET: "GET", pb.HTTP_METHOD_POST: "POST", pb.HTTP_METHOD_HEAD: "HEAD"}
@@ -107,6 +111,7 @@ _METHODS = {pb.HTTP_METHOD_GET: "GET", pb.HTTP_METHOD_POST: "POST", pb.HTTP_METH
 class HttpProber:
     def __init__(self, user_agent: str = "lucid-health-check") -> None:
         self._user_agent = user_agent
+        self._tls = TlsContexts()
 
     async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
         ep, check = instance.endpoint, instance.health_check.http_check
@@ -123,7 +128,7 @@ class HttpProber:
                 headers,
                 check.body.encode(),
             )
-            tls = tls_context(ep.tls) if ep.protocol == pb.PROTOCOL_HTTPS else None
+            tls = self._tls.for_endpoint(ep.tls) if ep.protocol == pb.PROTOCOL_HTTPS else None
             async with asyncio.timeout(timeout):
                 status = await http_client.request_status(
                     ep.host, ep.port, request, tls=tls, server_hostname=ep.host
