@@ -322,7 +322,8 @@ class Registry:
         else:
             counts = ", ".join(f"{n} {state}" for state, n in sorted(by_status.items()))
             message = f"no healthy instance of service {what} ({len(instances)} registered: {counts})"
-            if not request.include_unhealthy:
+            fallback = pb.ResolveRequest(include_unhealthy=True, version=request.version)
+            if not request.include_unhealthy and _eligible(instances.values(), fallback):
                 message += "; includeUnhealthy=true resolves to an unhealthy one instead"
         return NotFound(
             message,

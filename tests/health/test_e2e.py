@@ -193,6 +193,7 @@ async def test_drain_takes_an_instance_out_of_resolve_and_tells_watchers(
                 pb.ResolveRequest(service_name=NAME, include_unhealthy=include), metadata=md()
             )
         assert _not_found_info(caught.value).metadata["draining"] == "2"
+        assert "includeUnhealthy" not in caught.value.details()  # it would not help
 
 
 async def test_drain_is_limited_to_the_callers_own_service(
