@@ -93,8 +93,10 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
 
 async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> None:
     from lucid_cp.server.app import start_control_plane
+    from lucid_cp.server.runtime import tune_gc
 
     plane = await start_control_plane(settings)
+    tune_gc()
     gateway = None
     if with_gateway:
         from gateway.server import start_gateway

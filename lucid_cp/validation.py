@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,8 +65,24 @@ class _FieldPlan:
     field: FieldDescriptor
     rules: options_pb2.FieldRules | None
     pattern: re.Pattern[str] | None
-    default: object  # parsed default_json, or None
+    set_default: Callable[[Message], None] | None  # applies default_json, compiled once
     recurse: bool  # a message field (or repeated message) of a project type
+
+
+def _default_setter(field: FieldDescriptor, default_json: str) -> Callable[[Message], None]:
+    """Compiles ``default_json`` into a setter (ParseDict per request was a hot spot)."""
+    value = json.loads(default_json)
+    name = field.name
+    if field.message_type is not None:
+        return lambda m: json_format.ParseDict({field.json_name: value}, m)
+    if field.enum_type is not None:
+        names = value if _is_repeated(field) else [value]
+        numbers = [field.enum_type.values_by_name[n].number for n in names]
+        value = numbers if _is_repeated(field) else numbers[0]
+    if _is_repeated(field):
+        items = list(value)
+        return lambda m: getattr(m, name).extend(items)
+    return lambda m: setattr(m, name, value)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -90,8 +107,8 @@ def _plan(descriptor: Descriptor) -> tuple[_FieldPlan, ...]:
         if rules is None and not recurse and not is_enum:
             continue
         pattern = re.compile(rules.pattern) if rules is not None and rules.pattern else None
-        default = json.loads(rules.default_json) if rules is not None and rules.default_json else None
-        plans.append(_FieldPlan(field, rules, pattern, default, recurse))
+        setter = _default_setter(field, rules.default_json) if rules and rules.default_json else None
+        plans.append(_FieldPlan(field, rules, pattern, setter, recurse))
     return tuple(plans)
 
 
@@ -115,8 +132,8 @@ def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
         field = plan.field
         path = f"{prefix}{field.json_name}"
         present = _present(message, field)
-        if not present and plan.default is not None:
-            json_format.ParseDict({field.json_name: plan.default}, message)
+        if not present and plan.set_default is not None:
+            plan.set_default(message)
             present = True
         rules = plan.rules
         if not present:

@@ -194,6 +194,9 @@ async def role_control_plane(store_url: str, profile: str | None, health_checks:
         health_checks_enabled=health_checks,
     )
     plane = await start_control_plane(settings)
+    from lucid_cp.server.runtime import tune_gc
+
+    tune_gc()  # as `lucid-cp serve` does
     announce_ready(port=plane.grpc_port, pid=os.getpid())
     try:
         await wait_for_stdin_eof()

@@ -18,9 +18,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.discovery import keys
-from lucid_cp.store.base import CompactedError, EventType, Store, WatchBatch
+from lucid_cp.store.base import CompactedError, EventType, KeyValue, Store, WatchBatch
 
 log = logging.getLogger("lucid_cp.discovery.index")
 
@@ -42,6 +44,22 @@ class Change:
 def decode_instance(value: bytes, mod_revision: int) -> pb.ServiceInstance:
     instance = pb.ServiceInstance.FromString(value)
     instance.revision = mod_revision
+    return instance
+
+
+def _decode_record(kv: KeyValue, service_id: str) -> pb.ServiceInstance | None:
+    """The instance stored at ``kv``, or None (logged) if the record is not a valid instance
+    for its key: one bad record must never stall the index."""
+    try:
+        instance = decode_instance(kv.value, kv.mod_revision)
+    except DecodeError:
+        log.error("undecodable discovery record %r at revision %d; ignored", kv.key, kv.mod_revision)
+        return None
+    if instance.service_id != service_id:
+        log.error(
+            "discovery record %r holds serviceId %r; ignored", kv.key, instance.service_id
+        )
+        return None
     return instance
 
 
@@ -166,7 +184,9 @@ class InstanceIndex:
                 continue
             kind, service_id = parsed
             if kind == keys.INSTANCES:
-                self._insert(decode_instance(kv.value, kv.mod_revision))
+                instance = _decode_record(kv, service_id)
+                if instance is not None:
+                    self._insert(instance)
             else:
                 self._load[service_id] = _parse_load(kv.value)
         self.revision = revision
@@ -178,7 +198,7 @@ class InstanceIndex:
             sub.resync()
         self._signal()
 
-    async def _list_all(self) -> tuple[int, list]:  # type: ignore[type-arg]
+    async def _list_all(self) -> tuple[int, list[KeyValue]]:
         result = await self._store.range(keys.PREFIX)
         return result.revision, result.kvs
 
@@ -196,11 +216,11 @@ class InstanceIndex:
                 else:
                     self._load.pop(service_id, None)
                 continue
-            if event.type is EventType.PUT:
-                instance = decode_instance(event.kv.value, event.kv.mod_revision)
+            instance = _decode_record(event.kv, service_id) if event.type is EventType.PUT else None
+            if instance is not None:
                 change_type = UPDATED if service_id in self._instances else ADDED
                 self._insert(instance)
-                self._publish(Change(batch.revision, change_type, self._instances[service_id]))
+                self._publish(Change(batch.revision, change_type, instance))
             else:
                 old = self._remove(service_id)
                 if old is not None:

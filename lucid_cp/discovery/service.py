@@ -61,8 +61,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):
     ) -> pb.ResolveResponse:
         return self._registry.resolve(request)
 
-    async def Watch(
+    def Watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchResponse]:
-        async for response in self._registry.watch(request):
-            yield response
+        # Returns the registry's stream itself: one async-generator layer less per event.
+        return self._registry.watch(request)

@@ -163,7 +163,7 @@ class WatchEvent:
     type: EventType
     # For DELETE: key set, value b"", mod_revision = the deletion revision, other fields 0.
     kv: KeyValue
-    prev_kv: KeyValue | None = None  # the value before this event, when the backend has it
+    prev_kv: KeyValue | None = None  # the value before this event, if the watch asked for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,12 @@ class Store(Protocol):
         """Revokes the lease and deletes its keys. Unknown lease: LeaseNotFoundError."""
         ...
 
-    def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]: ...
+    def watch(
+        self, prefix: bytes, start_revision: int, *, prev_kv: bool = False
+    ) -> AsyncIterator[WatchBatch]:
+        """``prev_kv=True`` asks for each event's previous value (costs etcd a read per event);
+        without it, backends may leave ``WatchEvent.prev_kv`` None."""
+        ...
 
     async def compact(self, revision: int) -> None: ...
 

@@ -485,10 +485,14 @@ class EtcdStore:
             retry=False,
         )
 
-    def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
-        return self._watch(prefix, start_revision)
+    def watch(
+        self, prefix: bytes, start_revision: int, *, prev_kv: bool = False
+    ) -> AsyncIterator[WatchBatch]:
+        return self._watch(prefix, start_revision, prev_kv)
 
-    async def _watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+    async def _watch(
+        self, prefix: bytes, start_revision: int, prev_kv: bool
+    ) -> AsyncIterator[WatchBatch]:
         if start_revision < 1:
             raise ValueError("start_revision must be >= 1")
         key, end = _key_range(prefix)
@@ -513,7 +517,7 @@ class EtcdStore:
                         key=key,
                         range_end=end,
                         start_revision=max(next_revision - 1, 1),
-                        prev_kv=True,
+                        prev_kv=prev_kv,
                     )
                     await call.write(rpc.WatchRequest(create_request=create))
                     while (resp := await call.read()) is not grpc.aio.EOF:

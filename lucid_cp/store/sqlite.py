@@ -642,7 +642,10 @@ class SqliteStore:
             if reaped < _REAP_BATCH:
                 return total
 
-    def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+    def watch(
+        self, prefix: bytes, start_revision: int, *, prev_kv: bool = False
+    ) -> AsyncIterator[WatchBatch]:
+        # The history table yields the previous value at no extra cost, so it is always set.
         return self._watch(prefix, start_revision)
 
     async def _watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:

@@ -154,7 +154,9 @@ class FlakyWatchStore(MemoryStore):
                 await next_batch  # let the inner generator finish its step before closing it
             await inner.aclose()
 
-    def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+    def watch(
+        self, prefix: bytes, start_revision: int, *, prev_kv: bool = False
+    ) -> AsyncIterator[WatchBatch]:
         return self._flaky_watch(prefix, start_revision)
 
 
@@ -247,3 +249,15 @@ async def test_cancelled_watch_releases_its_subscription(control_plane, stub) ->
             break
         await asyncio.sleep(0.01)
     assert control_plane.index.watchers == 0
+
+
+async def test_a_bad_record_in_the_store_never_stalls_the_index(control_plane, stub) -> None:
+    store = control_plane.store
+    await store.put(keys.instance_key("garbage"), b"\xff\xff not a protobuf")
+    mismatched = pb.ServiceInstance(service_id="someone-else", service_name="api-gateway")
+    await store.put(keys.instance_key("mismatch"), mismatched.SerializeToString())
+    reg = registration()
+    response = await register(stub, reg)
+    assert control_plane.index.revision >= response.revision
+    found = await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)
+    assert [s.service_id for s in found.services] == [reg.service_id]

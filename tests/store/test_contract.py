@@ -491,7 +491,7 @@ async def test_watch_events_carry_metadata_and_prev_kv(store: Store) -> None:
     r1 = await store.put(b"/e/k", b"v1")
     r2 = await store.put(b"/e/k", b"v2")
     r3 = (await store.delete(b"/e/k"))[1]
-    watch = store.watch(b"/e/", r1)
+    watch = store.watch(b"/e/", r1, prev_kv=True)
     created, updated, deleted = [b.events[0] for b in await take(watch, 3)]
     assert created.kv == KeyValue(b"/e/k", b"v1", r1, r1, 1, 0) and created.prev_kv is None
     assert updated.kv == KeyValue(b"/e/k", b"v2", r1, r2, 2, 0)
