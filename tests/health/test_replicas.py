@@ -4,13 +4,14 @@ And an etcd outage: status writes pause and the latest status lands once etcd is
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from etcd_server import EtcdProcess
+
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.config import Settings
 from lucid_cp.discovery.health import rendezvous_owner
@@ -129,7 +130,7 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
 
         for sid, path in paths.items():
             hits = http_target.hits(path)
-            gaps = [y.at - x.at for x, y in zip(hits, hits[1:])]
+            gaps = [y.at - x.at for x, y in itertools.pairwise(hits)]
             assert max(gaps) < TTL + 4 * INTERVAL, (sid, max(gaps))  # never left unchecked
             both = overlap(spans(hits, "replica-a"), spans(hits, "replica-b"))
             assert both <= INTERVAL, (sid, both)  # never checked twice for over an interval

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 from lucid_cp.discovery.health.scheduler import CheckScheduler
@@ -48,7 +49,7 @@ async def test_rounds_keep_their_phase_and_a_slow_key_never_delays_another() -> 
     scheduler.schedule("fast", 0.05, steady)
     await wait_until(lambda: hung.is_set() and len(dues) >= 8, 2.0, "eight fast rounds")
     await scheduler.stop()
-    gaps = [b - a for a, b in zip(dues, dues[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(dues)]
     assert all(abs(g - 0.05) < 1e-9 for g in gaps)  # due times advance by exactly one interval
 
 
