@@ -56,7 +56,11 @@ async def _serve_plane(with_gateway: bool) -> None:
     from lucid_cp.server.app import start_control_plane
 
     settings = Settings(
-        store_url="memory://", grpc_addr="127.0.0.1:0", jwt_secret=SECRET, rate_limits_enabled=False
+        store_url="memory://",
+        grpc_addr="127.0.0.1:0",
+        jwt_secret=SECRET,
+        rate_limits_enabled=False,
+        health_checks_enabled=False,  # the instance's host is not a real target
     )
     plane = await start_control_plane(settings)
     token = mint_token(SECRET, SERVICE, Role.SERVICE, SystemClock(), ttl=24 * 3600)

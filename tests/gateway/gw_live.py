@@ -17,7 +17,11 @@ from lucid_cp.config import Settings
 from lucid_cp.server.app import ControlPlane, start_control_plane
 
 SECRET = b"gateway-tests-secret-0123456789abcdef"
-SETTINGS = Settings(store_url="memory://", grpc_addr="127.0.0.1:0", jwt_secret=SECRET)
+# Active health checks off: schemathesis registers generated host names, and probing them would
+# send DNS lookups and connections off this machine. Tests only ever talk to loopback.
+SETTINGS = Settings(
+    store_url="memory://", grpc_addr="127.0.0.1:0", jwt_secret=SECRET, health_checks_enabled=False
+)
 BASE = "/api/v1/service-discovery"
 T = TypeVar("T")
 

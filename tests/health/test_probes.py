@@ -79,6 +79,24 @@ async def test_refused_connection_fails_with_the_reason(refused_port: int) -> No
         assert not result.ok and result.error == "connection refused"
 
 
+@pytest.mark.parametrize("make", [HttpProber, TcpProber, GrpcHealthProber])
+async def test_reserved_invalid_names_fail_without_any_lookup(make, monkeypatch) -> None:
+    """Nothing may leave the machine: .invalid names are answered without a DNS query."""
+
+    def no_lookup(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a name lookup was attempted: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", no_lookup)
+    prober = make()
+    try:
+        reg = registration(80, host="no-such-host.invalid")
+        result = await prober.probe(instance_of(reg), 2.0)
+    finally:
+        await prober.close()
+    assert not result.ok and "cannot resolve host 'no-such-host.invalid'" in result.error
+
+
 async def test_unresolvable_host_fails_with_the_reason() -> None:
     reg = registration(80, host="no-such-host.invalid")
     result = await HttpProber().probe(instance_of(reg), 2.0)

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
-from lucid_cp.discovery.health.probes import ProbeResult
+from lucid_cp.discovery.health.probes import ProbeResult, unresolvable
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _Key = tuple[str, int, int, str]
@@ -55,6 +55,8 @@ class GrpcHealthProber:
         return channel
 
     async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
+        if (reserved := unresolvable(instance.endpoint.host)) is not None:
+            return reserved
         service = instance.health_check.grpc_check.service
         loop = asyncio.get_running_loop()
         started = loop.time()

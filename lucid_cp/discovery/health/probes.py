@@ -63,6 +63,19 @@ class Prober(Protocol):
     async def close(self) -> None: ...
 
 
+# RFC 6761 section 6.4: names under .invalid never resolve, and resolvers should answer that at
+# once rather than ask a name server. glibc does ask; we answer here, so no query leaves the host.
+_NEVER_RESOLVES = (".invalid",)
+
+
+def unresolvable(host: str) -> ProbeResult | None:
+    """A failed result for special-use names that must not be looked up, else None."""
+    name = host.rstrip(".").lower()
+    if any(name.endswith(suffix) or name == suffix[1:] for suffix in _NEVER_RESOLVES):
+        return ProbeResult(False, 0.0, f"cannot resolve host {host!r}: reserved name (RFC 6761)")
+    return None
+
+
 def describe(exc: BaseException, host: str) -> str:
     """A short, stable error text for a failed attempt (recorded in HealthStatus.error)."""
     if isinstance(exc, socket.gaierror):
@@ -114,6 +127,8 @@ class HttpProber:
         self._tls = TlsContexts()
 
     async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
+        if (reserved := unresolvable(instance.endpoint.host)) is not None:
+            return reserved
         ep, check = instance.endpoint, instance.health_check.http_check
         expected = list(check.expected_status) or [200]
         headers = {"User-Agent": self._user_agent, **dict(check.headers)}
@@ -154,6 +169,8 @@ class HttpProber:
 
 class TcpProber:
     async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
+        if (reserved := unresolvable(instance.endpoint.host)) is not None:
+            return reserved
         ep = instance.endpoint
         loop = asyncio.get_running_loop()
         started = loop.time()
