@@ -112,6 +112,7 @@ class InstanceIndex:
         self._store = store
         self._instances: dict[str, pb.ServiceInstance] = {}
         self._load: dict[str, int] = {}
+        self._leases: dict[str, int] = {}
         self._by_name: dict[str, dict[str, pb.ServiceInstance]] = {}
         self._sorted: list[tuple[str, str]] = []  # (service_name, service_id)
         self._history: deque[Change] = deque(maxlen=history)
@@ -176,6 +177,7 @@ class InstanceIndex:
         revision, kvs = await self._list_all()
         self._instances.clear()
         self._load.clear()
+        self._leases.clear()
         self._by_name.clear()
         self._sorted.clear()
         for kv in kvs:
@@ -231,6 +233,9 @@ class InstanceIndex:
     def _insert(self, instance: pb.ServiceInstance) -> None:
         if instance.endpoint.tls.client_key:
             instance.endpoint.tls.client_key = ""
+        # The lease id is internal (and, as a 63-bit number, unsafe in JSON): kept aside.
+        self._leases[instance.service_id] = instance.lease_id
+        instance.ClearField("lease_id")
         previous = self._instances.get(instance.service_id)
         if previous is None:
             bisect.insort(self._sorted, (instance.service_name, instance.service_id))
@@ -242,6 +247,7 @@ class InstanceIndex:
         if old is None:
             return None
         self._load.pop(service_id, None)
+        self._leases.pop(service_id, None)
         position = bisect.bisect_left(self._sorted, (old.service_name, service_id))
         del self._sorted[position]
         siblings = self._by_name.get(old.service_name)
@@ -318,6 +324,10 @@ class InstanceIndex:
             changes.append(change)
         changes.reverse()
         return changes
+
+    def lease_of(self, service_id: str) -> int:
+        """The store lease the instance lives under (0 if unknown)."""
+        return self._leases.get(service_id, 0)
 
     def active_connections(self, service_id: str) -> int:
         return self._load.get(service_id, 0)

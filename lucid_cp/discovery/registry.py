@@ -233,10 +233,12 @@ class Registry:
         """Refreshes the lease (no write) and, when the reported load changed, records it.
         Returns (ttl, revision)."""
         instance = self._index.get(service_id)
+        lease_id = self._index.lease_of(service_id)
         if instance is None:
             _, instance = await self._read(service_id)
+            lease_id = instance.lease_id
         principal.require_acts_as(instance.service_name)
-        ttl = await self._keepalive(service_id, instance.lease_id)
+        ttl = await self._keepalive(service_id, lease_id)
         revision = self._index.revision
         if (
             active_connections is not None
@@ -246,7 +248,7 @@ class Registry:
             try:
                 result = await self._store.txn(
                     [Compare(key, CompareTarget.CREATE, CompareOp.GREATER, 0)],
-                    [Put(keys.load_key(service_id), str(active_connections).encode(), instance.lease_id)],
+                    [Put(keys.load_key(service_id), str(active_connections).encode(), lease_id)],
                 )
             except LeaseNotFoundError:
                 raise _not_found(service_id) from None

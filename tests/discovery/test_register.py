@@ -206,3 +206,12 @@ async def test_tls_client_key_is_never_returned(stub) -> None:
     assert instance.endpoint.tls.client_cert == "CERT" and not instance.endpoint.tls.client_key
     resolved = await stub.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=ADMIN)
     assert resolved.tls.enabled and not resolved.tls.client_key
+
+
+async def test_the_internal_lease_id_is_not_exposed(stub) -> None:
+    reg = registration()
+    await register(stub, reg)
+    [instance] = (await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)).services
+    assert instance.lease_id == 0  # kept by the server; a 63-bit id would not survive JSON
+    beat = await stub.Heartbeat(pb.HeartbeatRequest(service_id=reg.service_id), metadata=auth())
+    assert beat.ttl == 300

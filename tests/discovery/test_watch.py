@@ -177,7 +177,7 @@ async def test_reconnect_after_compaction_resyncs_watchers_with_a_snapshot() -> 
             store.broken.set()  # the index's watch drops; writes meanwhile go straight to the store
             instance = plane.index.get(gone.service_id)
             assert instance is not None
-            await store.revoke_lease(instance.lease_id)
+            await store.revoke_lease(plane.index.lease_of(instance.service_id))
             revision = await store.current_revision()
             await store.compact(revision)
             store.broken.clear()
@@ -207,7 +207,7 @@ async def test_reconnect_without_compaction_resumes_without_losing_events() -> N
             store.broken.set()
             instance = plane.index.get(reg.service_id)
             assert instance is not None
-            await store.revoke_lease(instance.lease_id)
+            await store.revoke_lease(plane.index.lease_of(instance.service_id))
             store.broken.clear()
             store.healed.set()
             event = await next_event(call)

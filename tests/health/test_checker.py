@@ -147,7 +147,7 @@ async def test_deregistration_stops_checks_and_a_pending_write_never_resurrects_
 ) -> None:
     sid = await h.register(registration(http_target.port, path="/gone", failure_threshold=1))
     await h.wait_status(sid, HEALTHY)
-    lease = h.record(sid).lease_id
+    lease = h.index.lease_of(sid)
 
     h.store.down = True  # this replica is cut off while the instance fails ...
     http_target.behave("/gone", status=500)

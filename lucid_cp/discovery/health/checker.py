@@ -202,7 +202,7 @@ class HealthChecker:
 
     def _follow(self, instance: pb.ServiceInstance) -> None:
         tracked = self._tracked.get(instance.service_id)
-        if tracked is not None and tracked.instance.lease_id != instance.lease_id:
+        if tracked is not None and tracked.instance.registered_at != instance.registered_at:
             self._drop(instance.service_id)  # re-registered: a new instance under the same id
             tracked = None
         if tracked is None:

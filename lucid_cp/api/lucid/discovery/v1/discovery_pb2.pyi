@@ -696,7 +696,7 @@ class ServiceInstance(_message.Message):
     revision: _builtins.int
     """Store revision of this record's last write."""
     lease_id: _builtins.int
-    """The lease the record lives under."""
+    """The lease the record lives under. Stored, never returned by reads (always 0 there)."""
     active_connections: _builtins.int
     """Last active-connection count reported by Heartbeat (least-connections balancing)."""
     draining: _builtins.bool
