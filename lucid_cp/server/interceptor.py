@@ -32,6 +32,7 @@ from lucid_cp.validation import normalize
 log = logging.getLogger("lucid_cp.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+_READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER})
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _CODE_NAMES = {number: c.name for number, c in _CODES.items()}
 
@@ -69,9 +70,10 @@ class _Status(grpc.Status):
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The two headers the interceptor reads (authorization, x-request-id)."""
     out: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
+        if key in _READ_HEADERS and isinstance(value, str):
             out[key] = value
     return out
 
@@ -96,6 +98,11 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
         self._verifier = verifier
         self._limiter = limiter
         self._metrics = metrics
+        # Wrapped handlers, built once per method (grpc hands back the same handler each call).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # Metric children for the common case, resolved once instead of labels() per call.
+        self._ok = {m: metrics.requests.labels(m, "OK") for m in policies}
+        self._latency = {m: metrics.latency.labels(m) for m in policies}
 
     async def intercept_service(
         self,
@@ -106,6 +113,14 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
         policy = self._policies.get(handler_call_details.method)
         if handler is None or policy is None:
             return handler
+        cached = self._wrapped.get(policy.full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(policy, handler)
+        self._wrapped[policy.full_method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, policy: MethodPolicy, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(policy, handler),
@@ -161,8 +176,12 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
         await context.abort_with_status(_Status(status, request_id))
 
     def _record(self, policy: MethodPolicy, code: str, started: float) -> None:
-        self._metrics.requests.labels(policy.full_method, code).inc()
-        self._metrics.latency.labels(policy.full_method).observe(time.perf_counter() - started)
+        method = policy.full_method
+        if code == "OK":
+            self._ok[method].inc()
+        else:
+            self._metrics.requests.labels(method, code).inc()
+        self._latency[method].observe(time.perf_counter() - started)
 
     def _wrap_unary(
         self, policy: MethodPolicy, handler: grpc.RpcMethodHandler
