@@ -93,6 +93,10 @@ class Subscription:
     def close(self) -> None:
         self._index._unsubscribe(self)
 
+    async def aclose(self) -> None:
+        """Ends the subscription; the server calls it when the stream ends or is cancelled."""
+        self.close()
+
     def __aiter__(self) -> Subscription:
         return self
 

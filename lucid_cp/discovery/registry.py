@@ -17,7 +17,7 @@ from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.balancer import Balancer
-from lucid_cp.discovery.index import InstanceIndex, Match, decode_instance
+from lucid_cp.discovery.index import InstanceIndex, decode_instance
 from lucid_cp.errors import AlreadyExists, Conflict, NotFound
 from lucid_cp.store.base import (
     Compare,
@@ -339,7 +339,9 @@ class Registry:
                 not request.plane or instance.plane == request.plane
             )
 
-        return _stream(self._index, match, request.service_name, request.start_revision)
+        return self._index.subscribe(
+            match, service_name=request.service_name, start_revision=request.start_revision
+        )
 
 
 # Resolve's preference: healthy, else degraded, else (only when asked) unhealthy or unknown.
@@ -362,14 +364,3 @@ def _eligible(
         if chosen:
             return sorted(chosen, key=lambda i: i.service_id)
     return []
-
-
-async def _stream(
-    index: InstanceIndex, match: Match, service_name: str, start_revision: int
-) -> AsyncIterator[pb.WatchResponse]:
-    subscription = index.subscribe(match, service_name=service_name, start_revision=start_revision)
-    try:
-        async for response in subscription:
-            yield response
-    finally:
-        subscription.close()

@@ -220,11 +220,18 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
             try:
                 request = self._prepare(policy, handler, raw, md, request_id)
                 await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                async for item in inner(request, context):
-                    if not recorded:
-                        self._record(policy, "OK", started)
-                        recorded = True
-                    yield item
+                responses = inner(request, context)
+                try:
+                    async for item in responses:
+                        if not recorded:
+                            self._record(policy, "OK", started)
+                            recorded = True
+                        yield item
+                finally:
+                    # Streams release what they hold (e.g. a watch subscription) however they end.
+                    close = getattr(responses, "aclose", None)
+                    if close is not None:
+                        await close()
             except Exception as exc:  # noqa: BLE001 - every error goes through the one table
                 failure = exc
             if failure is not None:
