@@ -74,7 +74,11 @@ def _default_setter(field: FieldDescriptor, default_json: str) -> Callable[[Mess
     value = json.loads(default_json)
     name = field.name
     if field.message_type is not None:
-        return lambda m: json_format.ParseDict({field.json_name: value}, m)
+
+        def parse(m: Message) -> None:
+            json_format.ParseDict({field.json_name: value}, m)
+
+        return parse
     if field.enum_type is not None:
         names = value if _is_repeated(field) else [value]
         numbers = [field.enum_type.values_by_name[n].number for n in names]

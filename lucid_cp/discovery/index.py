@@ -37,7 +37,7 @@ ADDED, UPDATED, REMOVED = (
 @dataclass(frozen=True, slots=True)
 class Change:
     revision: int
-    type: int  # WatchEventType
+    type: pb.WatchEventType.ValueType
     instance: pb.ServiceInstance
 
 
