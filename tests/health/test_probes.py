@@ -110,7 +110,7 @@ async def test_hanging_endpoint_is_cut_at_the_timeout(http_target: HttpTarget) -
     result = await HttpProber().probe(instance_of(registration(http_target.port)), 0.2)
     elapsed = loop.time() - started
     assert not result.ok and result.error == "timed out after 0.2s"
-    assert 0.19 <= elapsed < 0.5
+    assert 0.19 <= elapsed < 1.0  # the endpoint never answers: only the timeout ends it
 
 
 async def test_tcp_probe_passes_when_the_port_accepts(http_target: HttpTarget) -> None:
@@ -231,7 +231,8 @@ async def test_round_fails_after_all_attempts_and_never_outlasts_the_interval(
     result = await run_round(HttpProber(), instance_of(reg), plan, asyncio.Semaphore(1))
     assert not result.ok and result.last.error.startswith("timed out after")
     assert 1 <= result.attempts < 10
-    assert loop.time() - started <= plan.interval + 0.05
+    # Unbounded, 10 hanging attempts would take 1.6 s; the slack only absorbs a loaded machine.
+    assert loop.time() - started <= plan.interval * 1.5
 
 
 async def test_probe_exceptions_fail_the_attempt_and_nothing_else() -> None:
