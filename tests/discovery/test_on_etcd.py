@@ -83,3 +83,37 @@ async def test_etcd_outage_then_recovery(etcd_plane) -> None:
     assert (event.type, event.instance.service_id) == (ADDED, added.service_id)
     assert plane.index.get(added.service_id) is not None
     call.cancel()
+
+
+async def test_two_replicas_on_one_etcd_see_each_others_writes(fresh_etcd) -> None:
+    settings = replace(BASE_SETTINGS, store_url=fresh_etcd.url)
+    first, second = await start_control_plane(settings), await start_control_plane(settings)
+    try:
+        async with grpc.aio.insecure_channel(first.grpc_target) as a, grpc.aio.insecure_channel(
+            second.grpc_target
+        ) as b:
+            stub_a = discovery_pb2_grpc.DiscoveryServiceStub(a)
+            stub_b = discovery_pb2_grpc.DiscoveryServiceStub(b)
+            watch_b = stub_b.Watch(pb.WatchRequest(), metadata=ADMIN)
+            assert (await next_event(watch_b)).type == SNAPSHOT
+            reg = registration()
+            written = await register(stub_a, reg)
+            event = await next_event(watch_b)
+            assert (event.type, event.instance.service_id, event.revision) == (
+                ADDED, reg.service_id, written.revision)
+            await set_health(stub_b, reg.service_id, pb.HEALTH_STATE_HEALTHY)
+            assert (await next_event(watch_b)).type == UPDATED
+            assert second.index.revision >= written.revision
+            resolved = await stub_b.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=ADMIN)
+            assert resolved.service_id == reg.service_id
+            await stub_b.Deregister(pb.DeregisterRequest(service_id=reg.service_id), metadata=ADMIN)
+            assert (await next_event(watch_b)).type == REMOVED
+            for _ in range(100):  # the other replica's index catches up through its own watch
+                if first.index.get(reg.service_id) is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert first.index.get(reg.service_id) is None
+            watch_b.cancel()
+    finally:
+        await first.stop(grace=0.5)
+        await second.stop(grace=0.5)
