@@ -112,8 +112,16 @@ class Subscription:
 
 
 class InstanceIndex:
-    def __init__(self, store: Store, *, history: int = 10_000, queue_size: int = 4096) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        history: int = 10_000,
+        queue_size: int = 4096,
+        list_page: int = 5_000,
+    ) -> None:
         self._store = store
+        self._list_page = list_page
         self._instances: dict[str, pb.ServiceInstance] = {}
         self._load: dict[str, int] = {}
         self._leases: dict[str, int] = {}
@@ -205,8 +213,17 @@ class InstanceIndex:
         self._signal()
 
     async def _list_all(self) -> tuple[int, list[KeyValue]]:
-        result = await self._store.range(keys.PREFIX)
-        return result.revision, result.kvs
+        """Every discovery key, paged at one pinned revision (one consistent snapshot without
+        one huge response)."""
+        page = await self._store.range(keys.PREFIX, limit=self._list_page)
+        kvs = list(page.kvs)
+        while page.more and page.kvs:
+            page = await self._store.range(
+                keys.PREFIX, limit=self._list_page, revision=page.revision,
+                start=page.kvs[-1].key + b"\0",
+            )
+            kvs.extend(page.kvs)
+        return page.revision, kvs
 
     # -- applying the watch ------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ Rules every backend obeys (the contract test suite in tests/store/ proves them):
 * ``range(prefix, revision=R)`` reads the keyspace as it was at revision R. R below the compacted
   revision raises :class:`CompactedError`; R above the current revision raises :class:`FutureRevisionError`.
   Results are sorted by key; ``limit`` caps them and ``more`` says whether more existed; ``count``
-  is the number of keys in range (ignoring limit).
+  is the number of keys in range (ignoring limit). ``start`` narrows the range to keys >= start,
+  which with a pinned revision pages through a large prefix consistently.
 * Txn: all compares are evaluated against the current state atomically; if all hold, the success
   ops run, otherwise the failure ops run; either way as one atomic write at one revision.
 * Leases: ``grant_lease(ttl)`` returns a lease whose keys are deleted (with normal delete events
@@ -179,8 +180,11 @@ class Store(Protocol):
     async def get(self, key: bytes) -> KeyValue | None: ...
 
     async def range(
-        self, prefix: bytes, *, limit: int = 0, revision: int = 0
-    ) -> RangeResult: ...
+        self, prefix: bytes, *, limit: int = 0, revision: int = 0, start: bytes = b""
+    ) -> RangeResult:
+        """Keys starting with ``prefix``; with ``start`` (a key at or after ``prefix``), only those
+        >= start: a page after key K is ``start=K + b"\\0"`` at the first page's revision."""
+        ...
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         """Returns the new store revision."""

@@ -376,10 +376,13 @@ class EtcdStore:
         )
         return _kv(resp.kvs[0]) if resp.kvs else None
 
-    async def range(self, prefix: bytes, *, limit: int = 0, revision: int = 0) -> RangeResult:
+    async def range(
+        self, prefix: bytes, *, limit: int = 0, revision: int = 0, start: bytes = b""
+    ) -> RangeResult:
         if limit < 0 or revision < 0:
             raise ValueError("limit and revision must not be negative")
         key, end = _key_range(prefix)
+        key = max(key, start)
         request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
         resp = await self._call(
             lambda c: c.kv.Range(request, timeout=self._request_timeout), retry=True

@@ -414,14 +414,14 @@ class _Engine:
         row = self._db.execute(f"SELECT {_KV_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
         return KeyValue(*row) if row else None
 
-    def range(self, prefix: bytes, limit: int, revision: int) -> RangeResult:
+    def range(self, prefix: bytes, limit: int, revision: int, start: bytes) -> RangeResult:
         rev = revision or self.revision
         if rev > self.revision:
             raise FutureRevisionError(f"revision {rev} is newer than the store's {self.revision}")
         if rev < self.compact_revision:
             raise CompactedError(self.compact_revision)
         end = prefix_end(prefix)
-        args: tuple[bytes | int, ...] = _key_range_args(prefix, end)
+        args: tuple[bytes | int, ...] = _key_range_args(max(prefix, start), end)
         if rev == self.revision:
             source = f"SELECT {_KV_COLUMNS} FROM kv WHERE {_key_range_sql('key', end)}"
         else:
@@ -592,10 +592,12 @@ class SqliteStore:
         _check_key(key)
         return await self._run(self._engine.get, key)
 
-    async def range(self, prefix: bytes, *, limit: int = 0, revision: int = 0) -> RangeResult:
+    async def range(
+        self, prefix: bytes, *, limit: int = 0, revision: int = 0, start: bytes = b""
+    ) -> RangeResult:
         if limit < 0 or revision < 0:
             raise ValueError("limit and revision must not be negative")
-        return await self._run(self._engine.range, prefix, limit, revision)
+        return await self._run(self._engine.range, prefix, limit, revision, start)
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         _check_key(key)

@@ -261,3 +261,19 @@ async def test_a_bad_record_in_the_store_never_stalls_the_index(control_plane, s
     assert control_plane.index.revision >= response.revision
     found = await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)
     assert [s.service_id for s in found.services] == [reg.service_id]
+
+
+async def test_the_index_lists_a_large_registry_in_pages() -> None:
+    store = MemoryStore()
+    ids = sorted(registration().service_id for _ in range(7))
+    for service_id in ids:
+        instance = pb.ServiceInstance(service_id=service_id, service_name="api-gateway")
+        await store.put(keys.instance_key(service_id), instance.SerializeToString())
+    index = InstanceIndex(store, list_page=3)
+    await index.start()
+    try:
+        assert [i.service_id for i in index.ordered()] == ids
+        assert index.revision == await store.current_revision()
+    finally:
+        await index.stop()
+        await store.close()

@@ -37,9 +37,11 @@ class FlakyStore:
         self._check()
         return await self.inner.get(key)
 
-    async def range(self, prefix: bytes, *, limit: int = 0, revision: int = 0) -> RangeResult:
+    async def range(
+        self, prefix: bytes, *, limit: int = 0, revision: int = 0, start: bytes = b""
+    ) -> RangeResult:
         self._check()
-        return await self.inner.range(prefix, limit=limit, revision=revision)
+        return await self.inner.range(prefix, limit=limit, revision=revision, start=start)
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         self._check()

@@ -191,6 +191,26 @@ async def test_range_by_prefix_with_limit_more_and_count(store: Store) -> None:
     assert (nothing.kvs, nothing.count, nothing.more) == ([], 0, False)
 
 
+async def test_range_pages_from_a_start_key_at_a_pinned_revision(store: Store) -> None:
+    for n in range(7):
+        await store.put(f"/pg/{n}".encode(), b"old")
+    await store.put(b"/pgz", b"outside the prefix")
+    first = await store.range(b"/pg/", limit=3)
+    await store.put(b"/pg/0b", b"written after the first page")
+    await store.delete(b"/pg/5")
+    seen = [kv.key for kv in first.kvs]
+    page = first
+    while page.more:
+        page = await store.range(
+            b"/pg/", limit=3, revision=first.revision, start=page.kvs[-1].key + b"\0"
+        )
+        assert page.revision == first.revision
+        seen.extend(kv.key for kv in page.kvs)
+    assert seen == [f"/pg/{n}".encode() for n in range(7)]  # one consistent snapshot
+    tail = await store.range(b"/pg/", start=b"/pg/4")
+    assert [kv.key for kv in tail.kvs] == [b"/pg/4", b"/pg/6"] and tail.count == 2
+
+
 async def test_range_prefix_ending_in_0xff(store: Store) -> None:
     await store.put(b"/f\xff", b"1")
     await store.put(b"/f\xff\x00", b"2")
