@@ -172,7 +172,7 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
             )
         status = status_table.to_rpc_status(exc, request_id)
         if started is not None:
-            self._record(policy, _CODE_NAMES[status.code], started)
+            self._record(policy, _CODE_NAMES[status.code], started, request_id)
         await context.abort_with_status(_Status(status, request_id))
 
     def _record(self, policy: MethodPolicy, code: str, started: float) -> None:
@@ -199,7 +199,7 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - every error goes through the one table
                 failure = exc
             if failure is None:
-                self._record(policy, "OK", started)
+                self._record(policy, "OK", started, request_id)
                 context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
                 return response
             await self._fail(context, failure, policy, request_id, started)
@@ -224,7 +224,7 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for item in responses:
                         if not recorded:
-                            self._record(policy, "OK", started)
+                            self._record(policy, "OK", started, request_id)
                             recorded = True
                         yield item
                 finally:

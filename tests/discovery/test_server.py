@@ -124,3 +124,12 @@ async def test_graceful_shutdown_reports_not_serving_and_ends_streams() -> None:
             assert ended is grpc.aio.EOF
         except grpc.aio.AioRpcError as exc:
             assert exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+async def test_debug_access_log_carries_the_request_id(stub, caplog) -> None:
+    rid = "5a1f0c3e-2222-4b4b-8c8c-0123456789ab"
+    with caplog.at_level("DEBUG", logger="lucid_cp.rpc"):
+        await stub.Discover(pb.DiscoverRequest(), metadata=(*ADMIN, ("x-request-id", rid)))
+    [line] = [r for r in caplog.records if r.getMessage() == "rpc"]
+    assert (line.request_id, line.code, line.method) == (
+        rid, "OK", "/lucid.discovery.v1.DiscoveryService/Discover")
