@@ -175,13 +175,24 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
             self._record(policy, _CODE_NAMES[status.code], started, request_id)
         await context.abort_with_status(_Status(status, request_id))
 
-    def _record(self, policy: MethodPolicy, code: str, started: float) -> None:
+    def _record(self, policy: MethodPolicy, code: str, started: float, request_id: str) -> None:
         method = policy.full_method
+        seconds = time.perf_counter() - started
         if code == "OK":
             self._ok[method].inc()
         else:
             self._metrics.requests.labels(method, code).inc()
-        self._latency[method].observe(time.perf_counter() - started)
+        self._latency[method].observe(seconds)
+        if log.isEnabledFor(logging.DEBUG):  # one access-log line per call at --log-level DEBUG
+            log.debug(
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": code,
+                    "ms": round(seconds * 1e3, 3),
+                    "request_id": request_id,
+                },
+            )
 
     def _wrap_unary(
         self, policy: MethodPolicy, handler: grpc.RpcMethodHandler
