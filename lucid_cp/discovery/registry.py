@@ -43,6 +43,18 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
+# Fields a registration shares, by name, with the stored instance and the register response.
+_IDENTITY = ("service_id", "service_name", "cluster", "plane", "version", "instance_id", "ttl")
+
+
+def _copy_identity(
+    reg: pb.ServiceRegistration, target: pb.ServiceInstance | pb.RegisterResponse
+) -> None:
+    for name in _IDENTITY:
+        setattr(target, name, getattr(reg, name))
+    target.endpoint.CopyFrom(reg.endpoint)
+
+
 def _not_found(service_id: str) -> NotFound:
     return NotFound(
         f"service instance {service_id} is not registered",
@@ -65,18 +77,8 @@ class Registry:
     async def register(self, principal: Principal, reg: pb.ServiceRegistration) -> pb.RegisterResponse:
         principal.require_acts_as(reg.service_name)
         now = _timestamp(self._clock.now())
-        instance = pb.ServiceInstance(
-            service_id=reg.service_id,
-            service_name=reg.service_name,
-            cluster=reg.cluster,
-            plane=reg.plane,
-            version=reg.version,
-            instance_id=reg.instance_id,
-            ttl=reg.ttl,
-            weight=reg.weight,
-            status=pb.HEALTH_STATE_UNKNOWN,
-        )
-        instance.endpoint.CopyFrom(reg.endpoint)
+        instance = pb.ServiceInstance(weight=reg.weight, status=pb.HEALTH_STATE_UNKNOWN)
+        _copy_identity(reg, instance)
         instance.health_check.CopyFrom(reg.health_check)
         if reg.HasField("metadata"):
             instance.metadata.CopyFrom(reg.metadata)
@@ -103,17 +105,9 @@ class Registry:
             )
         await self._index.wait_for(result.revision, READ_YOUR_WRITES_TIMEOUT)
         response = pb.RegisterResponse(
-            service_id=reg.service_id,
-            service_name=reg.service_name,
-            cluster=reg.cluster,
-            plane=reg.plane,
-            version=reg.version,
-            instance_id=reg.instance_id,
-            status=pb.REGISTRATION_STATUS_REGISTERED,
-            ttl=reg.ttl,
-            revision=result.revision,
+            status=pb.REGISTRATION_STATUS_REGISTERED, revision=result.revision
         )
-        response.endpoint.CopyFrom(reg.endpoint)
+        _copy_identity(reg, response)
         response.endpoint.tls.client_key = ""
         if not response.endpoint.tls.ByteSize():
             response.endpoint.ClearField("tls")

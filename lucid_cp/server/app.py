@@ -118,6 +118,12 @@ async def start_control_plane(
     metrics.store_revision.set_function(lambda: index.revision)
     metrics.index_instances.set_function(lambda: len(index))
     metrics.watchers.set_function(lambda: index.watchers)
+    metrics.watch_connected.set_function(lambda: 1 if index.connected else 0)
+    metrics.count_from(
+        "lucid_discovery_index_resyncs",
+        "Full re-lists of the discovery index (start, and after a compaction).",
+        lambda: index.resyncs,
+    )
 
     verifier = TokenVerifier(
         settings.jwt_secret, clock, issuer=settings.jwt_issuer, audience=settings.jwt_audience

@@ -21,9 +21,5 @@ def set_call(ctx: CallContext) -> None:
     _current.set(ctx)
 
 
-def current_call() -> CallContext:
-    return _current.get()
-
-
 def current_principal() -> Principal:
     return _current.get().principal

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 
 _CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _CallbackCounter(Collector):
+    """A counter whose value is read from its owner on scrape (the owner counts; no hook needed)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        self._name, self._doc, self._read = name, documentation, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._doc, value=self._read())
 
 
 class Metrics:
@@ -36,9 +50,9 @@ class Metrics:
         self.watchers = Gauge(
             "lucid_discovery_watchers", "Open discovery Watch streams.", registry=self.registry
         )
-        self.index_resyncs = Counter(
-            "lucid_discovery_index_resyncs_total",
-            "Full re-lists of the discovery index (start, compaction, store reconnect).",
+        self.watch_connected = Gauge(
+            "lucid_discovery_watch_connected",
+            "1 while the discovery index's store watch is connected, 0 during a store outage.",
             registry=self.registry,
         )
         self.health_checks = Counter(
@@ -82,6 +96,10 @@ class Metrics:
             "Status transitions waiting to be written to the store.",
             registry=self.registry,
         )
+
+    def count_from(self, name: str, documentation: str, read: Callable[[], int]) -> None:
+        """Registers a counter that reports ``read()`` (a monotonic count kept elsewhere)."""
+        self.registry.register(_CallbackCounter(name, documentation, read))
 
 
 def _state(value: int) -> str:

@@ -133,3 +133,11 @@ async def test_debug_access_log_carries_the_request_id(stub, caplog) -> None:
     [line] = [r for r in caplog.records if r.getMessage() == "rpc"]
     assert (line.request_id, line.code, line.method) == (
         rid, "OK", "/lucid.discovery.v1.DiscoveryService/Discover")
+
+
+async def test_index_health_metrics_are_fed(control_plane, stub) -> None:
+    await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)
+    text = generate_latest(control_plane.metrics.registry).decode()
+    assert "lucid_discovery_watch_connected 1.0" in text
+    assert f"lucid_discovery_index_resyncs_total {float(control_plane.index.resyncs)}" in text
+    assert control_plane.index.resyncs == 1  # the initial list
