@@ -132,10 +132,9 @@ class Registry:
         _, instance = await self._read(service_id)
         principal.require_acts_as(instance.service_name)
         try:
-            await self._store.revoke_lease(instance.lease_id)
+            revision = await self._store.revoke_lease(instance.lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
-        revision = await self._store.current_revision()
         await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
         return revision
 

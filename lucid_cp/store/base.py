@@ -207,8 +207,9 @@ class Store(Protocol):
         """Refreshes the lease; returns its granted ttl. Raises LeaseNotFoundError."""
         ...
 
-    async def revoke_lease(self, lease_id: int) -> None:
-        """Revokes the lease and deletes its keys. Unknown lease: LeaseNotFoundError."""
+    async def revoke_lease(self, lease_id: int) -> int:
+        """Revokes the lease and deletes its keys; returns the store revision after (the
+        deletion's revision when it had keys). Unknown lease: LeaseNotFoundError."""
         ...
 
     def watch(

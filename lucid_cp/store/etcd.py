@@ -471,14 +471,15 @@ class EtcdStore:
             raise LeaseNotFoundError(lease_id)
         return int(resp.TTL)
 
-    async def revoke_lease(self, lease_id: int) -> None:
-        await self._call(
+    async def revoke_lease(self, lease_id: int) -> int:
+        resp = await self._call(
             lambda c: c.lease.LeaseRevoke(
                 rpc.LeaseRevokeRequest(ID=lease_id), timeout=self._request_timeout
             ),
             retry=False,
             lease_ids=(lease_id,),
         )
+        return int(resp.header.revision)
 
     async def compact(self, revision: int) -> None:
         await self._call(

@@ -367,10 +367,11 @@ class _Engine:
         self._db.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (now + row[0], lease_id))
         return int(row[0])
 
-    def revoke_lease(self, lease_id: int) -> None:
+    def revoke_lease(self, lease_id: int) -> int:
         if self._db.execute("SELECT 1 FROM leases WHERE id = ?", (lease_id,)).fetchone() is None:
             raise LeaseNotFoundError(lease_id)
         self._write(lambda w: self._revoke(w, lease_id))
+        return self.revision
 
     def reap_expired(self) -> tuple[int, float | None]:
         """Revoke up to a batch of expired leases, one atomic write each. Returns how many were
@@ -630,8 +631,8 @@ class SqliteStore:
     async def keepalive(self, lease_id: int) -> int:
         return await self._run(self._engine.keepalive, lease_id)
 
-    async def revoke_lease(self, lease_id: int) -> None:
-        await self._run(self._engine.revoke_lease, lease_id)
+    async def revoke_lease(self, lease_id: int) -> int:
+        return await self._run(self._engine.revoke_lease, lease_id)
 
     async def reap_expired_leases(self) -> int:
         """Delete the keys of every lease already expired by the store's clock; returns how

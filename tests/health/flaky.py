@@ -67,9 +67,9 @@ class FlakyStore:
         self._check()
         return await self.inner.keepalive(lease_id)
 
-    async def revoke_lease(self, lease_id: int) -> None:
+    async def revoke_lease(self, lease_id: int) -> int:
         self._check()
-        await self.inner.revoke_lease(lease_id)
+        return await self.inner.revoke_lease(lease_id)
 
     async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
         self._check()

@@ -413,9 +413,9 @@ async def test_put_with_lease_and_revoke_deletes_at_once(store: Store) -> None:
     assert kv is not None and kv.lease == lease.id
     assert await store.keepalive(lease.id) >= 60
     watch = store.watch(b"/l/", r_put + 3)
-    await store.revoke_lease(lease.id)
+    revoked_at = await store.revoke_lease(lease.id)
     batch = await next_batch(watch)
-    assert batch.revision == r_put + 3  # one atomic write for the whole lease
+    assert batch.revision == revoked_at == r_put + 3  # one atomic write for the whole lease
     assert sorted(keys_of(batch)) == [b"/l/a", b"/l/b"]
     assert all(e.type is EventType.DELETE for e in batch.events)
     assert [kv.key for kv in (await store.range(b"/l/")).kvs] == [b"/l/free"]
