@@ -362,11 +362,11 @@ class InstanceIndex:
             for _, service_id in self._sorted:
                 yield self._instances[service_id]
             return
-        start = bisect.bisect_left(self._sorted, (service_name, ""))
-        for name, service_id in self._sorted[start:]:
-            if name != service_name:
-                return
-            yield self._instances[service_id]
+        entries = self._sorted
+        position = bisect.bisect_left(entries, (service_name, ""))
+        while position < len(entries) and entries[position][0] == service_name:
+            yield self._instances[entries[position][1]]  # no slice: that would copy the tail
+            position += 1
 
     def snapshot(self, match: Match, service_name: str = "") -> pb.WatchResponse:
         response = pb.WatchResponse(type=pb.WATCH_EVENT_TYPE_SNAPSHOT, revision=self.revision)
