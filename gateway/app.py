@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -244,7 +244,7 @@ def _api_error(route: Route, exc: grpc.aio.AioRpcError) -> ApiError:
     return from_grpc(
         exc.code(),
         exc.details(),
-        exc.trailing_metadata(),
+        cast(Sequence[tuple[str, str | bytes]] | None, exc.trailing_metadata()),
         strip_field_prefix=field_prefix(route),
     )
 

@@ -478,11 +478,8 @@ def _integer(value: JSON, bounds: tuple[int, int], path: str) -> int:
         raise CodecError(path, "expected an integer")
     if isinstance(value, int):
         number = value
-    elif (
-        isinstance(value, float)
-        and value.is_integer()
-        or isinstance(value, str)
-        and _INT_TEXT.fullmatch(value)
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and _INT_TEXT.fullmatch(value)
     ):
         number = int(value)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -92,7 +92,11 @@ class NdjsonStream:
                 if message is grpc.aio.EOF:
                     break
                 await send(
-                    {"type": "http.response.body", "body": self._encode(message), "more_body": True}
+                    {
+                        "type": "http.response.body",
+                        "body": self._encode(cast(Message, message)),
+                        "more_body": True,
+                    }
                 )
         except grpc.aio.AioRpcError as exc:
             if self.disconnected.is_set():

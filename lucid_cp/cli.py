@@ -23,7 +23,9 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("LUCID_DATA_DIR") or ".lucid").resolve()
 
 
-def _load_secret(args: argparse.Namespace, data_dir: Path, *, create_dev: bool) -> tuple[bytes, bool]:
+def _load_secret(
+    args: argparse.Namespace, data_dir: Path, *, create_dev: bool
+) -> tuple[bytes, bool]:
     """The JWT secret and whether it is the generated dev secret.
 
     Order: LUCID_JWT_SECRET, --jwt-secret-file, the dev secret in the data dir (created by
@@ -64,7 +66,9 @@ def _rate_limits(specs: list[str]) -> dict[str, RateLimit]:
         except ValueError:
             limit = None
         if not bucket.strip() or limit is None or limit.capacity < 1 or limit.period <= 0:
-            raise SystemExit(f"--rate-limit {spec!r}: expected BUCKET=CAPACITY/SECONDS, both positive")
+            raise SystemExit(
+                f"--rate-limit {spec!r}: expected BUCKET=CAPACITY/SECONDS, both positive"
+            )
         limits[bucket.strip()] = limit
     return limits
 
@@ -104,7 +108,10 @@ async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> No
         gateway = await start_gateway(plane.grpc_target, settings.http_addr)
     print(f"lucid-cp: gRPC on {plane.grpc_target}, store {settings.store_url}", file=sys.stderr)
     if gateway is not None:
-        print(f"lucid-cp: REST gateway on http://{settings.http_addr.rsplit(':', 1)[0]}:{gateway.port}/api/v1", file=sys.stderr)
+        print(
+            f"lucid-cp: REST gateway on http://{settings.http_addr.rsplit(':', 1)[0]}:{gateway.port}/api/v1",
+            file=sys.stderr,
+        )
     if dev_secret:
         token = mint_token(settings.jwt_secret, "admin", Role.ADMIN, SystemClock(), ttl=24 * 3600)
         print(
@@ -145,27 +152,54 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lucid-cp", description="Lucid service-mesh control plane")
+    parser = argparse.ArgumentParser(
+        prog="lucid-cp", description="Lucid service-mesh control plane"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the control plane (gRPC) and the REST gateway")
-    serve.add_argument("--store", help="sqlite:///PATH | memory:// | etcd://HOST:PORT[,HOST:PORT] "
-                       "(default: sqlite under --data-dir)")
+    serve.add_argument(
+        "--store",
+        help="sqlite:///PATH | memory:// | etcd://HOST:PORT[,HOST:PORT] "
+        "(default: sqlite under --data-dir)",
+    )
     serve.add_argument("--grpc-addr", default="127.0.0.1:50051")
     serve.add_argument("--http-addr", default="127.0.0.1:8080")
-    serve.add_argument("--metrics-addr", default="", help="Prometheus listener, e.g. 127.0.0.1:9464")
-    serve.add_argument("--data-dir", help="state and dev secret (default: ./.lucid or $LUCID_DATA_DIR)")
-    serve.add_argument("--jwt-secret-file", help="file holding the HS256 secret (or $LUCID_JWT_SECRET)")
+    serve.add_argument(
+        "--metrics-addr", default="", help="Prometheus listener, e.g. 127.0.0.1:9464"
+    )
+    serve.add_argument(
+        "--data-dir", help="state and dev secret (default: ./.lucid or $LUCID_DATA_DIR)"
+    )
+    serve.add_argument(
+        "--jwt-secret-file", help="file holding the HS256 secret (or $LUCID_JWT_SECRET)"
+    )
     serve.add_argument("--no-gateway", action="store_true", help="gRPC only")
-    serve.add_argument("--no-rate-limits", action="store_true", help="disable per-principal rate limits")
-    serve.add_argument("--rate-limit", action="append", default=[], metavar="BUCKET=N/SECONDS",
-                       help="override a bucket (registration, health, discovery), e.g. discovery=5000/60")
-    serve.add_argument("--no-health-checks", action="store_true",
-                       help="do not actively check registered instances")
-    serve.add_argument("--health-max-concurrency", type=int, default=1000, metavar="N",
-                       help="health-check probes in flight at once (default 1000)")
-    serve.add_argument("--replica-id", default="",
-                       help="this replica's id among those sharing an etcd store (default: random)")
+    serve.add_argument(
+        "--no-rate-limits", action="store_true", help="disable per-principal rate limits"
+    )
+    serve.add_argument(
+        "--rate-limit",
+        action="append",
+        default=[],
+        metavar="BUCKET=N/SECONDS",
+        help="override a bucket (registration, health, discovery), e.g. discovery=5000/60",
+    )
+    serve.add_argument(
+        "--no-health-checks", action="store_true", help="do not actively check registered instances"
+    )
+    serve.add_argument(
+        "--health-max-concurrency",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="health-check probes in flight at once (default 1000)",
+    )
+    serve.add_argument(
+        "--replica-id",
+        default="",
+        help="this replica's id among those sharing an etcd store (default: random)",
+    )
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_cmd_serve)
 

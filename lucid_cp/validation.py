@@ -14,7 +14,8 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -23,16 +24,27 @@ from google.protobuf.message import Message
 from lucid_cp.api.lucid.common.v1 import options_pb2
 from lucid_cp.errors import FieldViolation
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _WELL_KNOWN = ("google.protobuf.",)
 _STRUCT = "google.protobuf.Struct"
 
 _F = FieldDescriptor
 _NUMERIC = {
-    _F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_SINT32,
-    _F.TYPE_SINT64, _F.TYPE_FIXED32, _F.TYPE_FIXED64, _F.TYPE_SFIXED32, _F.TYPE_SFIXED64,
-    _F.TYPE_DOUBLE, _F.TYPE_FLOAT,
+    _F.TYPE_INT32,
+    _F.TYPE_INT64,
+    _F.TYPE_UINT32,
+    _F.TYPE_UINT64,
+    _F.TYPE_SINT32,
+    _F.TYPE_SINT64,
+    _F.TYPE_FIXED32,
+    _F.TYPE_FIXED64,
+    _F.TYPE_SFIXED32,
+    _F.TYPE_SFIXED64,
+    _F.TYPE_DOUBLE,
+    _F.TYPE_FLOAT,
 }
 
 
@@ -97,7 +109,7 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(descriptor: Descriptor) -> tuple[_FieldPlan, ...]:
     plans = []
     for field in descriptor.fields:
@@ -111,7 +123,9 @@ def _plan(descriptor: Descriptor) -> tuple[_FieldPlan, ...]:
         if rules is None and not recurse and not is_enum:
             continue
         pattern = re.compile(rules.pattern) if rules is not None and rules.pattern else None
-        setter = _default_setter(field, rules.default_json) if rules and rules.default_json else None
+        setter = (
+            _default_setter(field, rules.default_json) if rules and rules.default_json else None
+        )
         plans.append(_FieldPlan(field, rules, pattern, setter, recurse))
     return tuple(plans)
 
@@ -195,7 +209,9 @@ def _check_scalar(plan: _FieldPlan, path: str, value: object, out: list[FieldVio
             out.append(FieldViolation(path, f"must match {rules.pattern}"))
         if rules.format == options_pb2.STRING_FORMAT_UUID and not is_uuid(value):
             out.append(FieldViolation(path, "must be a UUID"))
-        elif rules.format == options_pb2.STRING_FORMAT_HOSTNAME_OR_IP and not is_hostname_or_ip(value):
+        elif rules.format == options_pb2.STRING_FORMAT_HOSTNAME_OR_IP and not is_hostname_or_ip(
+            value
+        ):
             out.append(FieldViolation(path, "must be a hostname or an IP address"))
     elif field.type in _NUMERIC:
         number = float(value)  # type: ignore[arg-type]
@@ -209,7 +225,7 @@ def _num(x: float) -> str:
     return str(int(x)) if x.is_integer() else str(x)
 
 
-_KIND_CHECKS = {
+_KIND_CHECKS: dict[int, tuple[Callable[[Any], bool], str]] = {
     options_pb2.STRUCT_KIND_STRING: (lambda v: isinstance(v, str), "a string"),
     options_pb2.STRUCT_KIND_STRING_LIST: (
         lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
@@ -242,4 +258,6 @@ def _check_struct(
         if not check(item):
             out.append(FieldViolation(f"{path}.{prop.name}", f"must be {what}"))
         elif prop.HasField("max_len") and isinstance(item, str) and len(item) > prop.max_len:
-            out.append(FieldViolation(f"{path}.{prop.name}", f"must be at most {prop.max_len} characters"))
+            out.append(
+                FieldViolation(f"{path}.{prop.name}", f"must be at most {prop.max_len} characters")
+            )

@@ -194,7 +194,7 @@ class Children:
         while self._cleanups:
             try:
                 self._cleanups.pop()()
-            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+            except Exception as exc:
                 print(f"cleanup failed: {exc}", file=sys.stderr)
 
 
@@ -280,7 +280,7 @@ async def run_load(
             t = time.perf_counter()
             try:
                 await op(i)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
+            except Exception as exc:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 errors.append(f"{type(exc).__name__}: {detail}")
                 continue

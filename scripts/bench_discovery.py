@@ -1166,7 +1166,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
             try:
                 await steps[name]()
-            except Exception:  # noqa: BLE001 - report it, go on with the other benchmarks
+            except Exception:
                 failed.append(name)
                 print(f"[bench] {name} FAILED:\n{traceback.format_exc()}", file=sys.stderr)
             timings[name] = time.monotonic() - t

@@ -106,11 +106,19 @@ def _registration(port: int, interval: int, timeout: int) -> pb.ServiceRegistrat
         ttl=3600,
         weight=100,
     )
-    reg.endpoint.host, reg.endpoint.port, reg.endpoint.protocol = "127.0.0.1", port, pb.PROTOCOL_HTTP
+    reg.endpoint.host, reg.endpoint.port, reg.endpoint.protocol = (
+        "127.0.0.1",
+        port,
+        pb.PROTOCOL_HTTP,
+    )
     reg.health_check.MergeFrom(
         pb.HealthCheckConfig(
-            endpoint="/health", interval=interval, timeout=timeout, retries=1,
-            success_threshold=1, failure_threshold=3,
+            endpoint="/health",
+            interval=interval,
+            timeout=timeout,
+            retries=1,
+            success_threshold=1,
+            failure_threshold=3,
         )
     )
     return reg
@@ -130,8 +138,13 @@ async def run(size: int, port: int, args: argparse.Namespace) -> dict[str, float
 
     recorder = Recorder()
     checker = HealthChecker(
-        store, index, SystemClock(), ProtocolProber(HttpProber(), TcpProber()),
-        StaticMembership("bench"), observer=recorder, max_concurrency=args.max_concurrency,
+        store,
+        index,
+        SystemClock(),
+        ProtocolProber(HttpProber(), TcpProber()),
+        StaticMembership("bench"),
+        observer=recorder,
+        max_concurrency=args.max_concurrency,
     )
     started = time.perf_counter()
     await checker.start()
@@ -171,7 +184,9 @@ async def run(size: int, port: int, args: argparse.Namespace) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="2000,5000,10000")
     parser.add_argument("--interval", type=int, default=10, help="check interval, seconds")
     parser.add_argument("--timeout", type=int, default=2, help="check timeout, seconds")
@@ -192,9 +207,11 @@ def main() -> None:
             f"{'late p99':>9} {'late max':>9} {'probe p50':>10} {'probe p99':>10} {'cpu%':>6} "
             f"{'writes':>6} {'all healthy':>11}"
         )
-        print(f"interval {args.interval}s, timeout {args.timeout}s, window {args.window:g}s, "
-              f"max concurrency {args.max_concurrency}, python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+        print(
+            f"interval {args.interval}s, timeout {args.timeout}s, window {args.window:g}s, "
+            f"max concurrency {args.max_concurrency}, python {sys.version.split()[0]}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start"
+        )
         print(header)
         for size in (int(s) for s in args.sizes.split(",")):
             r = asyncio.run(run(size, port, args))

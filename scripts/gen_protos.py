@@ -48,7 +48,9 @@ def _protoc(out: Path) -> None:
         f"--mypy_grpc_out={out}",
         *protos,
     ]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     subprocess.run(args, check=True, cwd=PROTO_DIR, env=env)
 
 

@@ -26,7 +26,9 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "lucid_cp.cli", *args]
 
 
-def _wait_for(proc: subprocess.Popen[str], pattern: str, timeout: float = 20.0) -> tuple[re.Match[str], str]:
+def _wait_for(
+    proc: subprocess.Popen[str], pattern: str, timeout: float = 20.0
+) -> tuple[re.Match[str], str]:
     """Reads the process's stderr until a line matches; returns the match and all text read."""
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout
@@ -48,8 +50,20 @@ def _wait_for(proc: subprocess.Popen[str], pattern: str, timeout: float = 20.0) 
 def served(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "LUCID_JWT_SECRET"}
     proc = subprocess.Popen(
-        _cli("serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", str(tmp_path)),
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path,
+        _cli(
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path),
+        ),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     try:
         grpc_match, _ = _wait_for(proc, r"gRPC on (127\.0\.0\.1:\d+)")
@@ -71,23 +85,38 @@ def test_serve_prints_a_working_dev_token_and_shuts_down_cleanly(served, tmp_pat
 
     service_token = subprocess.run(
         _cli("token", "--subject", "api-gateway", "--role", "service", "--data-dir", str(tmp_path)),
-        capture_output=True, text=True, check=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
     ).stdout.strip()
 
     with grpc.insecure_channel(target) as channel:
         stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
-        found = stub.Discover(pb.DiscoverRequest(), metadata=(("authorization", f"Bearer {admin_token}"),))
+        found = stub.Discover(
+            pb.DiscoverRequest(), metadata=(("authorization", f"Bearer {admin_token}"),)
+        )
         assert found.total == 0
 
     body = {
-        "serviceId": str(uuid.uuid4()), "serviceName": "api-gateway", "cluster": "api-gateway",
-        "plane": "ops", "version": "1.0.0",
-        "endpoint": {"host": "api-gateway.lucid.onion", "port": 8080, "protocol": "https", "path": "/api/v1"},
+        "serviceId": str(uuid.uuid4()),
+        "serviceName": "api-gateway",
+        "cluster": "api-gateway",
+        "plane": "ops",
+        "version": "1.0.0",
+        "endpoint": {
+            "host": "api-gateway.lucid.onion",
+            "port": 8080,
+            "protocol": "https",
+            "path": "/api/v1",
+        },
         "healthCheck": {"endpoint": "/health", "interval": 30, "timeout": 10},
     }
     response = httpx.post(
-        f"{http_base}/api/v1/service-discovery/services", json=body,
-        headers={"authorization": f"Bearer {service_token}"}, timeout=10,
+        f"{http_base}/api/v1/service-discovery/services",
+        json=body,
+        headers={"authorization": f"Bearer {service_token}"},
+        timeout=10,
     )
     assert response.status_code == 201, response.text
     assert response.json()["status"] == "registered"
@@ -100,7 +129,10 @@ def test_token_without_any_secret_explains_what_to_do(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "LUCID_JWT_SECRET"}
     result = subprocess.run(
         _cli("token", "--subject", "x", "--data-dir", str(tmp_path / "empty")),
-        capture_output=True, text=True, env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode != 0
     assert "LUCID_JWT_SECRET" in result.stderr and "Traceback" not in result.stderr
@@ -109,6 +141,8 @@ def test_token_without_any_secret_explains_what_to_do(tmp_path: Path) -> None:
 def test_generated_code_is_up_to_date() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
-        capture_output=True, text=True,
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

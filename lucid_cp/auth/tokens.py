@@ -132,7 +132,9 @@ class TokenVerifier:
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("token has no subject")
         principal = Principal(subject, _role_of(claims.get("roles")))
-        return _Verified(principal, float(exp), float(nbf) if isinstance(nbf, (int, float)) else None)
+        return _Verified(
+            principal, float(exp), float(nbf) if isinstance(nbf, (int, float)) else None
+        )
 
 
 def _role_of(roles: object) -> Role:

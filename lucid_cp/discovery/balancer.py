@@ -50,7 +50,7 @@ class Balancer:
         if algorithm == pb.LOAD_BALANCE_LEAST_CONNECTIONS:
             loads = [connections(c.service_id) for c in candidates]
             fewest = min(loads)
-            candidates = [c for c, load in zip(candidates, loads) if load == fewest]
+            candidates = [c for c, load in zip(candidates, loads, strict=True) if load == fewest]
         return self._round_robin(candidates, cursor_key)
 
     def _round_robin(self, candidates: Sequence[Instance], cursor_key: str) -> Instance:

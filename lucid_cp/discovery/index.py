@@ -53,12 +53,12 @@ def _decode_record(kv: KeyValue, service_id: str) -> pb.ServiceInstance | None:
     try:
         instance = decode_instance(kv.value, kv.mod_revision)
     except DecodeError:
-        log.error("undecodable discovery record %r at revision %d; ignored", kv.key, kv.mod_revision)
+        log.error(
+            "undecodable discovery record %r at revision %d; ignored", kv.key, kv.mod_revision
+        )
         return None
     if instance.service_id != service_id:
-        log.error(
-            "discovery record %r holds serviceId %r; ignored", kv.key, instance.service_id
-        )
+        log.error("discovery record %r holds serviceId %r; ignored", kv.key, instance.service_id)
         return None
     return instance
 
@@ -166,7 +166,7 @@ class InstanceIndex:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - store outage: pause, then resume
+            except Exception as exc:
                 self.connected = False
                 log.warning("discovery watch interrupted (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -180,7 +180,7 @@ class InstanceIndex:
                 return
             except CompactedError:
                 continue
-            except Exception as exc:  # noqa: BLE001 - store outage: keep serving, retry
+            except Exception as exc:
                 log.warning("discovery re-list failed (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -219,7 +219,9 @@ class InstanceIndex:
         kvs = list(page.kvs)
         while page.more and page.kvs:
             page = await self._store.range(
-                keys.PREFIX, limit=self._list_page, revision=page.revision,
+                keys.PREFIX,
+                limit=self._list_page,
+                revision=page.revision,
                 start=page.kvs[-1].key + b"\0",
             )
             kvs.extend(page.kvs)
@@ -379,7 +381,9 @@ class InstanceIndex:
 
     # -- watches -----------------------------------------------------------------------------
 
-    def subscribe(self, match: Match, *, service_name: str = "", start_revision: int = 0) -> Subscription:
+    def subscribe(
+        self, match: Match, *, service_name: str = "", start_revision: int = 0
+    ) -> Subscription:
         """Opens a Watch. start_revision 0: snapshot first. Otherwise replays retained changes
         with revision >= start_revision, or sends a snapshot if that history is gone."""
         sub = Subscription(self, match, service_name, self._queue_size)

@@ -74,7 +74,9 @@ class Registry:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def register(self, principal: Principal, reg: pb.ServiceRegistration) -> pb.RegisterResponse:
+    async def register(
+        self, principal: Principal, reg: pb.ServiceRegistration
+    ) -> pb.RegisterResponse:
         principal.require_acts_as(reg.service_name)
         now = _timestamp(self._clock.now())
         instance = pb.ServiceInstance(weight=reg.weight, status=pb.HEALTH_STATE_UNKNOWN)
@@ -233,9 +235,8 @@ class Registry:
         principal.require_acts_as(instance.service_name)
         ttl = await self._keepalive(service_id, lease_id)
         revision = self._index.revision
-        if (
-            active_connections is not None
-            and active_connections != self._index.active_connections(service_id)
+        if active_connections is not None and active_connections != self._index.active_connections(
+            service_id
         ):
             key = keys.instance_key(service_id)
             try:
@@ -311,18 +312,26 @@ class Registry:
             by_status[name] = by_status.get(name, 0) + 1
             if i.draining:
                 by_status["draining"] = by_status.get("draining", 0) + 1
-        what = f"{request.service_name}" + (f" version {request.version}" if request.version else "")
+        what = f"{request.service_name}" + (
+            f" version {request.version}" if request.version else ""
+        )
         if not instances:
             message = f"no instances of service {what} are registered"
         else:
             counts = ", ".join(f"{n} {state}" for state, n in sorted(by_status.items()))
-            message = f"no healthy instance of service {what} ({len(instances)} registered: {counts})"
+            message = (
+                f"no healthy instance of service {what} ({len(instances)} registered: {counts})"
+            )
             fallback = pb.ResolveRequest(include_unhealthy=True, version=request.version)
             if not request.include_unhealthy and _eligible(instances.values(), fallback):
                 message += "; includeUnhealthy=true resolves to an unhealthy one instead"
         return NotFound(
             message,
-            details={"serviceName": request.service_name, "registered": len(instances), **by_status},
+            details={
+                "serviceName": request.service_name,
+                "registered": len(instances),
+                **by_status,
+            },
             reason=R.SERVICE_NOT_FOUND,
         )
 

@@ -143,7 +143,11 @@ async def start_control_plane(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = [s.full_name for f in SERVED_FILES for s in f.services_by_name.values()]
     reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     port = server.add_insecure_port(settings.grpc_addr)
@@ -174,5 +178,7 @@ async def start_control_plane(
         checker=checker,
         _metrics_server=metrics_server,
     )
-    log.info("control plane serving", extra={"grpc": plane.grpc_target, "store": settings.store_url})
+    log.info(
+        "control plane serving", extra={"grpc": plane.grpc_target, "store": settings.store_url}
+    )
     return plane

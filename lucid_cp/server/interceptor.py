@@ -134,7 +134,11 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def _prepare(
-        self, policy: MethodPolicy, handler: grpc.RpcMethodHandler, raw: bytes, md: dict[str, str],
+        self,
+        policy: MethodPolicy,
+        handler: grpc.RpcMethodHandler,
+        raw: bytes,
+        md: dict[str, str],
         request_id: str,
     ) -> Message:
         try:
@@ -167,8 +171,10 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
         """Maps ``exc`` through the error table, records it (unless started is None) and aborts."""
         if not status_table.is_known(exc):
             log.error(
-                "unhandled error in %s", policy.full_method,
-                exc_info=exc, extra={"request_id": request_id},
+                "unhandled error in %s",
+                policy.full_method,
+                exc_info=exc,
+                extra={"request_id": request_id},
             )
         status = status_table.to_rpc_status(exc, request_id)
         if started is not None:
@@ -207,7 +213,7 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
             try:
                 request = self._prepare(policy, handler, raw, md, request_id)
                 response = await inner(request, context)
-            except Exception as exc:  # noqa: BLE001 - every error goes through the one table
+            except Exception as exc:
                 failure = exc
             if failure is None:
                 self._record(policy, "OK", started, request_id)
@@ -243,11 +249,11 @@ class LucidInterceptor(grpc.aio.ServerInterceptor):
                     close = getattr(responses, "aclose", None)
                     if close is not None:
                         await close()
-            except Exception as exc:  # noqa: BLE001 - every error goes through the one table
+            except Exception as exc:
                 failure = exc
             if failure is not None:
-                await self._fail(context, failure, policy, request_id, None if recorded else started)
+                await self._fail(
+                    context, failure, policy, request_id, None if recorded else started
+                )
 
         return call
-
-

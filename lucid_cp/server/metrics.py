@@ -40,11 +40,13 @@ class Metrics:
             registry=self.registry,
         )
         self.store_revision = Gauge(
-            "lucid_store_revision", "Store revision the discovery index has applied.",
+            "lucid_store_revision",
+            "Store revision the discovery index has applied.",
             registry=self.registry,
         )
         self.index_instances = Gauge(
-            "lucid_discovery_instances", "Service instances in the discovery index.",
+            "lucid_discovery_instances",
+            "Service instances in the discovery index.",
             registry=self.registry,
         )
         self.watchers = Gauge(
@@ -103,7 +105,9 @@ class Metrics:
 
 
 def _state(value: int) -> str:
-    return pb.HealthState.Name(pb.HealthState.ValueType(value)).removeprefix("HEALTH_STATE_").lower()
+    return (
+        pb.HealthState.Name(pb.HealthState.ValueType(value)).removeprefix("HEALTH_STATE_").lower()
+    )
 
 
 class HealthCheckMetrics:

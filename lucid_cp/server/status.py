@@ -100,7 +100,11 @@ def to_rpc_status(exc: Exception, request_id: str) -> status_pb2.Status:
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in details.items()})
     status = status_pb2.Status(code=mapping.code, message=message)
     status.details.append(
-        _pack(error_details_pb2.ErrorInfo(reason=reason_string(reason), domain=DOMAIN, metadata=metadata))
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=reason_string(reason), domain=DOMAIN, metadata=metadata
+            )
+        )
     )
     if isinstance(exc, InvalidArgument) and exc.violations:
         bad = error_details_pb2.BadRequest()
@@ -115,6 +119,8 @@ def to_rpc_status(exc: Exception, request_id: str) -> status_pb2.Status:
         status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     if isinstance(exc, Conflict):
         failure = error_details_pb2.PreconditionFailure()
-        failure.violations.add(type="REVISION", subject=str(exc.details.get("key", "")), description=exc.message)
+        failure.violations.add(
+            type="REVISION", subject=str(exc.details.get("key", "")), description=exc.message
+        )
         status.details.append(_pack(failure))
     return status

@@ -23,11 +23,15 @@ SECRET = b"discovery-tests-secret-0123456789abcdef"
 BASE_SETTINGS = Settings(store_url="memory://", grpc_addr="127.0.0.1:0", jwt_secret=SECRET)
 
 
-def token(subject: str = "api-gateway", role: Role = Role.SERVICE, clock: Any = None, **kw: Any) -> str:
+def token(
+    subject: str = "api-gateway", role: Role = Role.SERVICE, clock: Any = None, **kw: Any
+) -> str:
     return mint_token(SECRET, subject, role, clock or SystemClock(), **kw)
 
 
-def auth(subject: str = "api-gateway", role: Role = Role.SERVICE, **kw: Any) -> tuple[tuple[str, str], ...]:
+def auth(
+    subject: str = "api-gateway", role: Role = Role.SERVICE, **kw: Any
+) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token(subject, role, **kw)}"),)
 
 

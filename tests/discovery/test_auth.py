@@ -28,7 +28,9 @@ from .conftest import (
 )
 
 
-def _raw(claims: dict[str, object], key: bytes = SECRET, algorithm: str = "HS256") -> tuple[tuple[str, str]]:
+def _raw(
+    claims: dict[str, object], key: bytes = SECRET, algorithm: str = "HS256"
+) -> tuple[tuple[str, str]]:
     with warnings.catch_warnings():
         # pyjwt warns that our HS256-sized key is short for HS512; that token is meant to fail.
         warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
@@ -39,8 +41,12 @@ def _raw(claims: dict[str, object], key: bytes = SECRET, algorithm: str = "HS256
 def _claims(**overrides: object) -> dict[str, object]:
     now = int(time.time())
     claims: dict[str, object] = {
-        "sub": "api-gateway", "roles": ["service"], "iss": "lucid-cp", "aud": "lucid-cp",
-        "iat": now, "exp": now + 300,
+        "sub": "api-gateway",
+        "roles": ["service"],
+        "iss": "lucid-cp",
+        "aud": "lucid-cp",
+        "iat": now,
+        "exp": now + 300,
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
@@ -89,9 +95,13 @@ async def test_services_act_only_as_themselves(stub) -> None:
 
     await register(stub, other, md=auth("blockchain-core"))
     for attempt in (
-        stub.Deregister(pb.DeregisterRequest(service_id=other.service_id), metadata=auth("api-gateway")),
+        stub.Deregister(
+            pb.DeregisterRequest(service_id=other.service_id), metadata=auth("api-gateway")
+        ),
         set_health(stub, other.service_id, pb.HEALTH_STATE_UNHEALTHY, md=auth("api-gateway")),
-        stub.Heartbeat(pb.HeartbeatRequest(service_id=other.service_id), metadata=auth("api-gateway")),
+        stub.Heartbeat(
+            pb.HeartbeatRequest(service_id=other.service_id), metadata=auth("api-gateway")
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await attempt
@@ -104,7 +114,9 @@ async def test_admin_may_act_for_any_service(stub) -> None:
     reg = registration("blockchain-core")
     await register(stub, reg, md=auth("root", Role.ADMIN))
     await set_health(stub, reg.service_id, pb.HEALTH_STATE_HEALTHY, md=auth("root", Role.ADMIN))
-    await stub.Deregister(pb.DeregisterRequest(service_id=reg.service_id), metadata=auth("root", Role.ADMIN))
+    await stub.Deregister(
+        pb.DeregisterRequest(service_id=reg.service_id), metadata=auth("root", Role.ADMIN)
+    )
 
 
 @pytest.mark.parametrize("settings", [with_limits(registration=RateLimit(2, 60.0))])
@@ -117,7 +129,9 @@ async def test_rate_limit_is_per_principal_with_retry_info(stub) -> None:
     info, status = error_info(caught.value)
     assert info.reason == "LUCID_ERR_1903"
     retry = detail_of(status, error_details_pb2.RetryInfo)
-    assert 25 <= retry.retry_delay.ToTimedelta().total_seconds() <= 30  # 2 per 60 s: one token in 30 s
+    assert (
+        25 <= retry.retry_delay.ToTimedelta().total_seconds() <= 30
+    )  # 2 per 60 s: one token in 30 s
     # Another principal has its own bucket; other buckets are untouched.
     await register(stub, registration("blockchain-core"))
     await stub.Discover(pb.DiscoverRequest(), metadata=auth())

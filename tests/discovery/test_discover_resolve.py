@@ -38,7 +38,8 @@ async def test_discover_filters_and_paginates(stub) -> None:
     wallet = await stub.Discover(pb.DiscoverRequest(plane=pb.PLANE_WALLET), metadata=ADMIN)
     assert wallet.total == 3 and {s.service_name for s in wallet.services} == {"tron-payment"}
     healthy = await stub.Discover(
-        pb.DiscoverRequest(cluster=pb.CLUSTER_TRON_PAYMENT, status=pb.HEALTH_STATE_HEALTHY), metadata=ADMIN
+        pb.DiscoverRequest(cluster=pb.CLUSTER_TRON_PAYMENT, status=pb.HEALTH_STATE_HEALTHY),
+        metadata=ADMIN,
     )
     assert healthy.total == 1
     by_name = await stub.Discover(pb.DiscoverRequest(service_name="api-gateway"), metadata=ADMIN)
@@ -68,10 +69,16 @@ async def test_resolve_returns_only_healthy_instances(stub) -> None:
     await set_health(stub, sick.service_id, pb.HEALTH_STATE_UNHEALTHY)
     await register(stub, registration(port=3333))  # unknown
     for _ in range(6):
-        resolved = await stub.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=auth())
+        resolved = await stub.Resolve(
+            pb.ResolveRequest(service_name="api-gateway"), metadata=auth()
+        )
         assert resolved.service_id == healthy.service_id
         assert (resolved.host, resolved.port, resolved.protocol, resolved.path) == (
-            "api-gateway.lucid.onion", 1111, pb.PROTOCOL_HTTPS, "/api/v1")
+            "api-gateway.lucid.onion",
+            1111,
+            pb.PROTOCOL_HTTPS,
+            "/api/v1",
+        )
         assert resolved.status == pb.HEALTH_STATE_HEALTHY
 
 
@@ -95,19 +102,27 @@ async def test_resolve_not_found_explains_why(stub) -> None:
 async def test_resolve_by_version(stub) -> None:
     v1 = await _healthy(stub, version="1.0.0")
     v2 = await _healthy(stub, version="2.0.0-beta")
-    got = await stub.Resolve(pb.ResolveRequest(service_name="api-gateway", version="2.0.0-beta"), metadata=auth())
+    got = await stub.Resolve(
+        pb.ResolveRequest(service_name="api-gateway", version="2.0.0-beta"), metadata=auth()
+    )
     assert got.service_id == v2.service_id
-    got = await stub.Resolve(pb.ResolveRequest(service_name="api-gateway", version="1.0.0"), metadata=auth())
+    got = await stub.Resolve(
+        pb.ResolveRequest(service_name="api-gateway", version="1.0.0"), metadata=auth()
+    )
     assert got.service_id == v1.service_id
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Resolve(pb.ResolveRequest(service_name="api-gateway", version="3.0.0"), metadata=auth())
+        await stub.Resolve(
+            pb.ResolveRequest(service_name="api-gateway", version="3.0.0"), metadata=auth()
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_round_robin_cycles_through_every_healthy_instance(stub) -> None:
     regs = [await _healthy(stub, port=9000 + i) for i in range(3)]
     seen = [
-        (await stub.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=auth())).service_id
+        (
+            await stub.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=auth())
+        ).service_id
         for _ in range(9)
     ]
     assert collections.Counter(seen) == {r.service_id: 3 for r in regs}
@@ -116,12 +131,18 @@ async def test_round_robin_cycles_through_every_healthy_instance(stub) -> None:
 
 async def test_least_connections_uses_heartbeat_reports(stub) -> None:
     regs = [await _healthy(stub, port=9100 + i) for i in range(3)]
-    for reg, load in zip(regs, (40, 3, 17)):
-        await stub.Heartbeat(pb.HeartbeatRequest(service_id=reg.service_id, active_connections=load), metadata=auth())
-    lc = pb.ResolveRequest(service_name="api-gateway", load_balance=pb.LOAD_BALANCE_LEAST_CONNECTIONS)
+    for reg, load in zip(regs, (40, 3, 17), strict=True):
+        await stub.Heartbeat(
+            pb.HeartbeatRequest(service_id=reg.service_id, active_connections=load), metadata=auth()
+        )
+    lc = pb.ResolveRequest(
+        service_name="api-gateway", load_balance=pb.LOAD_BALANCE_LEAST_CONNECTIONS
+    )
     for _ in range(4):
         assert (await stub.Resolve(lc, metadata=auth())).service_id == regs[1].service_id
-    await stub.Heartbeat(pb.HeartbeatRequest(service_id=regs[1].service_id, active_connections=90), metadata=auth())
+    await stub.Heartbeat(
+        pb.HeartbeatRequest(service_id=regs[1].service_id, active_connections=90), metadata=auth()
+    )
     assert (await stub.Resolve(lc, metadata=auth())).service_id == regs[2].service_id
 
 
@@ -147,15 +168,24 @@ async def test_consistent_hash_is_sticky_and_needs_a_key(stub) -> None:
     for _ in range(5):
         assert (await stub.Resolve(req, metadata=auth())).service_id == first
     spread = {
-        (await stub.Resolve(
-            pb.ResolveRequest(service_name="api-gateway", load_balance=pb.LOAD_BALANCE_CONSISTENT_HASH,
-                              hash_key=f"user-{i}"), metadata=auth())).service_id
+        (
+            await stub.Resolve(
+                pb.ResolveRequest(
+                    service_name="api-gateway",
+                    load_balance=pb.LOAD_BALANCE_CONSISTENT_HASH,
+                    hash_key=f"user-{i}",
+                ),
+                metadata=auth(),
+            )
+        ).service_id
         for i in range(40)
     }
     assert len(spread) > 1
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Resolve(
-            pb.ResolveRequest(service_name="api-gateway", load_balance=pb.LOAD_BALANCE_CONSISTENT_HASH),
+            pb.ResolveRequest(
+                service_name="api-gateway", load_balance=pb.LOAD_BALANCE_CONSISTENT_HASH
+            ),
             metadata=auth(),
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -170,6 +200,8 @@ async def test_random_returns_a_healthy_member(stub) -> None:
 
 async def test_unknown_load_balance_value_is_rejected(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Resolve(pb.ResolveRequest(service_name="api-gateway", load_balance=42), metadata=auth())
+        await stub.Resolve(
+            pb.ResolveRequest(service_name="api-gateway", load_balance=42), metadata=auth()
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert str(uuid.UUID(error_info(caught.value)[0].metadata["request_id"]))

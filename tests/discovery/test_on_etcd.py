@@ -89,9 +89,10 @@ async def test_two_replicas_on_one_etcd_see_each_others_writes(fresh_etcd) -> No
     settings = replace(BASE_SETTINGS, store_url=fresh_etcd.url)
     first, second = await start_control_plane(settings), await start_control_plane(settings)
     try:
-        async with grpc.aio.insecure_channel(first.grpc_target) as a, grpc.aio.insecure_channel(
-            second.grpc_target
-        ) as b:
+        async with (
+            grpc.aio.insecure_channel(first.grpc_target) as a,
+            grpc.aio.insecure_channel(second.grpc_target) as b,
+        ):
             stub_a = discovery_pb2_grpc.DiscoveryServiceStub(a)
             stub_b = discovery_pb2_grpc.DiscoveryServiceStub(b)
             watch_b = stub_b.Watch(pb.WatchRequest(), metadata=ADMIN)
@@ -100,11 +101,16 @@ async def test_two_replicas_on_one_etcd_see_each_others_writes(fresh_etcd) -> No
             written = await register(stub_a, reg)
             event = await next_event(watch_b)
             assert (event.type, event.instance.service_id, event.revision) == (
-                ADDED, reg.service_id, written.revision)
+                ADDED,
+                reg.service_id,
+                written.revision,
+            )
             await set_health(stub_b, reg.service_id, pb.HEALTH_STATE_HEALTHY)
             assert (await next_event(watch_b)).type == UPDATED
             assert second.index.revision >= written.revision
-            resolved = await stub_b.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=ADMIN)
+            resolved = await stub_b.Resolve(
+                pb.ResolveRequest(service_name="api-gateway"), metadata=ADMIN
+            )
             assert resolved.service_id == reg.service_id
             await stub_b.Deregister(pb.DeregisterRequest(service_id=reg.service_id), metadata=ADMIN)
             assert (await next_event(watch_b)).type == REMOVED

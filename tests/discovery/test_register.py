@@ -86,7 +86,10 @@ async def test_missing_required_fields_and_unknown_enum_values(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Register(pb.RegisterRequest(registration=reg), metadata=ADMIN)
     _, status = error_info(caught.value)
-    fields = {v.field: v.description for v in detail_of(status, error_details_pb2.BadRequest).field_violations}
+    fields = {
+        v.field: v.description
+        for v in detail_of(status, error_details_pb2.BadRequest).field_violations
+    }
     assert fields["registration.healthCheck"] == "is required"
     assert "unknown Cluster value 99" in fields["registration.cluster"]
 
@@ -129,7 +132,9 @@ async def test_malformed_protobuf_gets_a_clear_error(channel) -> None:
 async def test_deregister_is_final(stub) -> None:
     reg = registration()
     await register(stub, reg)
-    response = await stub.Deregister(pb.DeregisterRequest(service_id=reg.service_id), metadata=auth())
+    response = await stub.Deregister(
+        pb.DeregisterRequest(service_id=reg.service_id), metadata=auth()
+    )
     assert response.revision > 0
     found = await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)
     assert found.total == 0
@@ -167,7 +172,10 @@ async def test_health_updates_count_consecutive_results(stub) -> None:
         pb.UpdateHealthRequest(
             service_id=reg.service_id,
             update=pb.HealthUpdate(
-                status=pb.HEALTH_STATE_UNHEALTHY, error="db down", response_time=12.5, details=details
+                status=pb.HEALTH_STATE_UNHEALTHY,
+                error="db down",
+                response_time=12.5,
+                details=details,
             ),
         ),
         metadata=auth(),

@@ -35,8 +35,14 @@ async def test_metrics_count_requests_by_method_and_code(control_plane, stub) ->
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=ADMIN)
     text = generate_latest(control_plane.metrics.registry).decode()
-    assert 'lucid_grpc_requests_total{code="OK",method="/lucid.discovery.v1.DiscoveryService/Register"} 1.0' in text
-    assert 'lucid_grpc_requests_total{code="NOT_FOUND",method="/lucid.discovery.v1.DiscoveryService/Resolve"} 1.0' in text
+    assert (
+        'lucid_grpc_requests_total{code="OK",method="/lucid.discovery.v1.DiscoveryService/Register"} 1.0'
+        in text
+    )
+    assert (
+        'lucid_grpc_requests_total{code="NOT_FOUND",method="/lucid.discovery.v1.DiscoveryService/Resolve"} 1.0'
+        in text
+    )
     assert "lucid_discovery_instances 1.0" in text
     assert f"lucid_store_revision {float(control_plane.index.revision)}" in text
 
@@ -71,7 +77,9 @@ async def breakable():
         await plane.stop(grace=0.5)
 
 
-async def test_store_outage_is_unavailable_with_retry_info_and_reads_keep_working(breakable) -> None:
+async def test_store_outage_is_unavailable_with_retry_info_and_reads_keep_working(
+    breakable,
+) -> None:
     store, stub = breakable
     kept = registration()
     await register(stub, kept)
@@ -132,7 +140,10 @@ async def test_debug_access_log_carries_the_request_id(stub, caplog) -> None:
         await stub.Discover(pb.DiscoverRequest(), metadata=(*ADMIN, ("x-request-id", rid)))
     [line] = [r for r in caplog.records if r.getMessage() == "rpc"]
     assert (line.request_id, line.code, line.method) == (
-        rid, "OK", "/lucid.discovery.v1.DiscoveryService/Discover")
+        rid,
+        "OK",
+        "/lucid.discovery.v1.DiscoveryService/Discover",
+    )
 
 
 async def test_index_health_metrics_are_fed(control_plane, stub) -> None:

@@ -23,8 +23,10 @@ from lucid_cp.store import MemoryStore, StoreUnavailableError, WatchBatch
 from .conftest import ADMIN, BASE_SETTINGS, auth, register, registration, set_health, token
 
 SNAPSHOT, ADDED, UPDATED, REMOVED = (
-    pb.WATCH_EVENT_TYPE_SNAPSHOT, pb.WATCH_EVENT_TYPE_ADDED,
-    pb.WATCH_EVENT_TYPE_UPDATED, pb.WATCH_EVENT_TYPE_REMOVED,
+    pb.WATCH_EVENT_TYPE_SNAPSHOT,
+    pb.WATCH_EVENT_TYPE_ADDED,
+    pb.WATCH_EVENT_TYPE_UPDATED,
+    pb.WATCH_EVENT_TYPE_REMOVED,
 )
 
 
@@ -46,7 +48,10 @@ async def test_snapshot_then_changes(stub) -> None:
     reg_response = await register(stub, added)
     event = await next_event(call)
     assert (event.type, event.instance.service_id, event.revision) == (
-        ADDED, added.service_id, reg_response.revision)
+        ADDED,
+        added.service_id,
+        reg_response.revision,
+    )
 
     health = await set_health(stub, added.service_id, pb.HEALTH_STATE_HEALTHY)
     event = await next_event(call)
@@ -81,7 +86,10 @@ async def test_resume_from_a_revision_replays_what_was_missed(stub) -> None:
     call = stub.Watch(pb.WatchRequest(start_revision=first.revision + 1), metadata=ADMIN)
     event = await next_event(call)
     assert (event.type, event.instance.service_id, event.revision) == (
-        ADDED, missed.service_id, missed_response.revision)
+        ADDED,
+        missed.service_id,
+        missed_response.revision,
+    )
     assert (await next_event(call)).type == UPDATED
     call.cancel()
 
@@ -101,7 +109,9 @@ async def test_lease_expiry_removes_the_instance_and_tells_watchers() -> None:
     clock = FakeClock(now=1_800_000_000.0)
     store = MemoryStore(clock=clock)
     plane = await start_control_plane(BASE_SETTINGS, clock=clock, store=store)
-    md = (("authorization", f"Bearer {token('api-gateway', Role.SERVICE, clock=clock, ttl=10**6)}"),)
+    md = (
+        ("authorization", f"Bearer {token('api-gateway', Role.SERVICE, clock=clock, ttl=10**6)}"),
+    )
     try:
         async with grpc.aio.insecure_channel(plane.grpc_target) as channel:
             stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
@@ -142,7 +152,9 @@ class FlakyWatchStore(MemoryStore):
         broken = asyncio.ensure_future(self.broken.wait())
         try:
             while True:
-                done, _ = await asyncio.wait({next_batch, broken}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {next_batch, broken}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if broken in done:
                     raise StoreUnavailableError("connection lost (test)")
                 yield next_batch.result()
@@ -225,10 +237,12 @@ async def test_a_slow_watcher_is_resynced_not_silently_skipped() -> None:
     try:
         sub = index.subscribe(lambda _i: True)
         assert (await anext(sub)).type == SNAPSHOT
-        for n in range(5):  # more changes than the queue holds, while nobody reads
+        for _ in range(5):  # more changes than the queue holds, while nobody reads
             reg = registration()
             instance = pb.ServiceInstance(service_id=reg.service_id, service_name=reg.service_name)
-            revision = await store.put(keys.instance_key(reg.service_id), instance.SerializeToString())
+            revision = await store.put(
+                keys.instance_key(reg.service_id), instance.SerializeToString()
+            )
             assert await index.wait_for(revision, 5)
         resync = await asyncio.wait_for(anext(sub), 5)
         assert resync.type == SNAPSHOT and len(resync.instances) == 5

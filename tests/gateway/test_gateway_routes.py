@@ -110,7 +110,7 @@ def test_default_selection_is_every_service_in_the_package() -> None:
 
 
 def test_missing_service_fails_loudly() -> None:
-    with pytest.raises(ServiceNotFound, match="lucid.nothing.v1.NoService"):
+    with pytest.raises(ServiceNotFound, match=r"lucid\.nothing\.v1\.NoService"):
         select_services([DISCOVERY, "lucid.nothing.v1.NoService"])
 
 

@@ -43,7 +43,9 @@ class Harness:
         assert instance is not None, f"{service_id} is not in the index"
         return instance
 
-    async def wait_status(self, service_id: str, status: int, timeout: float = 5.0) -> pb.HealthStatus:
+    async def wait_status(
+        self, service_id: str, status: int, timeout: float = 5.0
+    ) -> pb.HealthStatus:
         def reached() -> bool:
             instance = self.index.get(service_id)
             return instance is not None and instance.status == status
@@ -62,7 +64,12 @@ async def running_checker(**checker_options: object) -> AsyncIterator[Harness]:
     options: dict[str, object] = {"time_scale": TIME_SCALE, "rescan_period": 0.05}
     options.update(checker_options)
     checker = HealthChecker(
-        store, index, SystemClock(), prober, StaticMembership("test-replica"), **options  # type: ignore[arg-type]
+        store,
+        index,
+        SystemClock(),
+        prober,
+        StaticMembership("test-replica"),
+        **options,  # type: ignore[arg-type]
     )
     await checker.start()
     try:

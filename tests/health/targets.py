@@ -115,7 +115,11 @@ class GrpcTarget:
         return self
 
     async def set(self, service: str, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         await self.health.set(service, status)
 
     async def stop(self) -> None:

@@ -215,7 +215,9 @@ async def test_grpc_instances_follow_their_health_service(
     sid = await h.register(reg)
     health = await h.wait_status(sid, HEALTHY)
     assert dict(health.details)["grpcStatus"] == "SERVING"
-    assert dict(health.details)["target"] == f"grpc://127.0.0.1:{grpc_target.port}/session.v1.Sessions"
+    assert (
+        dict(health.details)["target"] == f"grpc://127.0.0.1:{grpc_target.port}/session.v1.Sessions"
+    )
     await grpc_target.set("session.v1.Sessions", serving=False)
     health = await h.wait_status(sid, UNHEALTHY)
     assert health.error == "service 'session.v1.Sessions' reports NOT_SERVING"

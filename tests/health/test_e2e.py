@@ -52,12 +52,16 @@ async def stub(plane: ControlPlane) -> AsyncIterator[discovery_pb2_grpc.Discover
         yield discovery_pb2_grpc.DiscoveryServiceStub(channel)
 
 
-async def register(stub: discovery_pb2_grpc.DiscoveryServiceStub, reg: pb.ServiceRegistration) -> str:
+async def register(
+    stub: discovery_pb2_grpc.DiscoveryServiceStub, reg: pb.ServiceRegistration
+) -> str:
     await stub.Register(pb.RegisterRequest(registration=reg), metadata=md(reg.service_name))
     return reg.service_id
 
 
-async def status_of(stub: discovery_pb2_grpc.DiscoveryServiceStub, service_id: str) -> pb.ServiceInstance:
+async def status_of(
+    stub: discovery_pb2_grpc.DiscoveryServiceStub, service_id: str
+) -> pb.ServiceInstance:
     found = await stub.Discover(pb.DiscoverRequest(service_name=NAME), metadata=md())
     return next(s for s in found.services if s.service_id == service_id)
 
@@ -100,12 +104,17 @@ async def test_active_transitions_show_in_discover_watch_and_metrics(
         await asyncio.gather(pumping, return_exceptions=True)
 
     registry = plane.metrics.registry
-    assert (registry.get_sample_value("lucid_health_checks_total", {"kind": "http", "outcome": "pass"}) or 0) >= 2
+    assert (
+        registry.get_sample_value("lucid_health_checks_total", {"kind": "http", "outcome": "pass"})
+        or 0
+    ) >= 2
     transitions = {"from_status": "unknown", "to_status": "healthy"}
     assert registry.get_sample_value("lucid_health_transitions_total", transitions) == 1
     assert registry.get_sample_value("lucid_health_checked_instances") == 1
     assert registry.get_sample_value("lucid_health_replicas") == 1
-    assert (registry.get_sample_value("lucid_health_check_seconds_count", {"kind": "http"}) or 0) >= 2
+    assert (
+        registry.get_sample_value("lucid_health_check_seconds_count", {"kind": "http"}) or 0
+    ) >= 2
 
 
 def _not_found_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:

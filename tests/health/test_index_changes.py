@@ -36,7 +36,9 @@ async def test_changes_since_lists_instance_changes_only_and_says_when_history_i
         assert index.changes_since(start) is None
         tail = index.changes_since(changes[0].revision)
         assert tail is not None and [c.type for c in tail] == [
-            pb.WATCH_EVENT_TYPE_ADDED, pb.WATCH_EVENT_TYPE_REMOVED, pb.WATCH_EVENT_TYPE_UPDATED,
+            pb.WATCH_EVENT_TYPE_ADDED,
+            pb.WATCH_EVENT_TYPE_REMOVED,
+            pb.WATCH_EVENT_TYPE_UPDATED,
         ]
     finally:
         await index.stop()

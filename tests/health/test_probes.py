@@ -38,7 +38,9 @@ async def test_http_probe_sends_method_headers_and_body_and_accepts_expected_sta
         http_target.port,
         path="/ready",
         http_check=pb.HttpCheck(
-            method=pb.HTTP_METHOD_POST, headers={"X-Probe": "1"}, body="ping",
+            method=pb.HTTP_METHOD_POST,
+            headers={"X-Probe": "1"},
+            body="ping",
             expected_status=[200, 204],
         ),
     )
@@ -137,7 +139,9 @@ def _self_signed(tmp: Path, name: str) -> tuple[Path, Path, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )

@@ -86,7 +86,12 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
 
         # A second replica joins: its share moves to it.
         b = await asyncio.create_subprocess_exec(
-            sys.executable, REPLICA_PROC, etcd_server.url, "replica-b", str(SCALE), str(TTL),
+            sys.executable,
+            REPLICA_PROC,
+            etcd_server.url,
+            "replica-b",
+            str(SCALE),
+            str(TTL),
             stdout=asyncio.subprocess.PIPE,
         )
         assert b.stdout is not None
@@ -109,7 +114,8 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
         steady = time.monotonic()
         await wait_until(
             lambda: all(len(http_target.hits(p, steady)) >= 3 for p in paths.values()),
-            10, "three steady rounds",
+            10,
+            "three steady rounds",
         )
         for sid, path in paths.items():  # steady state: each instance checked by its owner only
             assert {replica_of(r) for r in http_target.hits(path, steady)} == {owner[sid]}
@@ -124,7 +130,8 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
         after = time.monotonic()
         await wait_until(
             lambda: all(len(http_target.hits(p, after)) >= 2 for p in paths.values()),
-            10, "every instance checked after the take-over",
+            10,
+            "every instance checked after the take-over",
         )
         assert all_healthy(a)  # a hand-over changes no status
 
@@ -152,7 +159,8 @@ async def test_an_etcd_outage_pauses_status_writes_and_the_latest_status_lands_a
         sid = reg.service_id
         await wait_until(
             lambda: plane.index.get(sid).status == pb.HEALTH_STATE_HEALTHY,  # type: ignore[union-attr]
-            10, "healthy",
+            10,
+            "healthy",
         )
         await asyncio.to_thread(fresh_etcd.stop)
         down = time.monotonic()
@@ -169,7 +177,8 @@ async def test_an_etcd_outage_pauses_status_writes_and_the_latest_status_lands_a
         await asyncio.to_thread(fresh_etcd.start)
         await wait_until(
             lambda: plane.index.get(sid).status == pb.HEALTH_STATE_UNHEALTHY,  # type: ignore[union-attr]
-            20, "the unhealthy status to land",
+            20,
+            "the unhealthy status to land",
         )
         health = plane.index.get(sid).health  # type: ignore[union-attr]
         assert health.error == "HTTP 503 (expected 200)" and health.consecutive_failures >= 2

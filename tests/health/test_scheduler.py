@@ -20,6 +20,7 @@ async def test_first_rounds_are_spread_over_the_interval() -> None:
     def job_for(key: str):  # type: ignore[no-untyped-def]
         async def job(due: float) -> None:
             first.setdefault(key, due - start)
+
         return job
 
     for n in range(200):

@@ -45,10 +45,14 @@ async def store() -> AsyncIterator[Store]:
 async def put_instance(store: Store, n: int) -> tuple[str, pb.ServiceInstance]:
     lease = await store.grant_lease(300)
     instance = pb.ServiceInstance(
-        service_id=f"00000000-0000-4000-8000-{n:012d}", lease_id=lease.id, status=pb.HEALTH_STATE_UNKNOWN
+        service_id=f"00000000-0000-4000-8000-{n:012d}",
+        lease_id=lease.id,
+        status=pb.HEALTH_STATE_UNKNOWN,
     )
     instance.health.status = pb.HEALTH_STATE_UNKNOWN
-    await store.put(keys.instance_key(instance.service_id), instance.SerializeToString(), lease=lease.id)
+    await store.put(
+        keys.instance_key(instance.service_id), instance.SerializeToString(), lease=lease.id
+    )
     return instance.service_id, instance
 
 

@@ -124,7 +124,7 @@ class LeaseMembership:
         if self._lease:
             try:
                 await self._store.revoke_lease(self._lease)
-            except Exception as exc:  # noqa: BLE001 - leaving anyway; the lease expires on its own
+            except Exception as exc:
                 log.warning("could not revoke replica lease on stop: %s", exc)
             self._lease = 0
         self._set_members(frozenset())
@@ -165,7 +165,7 @@ class LeaseMembership:
                 self._rejoin.set()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - store outage: keep trying every period
+            except Exception as exc:
                 log.warning("replica keepalive failed (%s); retrying", exc)
 
     async def _watch_loop(self) -> None:
@@ -190,7 +190,7 @@ class LeaseMembership:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - store outage: pause, then resume
+            except Exception as exc:
                 log.warning("replica watch interrupted (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -198,6 +198,6 @@ class LeaseMembership:
     async def _relist_quietly(self) -> None:
         try:
             await self._relist()
-        except Exception as exc:  # noqa: BLE001 - retried by the watch loop after a pause
+        except Exception as exc:
             log.warning("replica re-list failed: %s", exc)
             await asyncio.sleep(0.5)

@@ -135,11 +135,13 @@ class StatusWriter:
                 backoff = MIN_BACKOFF
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - store outage: keep the writes, retry later
+            except Exception as exc:
                 self.failures += 1
                 log.warning(
                     "health writes for %d instances failed (%s); retrying in %.2fs",
-                    len(entries), exc, backoff,
+                    len(entries),
+                    exc,
+                    backoff,
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -157,7 +159,7 @@ class StatusWriter:
         compares: list[Compare] = []
         puts: list[TxnOp] = []
         sent: list[tuple[str, pb.ServiceInstance, pb.HealthStatus]] = []
-        for service_id, kv in zip(ids, read.responses):
+        for service_id, kv in zip(ids, read.responses, strict=True):
             entry = entries[service_id]
             if not isinstance(kv, KeyValue):
                 self._finish(service_id, entry, WriteOutcome.GONE, None)
