@@ -4,7 +4,8 @@ Paths come from the google.api.http templates (path variables named by the field
 names). When every template starts with ``/api/v1`` (as in the seed), that prefix moves into
 ``servers`` and the paths read like the seed's (``/service-discovery/services``). Schemas are
 one component per message, constraints come from ``(lucid.common.v1.rules)``, enums are their
-wire strings, success statuses come from ``(lucid.common.v1.http_options)``.
+wire strings, success statuses come from ``(lucid.common.v1.http_options)``, security (admin-only) from
+``(lucid.common.v1.policy)``.
 """
 
 from __future__ import annotations

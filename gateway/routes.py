@@ -129,8 +129,9 @@ def compile_routes(services: Iterable[ServiceDescriptor]) -> RouteTable:
                 continue
             rule = options.Extensions[annotations_pb2.http]
             http = options.Extensions[options_pb2.http_options]
+            policy = options.Extensions[options_pb2.policy]
             try:
-                routes.extend(_route(service, method, b, http) for b in bindings_of(rule))
+                routes.extend(_route(service, method, b, http, policy) for b in bindings_of(rule))
             except TemplateError as exc:
                 raise TemplateError(f"{method.full_name}: {exc}") from None
     return RouteTable(routes)
@@ -141,6 +142,7 @@ def _route(
     method: MethodDescriptor,
     binding: Binding,
     http: options_pb2.HttpOptions,
+    policy: options_pb2.MethodPolicy,
 ) -> Route:
     if method.client_streaming:
         raise TemplateError("client-streaming methods cannot be transcoded")
@@ -170,7 +172,7 @@ def _route(
         response_class=GetMessageClass(method.output_type),
         server_streaming=method.server_streaming,
         success_status=status,
-        admin_only=http.admin_only,
+        admin_only=policy.admin_only,
         path_fields=path_fields,
         body_field=body_field,
         response_field=response_field,

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from lucid_cp import logs
+from lucid_cp.app import SYSTEMS
 from lucid_cp.auth.tokens import MIN_SECRET_BYTES, Role, mint_token
 from lucid_cp.clock import SystemClock
-from lucid_cp.config import RateLimit, Settings, default_rate_limits
+from lucid_cp.config import RateLimit, Settings
 
 DEV_SECRET_FILE = "dev-jwt-secret"
 ENV_SECRET = "LUCID_JWT_SECRET"
@@ -56,8 +57,9 @@ def _load_secret(
 
 
 def _rate_limits(specs: list[str]) -> dict[str, RateLimit]:
-    """``bucket=CAPACITY/PERIOD_SECONDS`` overrides, e.g. ``discovery=5000/60``."""
-    limits = default_rate_limits()
+    """``bucket=CAPACITY/PERIOD_SECONDS`` overrides, e.g. ``discovery=5000/60`` (a bucket no
+    system declares is refused at start-up)."""
+    limits: dict[str, RateLimit] = {}
     for spec in specs:
         bucket, _, rate = spec.partition("=")
         capacity, _, period = rate.partition("/")
@@ -87,17 +89,15 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
         jwt_secret=secret,
         rate_limits=_rate_limits(args.rate_limit),
         rate_limits_enabled=not args.no_rate_limits,
-        health_checks_enabled=not args.no_health_checks,
-        health_max_concurrent_checks=args.health_max_concurrency,
-        health_replica_id=args.replica_id,
         log_level=args.log_level,
+        sections=tuple(kind.settings_from(args) for kind in SYSTEMS),
     )
     return settings, dev
 
 
 async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> None:
-    from lucid_cp.server.app import start_control_plane
-    from lucid_cp.server.runtime import tune_gc
+    from lucid_cp.app import start_control_plane
+    from lucid_cp.rpc.runtime import tune_gc
 
     plane = await start_control_plane(settings)
     tune_gc()
@@ -183,23 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="BUCKET=N/SECONDS",
-        help="override a bucket (registration, health, discovery), e.g. discovery=5000/60",
+        help="override a rate-limit bucket, e.g. discovery=5000/60 (buckets: "
+        + ", ".join(sorted(b for kind in SYSTEMS for b in kind.rate_limits))
+        + ")",
     )
-    serve.add_argument(
-        "--no-health-checks", action="store_true", help="do not actively check registered instances"
-    )
-    serve.add_argument(
-        "--health-max-concurrency",
-        type=int,
-        default=1000,
-        metavar="N",
-        help="health-check probes in flight at once (default 1000)",
-    )
-    serve.add_argument(
-        "--replica-id",
-        default="",
-        help="this replica's id among those sharing an etcd store (default: random)",
-    )
+    for kind in SYSTEMS:
+        kind.add_arguments(serve)
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_cmd_serve)
 

@@ -1,9 +1,18 @@
-"""One frozen settings object. Only the CLI reads the environment and files to build it."""
+"""One frozen settings object. Only the CLI reads the environment and files to build it.
+
+Settings common to the whole process live here; each system keeps its own section (a frozen
+dataclass defined in its package, e.g. ``lucid_cp.discovery.settings.DiscoverySettings``),
+carried in ``sections`` and read with ``settings.section(DiscoverySettings)``, so adding a
+system does not touch this file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,15 +21,6 @@ class RateLimit:
 
     capacity: int
     period: float = 60.0
-
-
-def default_rate_limits() -> dict[str, RateLimit]:
-    """The seed's table (api-spec.md, "Rate Limiting"), per principal."""
-    return {
-        "registration": RateLimit(100),
-        "health": RateLimit(1000),
-        "discovery": RateLimit(1000),
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,25 +34,21 @@ class Settings:
     jwt_secret: bytes = b""
     jwt_issuer: str = "lucid-cp"
     jwt_audience: str = "lucid-cp"
-    rate_limits: dict[str, RateLimit] = field(default_factory=default_rate_limits)
+    # Overrides of the systems' default rate-limit buckets (by bucket name). Naming a bucket no
+    # system declares stops start-up.
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     rate_limits_enabled: bool = True
     # Largest gRPC message accepted (bytes).
     max_message_bytes: int = 4 * 1024 * 1024
     # Seconds in-flight RPCs get to finish on shutdown.
     shutdown_grace: float = 5.0
-    # How many past watch events the discovery index keeps for Watch resumption.
-    watch_history: int = 10_000
     log_level: str = "INFO"
-    # Active health checks of registered instances (lucid_cp.discovery.health).
-    health_checks_enabled: bool = True
-    # Probe attempts in flight at once, across all instances this replica checks.
-    health_max_concurrent_checks: int = 1000
-    # Concurrent store writes of status transitions.
-    health_write_concurrency: int = 16
-    # Seconds the replica-membership lease lives without keepalive (etcd stores; with sqlite
-    # and memory there is a single replica). A dead replica's share moves after this long.
-    health_replica_ttl: int = 3
-    # This replica's id among those sharing the store ("" = a random one per process).
-    health_replica_id: str = ""
-    # TEST/BENCHMARK ONLY: multiplies every health-check interval, timeout and pause.
-    health_time_scale: float = 1.0
+    # Per-system sections, at most one instance of each type; absent ones take their defaults.
+    sections: tuple[object, ...] = ()
+
+    def section(self, kind: type[T]) -> T:
+        """This process's settings section of type ``kind`` (its defaults when not given)."""
+        for item in self.sections:
+            if type(item) is kind:
+                return item
+        return kind()

@@ -1,5 +1,7 @@
-"""Domain errors raised by the core. They know nothing about gRPC or HTTP; the one mapping to
-google.rpc.Status lives in lucid_cp.server.status."""
+"""Generic domain errors raised by the cores. They know nothing about gRPC or HTTP; the one
+mapping to google.rpc.Status lives in lucid_cp.rpc.status, which every system extends with rows
+for its own subclasses (``lucid_cp/<system>/errors.py``): a raise site names a class, never a
+reason code."""
 
 from __future__ import annotations
 
@@ -15,18 +17,10 @@ class FieldViolation:
 class LucidError(Exception):
     """Base of every domain error. ``details`` is a small JSON-able dict shown to the caller."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        details: dict[str, object] | None = None,
-        reason: int = 0,
-    ) -> None:
+    def __init__(self, message: str, *, details: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, object] = details or {}
-        # An lucid.common.v1.ErrorReason value; 0 = the error table's default for this class.
-        self.reason = reason
 
 
 class InvalidArgument(LucidError):
@@ -36,9 +30,8 @@ class InvalidArgument(LucidError):
         violations: list[FieldViolation] | None = None,
         *,
         details: dict[str, object] | None = None,
-        reason: int = 0,
     ) -> None:
-        super().__init__(message, details=details, reason=reason)
+        super().__init__(message, details=details)
         self.violations = violations or []
 
 
@@ -76,13 +69,5 @@ class RateLimited(LucidError):
         self.retry_after = retry_after
 
 
-class Unavailable(LucidError):
-    """A dependency (the store) is unreachable; retry later."""
-
-    def __init__(self, message: str, *, retry_after: float = 1.0, reason: int = 0) -> None:
-        super().__init__(message, reason=reason)
-        self.retry_after = retry_after
-
-
-class DeadlineExceeded(LucidError):
-    pass
+class MethodNotAllowed(LucidError):
+    """The called method declares no policy (or is not served): refused, fail closed."""

@@ -175,7 +175,7 @@ def server_options() -> list[tuple[str, Any]]:
 
 
 async def role_control_plane(store_url: str, profile: str | None, health_checks: bool) -> None:
-    from lucid_cp.server.app import start_control_plane
+    from lucid_cp.app import start_control_plane
 
     profiler = None
     if profile:
@@ -194,7 +194,7 @@ async def role_control_plane(store_url: str, profile: str | None, health_checks:
         health_checks_enabled=health_checks,
     )
     plane = await start_control_plane(settings)
-    from lucid_cp.server.runtime import tune_gc
+    from lucid_cp.rpc.runtime import tune_gc
 
     tune_gc()  # as `lucid-cp serve` does
     announce_ready(port=plane.grpc_port, pid=os.getpid())

@@ -50,10 +50,10 @@ async def _serve_plane(with_gateway: bool) -> None:
     from gateway.server import start_gateway
     from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
     from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+    from lucid_cp.app import start_control_plane
     from lucid_cp.auth.tokens import Role, mint_token
     from lucid_cp.clock import SystemClock
     from lucid_cp.config import Settings
-    from lucid_cp.server.app import start_control_plane
 
     settings = Settings(
         store_url="memory://",

@@ -7,18 +7,18 @@ index has applied them, so a caller reads its own writes from the same replica.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from google.protobuf import timestamp_pb2
 
-from lucid_cp.api.lucid.common.v1 import errors_pb2
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.balancer import Balancer
-from lucid_cp.discovery.index import InstanceIndex, decode_instance
-from lucid_cp.errors import AlreadyExists, Conflict, NotFound
+from lucid_cp.discovery.errors import ServiceAlreadyRegistered, ServiceNotFound
+from lucid_cp.discovery.index import InstanceIndex, Subscription, decode_instance
+from lucid_cp.errors import Conflict
 from lucid_cp.store.base import (
     Compare,
     CompareOp,
@@ -32,7 +32,6 @@ from lucid_cp.store.base import (
     mod_revision_is,
 )
 
-R = errors_pb2.ErrorReason
 READ_YOUR_WRITES_TIMEOUT = 2.0
 CAS_ATTEMPTS = 8
 
@@ -55,11 +54,9 @@ def _copy_identity(
     target.endpoint.CopyFrom(reg.endpoint)
 
 
-def _not_found(service_id: str) -> NotFound:
-    return NotFound(
-        f"service instance {service_id} is not registered",
-        details={"serviceId": service_id},
-        reason=R.SERVICE_NOT_FOUND,
+def _not_found(service_id: str) -> ServiceNotFound:
+    return ServiceNotFound(
+        f"service instance {service_id} is not registered", details={"serviceId": service_id}
     )
 
 
@@ -100,10 +97,8 @@ class Registry:
             details: dict[str, object] = {"serviceId": reg.service_id}
             if isinstance(existing, KeyValue):
                 details["registeredRevision"] = existing.mod_revision
-            raise AlreadyExists(
-                f"service instance {reg.service_id} is already registered",
-                details=details,
-                reason=R.SERVICE_ALREADY_REGISTERED,
+            raise ServiceAlreadyRegistered(
+                f"service instance {reg.service_id} is already registered", details=details
             )
         await self._index.wait_for(result.revision, READ_YOUR_WRITES_TIMEOUT)
         response = pb.RegisterResponse(
@@ -305,7 +300,7 @@ class Registry:
 
     def _no_instance(
         self, request: pb.ResolveRequest, instances: dict[str, pb.ServiceInstance]
-    ) -> NotFound:
+    ) -> ServiceNotFound:
         by_status: dict[str, int] = {}
         for i in instances.values():
             name = pb.HealthState.Name(i.status).removeprefix("HEALTH_STATE_").lower()
@@ -325,17 +320,16 @@ class Registry:
             fallback = pb.ResolveRequest(include_unhealthy=True, version=request.version)
             if not request.include_unhealthy and _eligible(instances.values(), fallback):
                 message += "; includeUnhealthy=true resolves to an unhealthy one instead"
-        return NotFound(
+        return ServiceNotFound(
             message,
             details={
                 "serviceName": request.service_name,
                 "registered": len(instances),
                 **by_status,
             },
-            reason=R.SERVICE_NOT_FOUND,
         )
 
-    def watch(self, request: pb.WatchRequest) -> AsyncIterator[pb.WatchResponse]:
+    def watch(self, request: pb.WatchRequest) -> Subscription:
         def match(instance: pb.ServiceInstance) -> bool:
             return (not request.cluster or instance.cluster == request.cluster) and (
                 not request.plane or instance.plane == request.plane

@@ -14,10 +14,10 @@ from grpc_status import rpc_status
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+from lucid_cp.app import ControlPlane, start_control_plane
 from lucid_cp.auth.tokens import Role, mint_token
 from lucid_cp.clock import SystemClock
 from lucid_cp.config import Settings
-from lucid_cp.server.app import ControlPlane, start_control_plane
 
 SECRET = b"discovery-tests-secret-0123456789abcdef"
 BASE_SETTINGS = Settings(store_url="memory://", grpc_addr="127.0.0.1:0", jwt_secret=SECRET)

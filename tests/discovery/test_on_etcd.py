@@ -11,7 +11,8 @@ import pytest
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
-from lucid_cp.server.app import start_control_plane
+from lucid_cp.app import start_control_plane
+from lucid_cp.discovery.module import DiscoverySystem
 
 from .conftest import ADMIN, BASE_SETTINGS, error_info, register, registration, set_health
 from .test_watch import ADDED, REMOVED, SNAPSHOT, UPDATED, next_event
@@ -81,7 +82,7 @@ async def test_etcd_outage_then_recovery(etcd_plane) -> None:
             await asyncio.sleep(0.1)
     event = await next_event(call, timeout=30)
     assert (event.type, event.instance.service_id) == (ADDED, added.service_id)
-    assert plane.index.get(added.service_id) is not None
+    assert plane.system(DiscoverySystem).index.get(added.service_id) is not None
     call.cancel()
 
 
@@ -107,7 +108,7 @@ async def test_two_replicas_on_one_etcd_see_each_others_writes(fresh_etcd) -> No
             )
             await set_health(stub_b, reg.service_id, pb.HEALTH_STATE_HEALTHY)
             assert (await next_event(watch_b)).type == UPDATED
-            assert second.index.revision >= written.revision
+            assert second.system(DiscoverySystem).index.revision >= written.revision
             resolved = await stub_b.Resolve(
                 pb.ResolveRequest(service_name="api-gateway"), metadata=ADMIN
             )
@@ -115,10 +116,10 @@ async def test_two_replicas_on_one_etcd_see_each_others_writes(fresh_etcd) -> No
             await stub_b.Deregister(pb.DeregisterRequest(service_id=reg.service_id), metadata=ADMIN)
             assert (await next_event(watch_b)).type == REMOVED
             for _ in range(100):  # the other replica's index catches up through its own watch
-                if first.index.get(reg.service_id) is None:
+                if first.system(DiscoverySystem).index.get(reg.service_id) is None:
                     break
                 await asyncio.sleep(0.02)
-            assert first.index.get(reg.service_id) is None
+            assert first.system(DiscoverySystem).index.get(reg.service_id) is None
             watch_b.cancel()
     finally:
         await first.stop(grace=0.5)

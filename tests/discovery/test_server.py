@@ -12,7 +12,8 @@ from prometheus_client import generate_latest
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
-from lucid_cp.server.app import start_control_plane
+from lucid_cp.app import start_control_plane
+from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.store import MemoryStore, StoreUnavailableError
 
 from .conftest import ADMIN, BASE_SETTINGS, error_info, register, registration
@@ -44,7 +45,10 @@ async def test_metrics_count_requests_by_method_and_code(control_plane, stub) ->
         in text
     )
     assert "lucid_discovery_instances 1.0" in text
-    assert f"lucid_store_revision {float(control_plane.index.revision)}" in text
+    assert (
+        f"lucid_store_revision {float(control_plane.system(DiscoverySystem).index.revision)}"
+        in text
+    )
 
 
 class BreakableStore(MemoryStore):
@@ -150,5 +154,8 @@ async def test_index_health_metrics_are_fed(control_plane, stub) -> None:
     await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)
     text = generate_latest(control_plane.metrics.registry).decode()
     assert "lucid_discovery_watch_connected 1.0" in text
-    assert f"lucid_discovery_index_resyncs_total {float(control_plane.index.resyncs)}" in text
-    assert control_plane.index.resyncs == 1  # the initial list
+    assert (
+        f"lucid_discovery_index_resyncs_total {float(control_plane.system(DiscoverySystem).index.resyncs)}"
+        in text
+    )
+    assert control_plane.system(DiscoverySystem).index.resyncs == 1  # the initial list

@@ -13,11 +13,13 @@ import pytest
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+from lucid_cp.app import start_control_plane
 from lucid_cp.auth.tokens import Role
 from lucid_cp.clock import FakeClock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.index import InstanceIndex
-from lucid_cp.server.app import start_control_plane
+from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.discovery.settings import DiscoverySettings
 from lucid_cp.store import MemoryStore, StoreUnavailableError, WatchBatch
 
 from .conftest import ADMIN, BASE_SETTINGS, auth, register, registration, set_health, token
@@ -94,7 +96,9 @@ async def test_resume_from_a_revision_replays_what_was_missed(stub) -> None:
     call.cancel()
 
 
-@pytest.mark.parametrize("settings", [replace(BASE_SETTINGS, watch_history=2)])
+@pytest.mark.parametrize(
+    "settings", [replace(BASE_SETTINGS, sections=(DiscoverySettings(watch_history=2),))]
+)
 async def test_resume_from_forgotten_history_gets_a_fresh_snapshot(stub) -> None:
     first = await register(stub, registration())
     for _ in range(3):
@@ -183,13 +187,15 @@ async def test_reconnect_after_compaction_resyncs_watchers_with_a_snapshot() -> 
             await register(stub, stays)
             call = stub.Watch(pb.WatchRequest(), metadata=ADMIN)
             assert len((await next_event(call)).instances) == 2
-            resyncs = plane.index.resyncs
+            resyncs = plane.system(DiscoverySystem).index.resyncs
 
             store.healed.clear()
             store.broken.set()  # the index's watch drops; writes meanwhile go straight to the store
-            instance = plane.index.get(gone.service_id)
+            instance = plane.system(DiscoverySystem).index.get(gone.service_id)
             assert instance is not None
-            await store.revoke_lease(plane.index.lease_of(instance.service_id))
+            await store.revoke_lease(
+                plane.system(DiscoverySystem).index.lease_of(instance.service_id)
+            )
             revision = await store.current_revision()
             await store.compact(revision)
             store.broken.clear()
@@ -198,8 +204,8 @@ async def test_reconnect_after_compaction_resyncs_watchers_with_a_snapshot() -> 
             snapshot = await next_event(call)
             assert snapshot.type == SNAPSHOT
             assert [i.service_id for i in snapshot.instances] == [stays.service_id]
-            assert plane.index.resyncs == resyncs + 1
-            assert plane.index.get(gone.service_id) is None
+            assert plane.system(DiscoverySystem).index.resyncs == resyncs + 1
+            assert plane.system(DiscoverySystem).index.get(gone.service_id) is None
             call.cancel()
     finally:
         await plane.stop(grace=0.5)
@@ -217,14 +223,16 @@ async def test_reconnect_without_compaction_resumes_without_losing_events() -> N
             await next_event(call)
             store.healed.clear()
             store.broken.set()
-            instance = plane.index.get(reg.service_id)
+            instance = plane.system(DiscoverySystem).index.get(reg.service_id)
             assert instance is not None
-            await store.revoke_lease(plane.index.lease_of(instance.service_id))
+            await store.revoke_lease(
+                plane.system(DiscoverySystem).index.lease_of(instance.service_id)
+            )
             store.broken.clear()
             store.healed.set()
             event = await next_event(call)
             assert (event.type, event.instance.service_id) == (REMOVED, reg.service_id)
-            assert plane.index.get(reg.service_id) is None
+            assert plane.system(DiscoverySystem).index.get(reg.service_id) is None
             call.cancel()
     finally:
         await plane.stop(grace=0.5)
@@ -256,13 +264,13 @@ async def test_a_slow_watcher_is_resynced_not_silently_skipped() -> None:
 async def test_cancelled_watch_releases_its_subscription(control_plane, stub) -> None:
     call = stub.Watch(pb.WatchRequest(), metadata=auth())
     await next_event(call)
-    assert control_plane.index.watchers == 1
+    assert control_plane.system(DiscoverySystem).index.watchers == 1
     call.cancel()
     for _ in range(200):
-        if control_plane.index.watchers == 0:
+        if control_plane.system(DiscoverySystem).index.watchers == 0:
             break
         await asyncio.sleep(0.01)
-    assert control_plane.index.watchers == 0
+    assert control_plane.system(DiscoverySystem).index.watchers == 0
 
 
 async def test_a_bad_record_in_the_store_never_stalls_the_index(control_plane, stub) -> None:
@@ -272,7 +280,7 @@ async def test_a_bad_record_in_the_store_never_stalls_the_index(control_plane, s
     await store.put(keys.instance_key("mismatch"), mismatched.SerializeToString())
     reg = registration()
     response = await register(stub, reg)
-    assert control_plane.index.revision >= response.revision
+    assert control_plane.system(DiscoverySystem).index.revision >= response.revision
     found = await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)
     assert [s.service_id for s in found.services] == [reg.service_id]
 

@@ -131,6 +131,9 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     echo.options.Extensions[options_pb2.http_options].CopyFrom(
         options_pb2.HttpOptions(success_status=202)
     )
+    echo.options.Extensions[options_pb2.policy].CopyFrom(
+        options_pb2.MethodPolicy(rate_limit_bucket="echo")
+    )
     body = service.method.add(
         name="EchoKitchen",
         input_type=f".{PACKAGE}.EchoRequest",
@@ -141,8 +144,8 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
             post="/api/v1/echo/{name}:kitchen", body="kitchen", response_body="kitchen"
         )
     )
-    body.options.Extensions[options_pb2.http_options].CopyFrom(
-        options_pb2.HttpOptions(admin_only=True)
+    body.options.Extensions[options_pb2.policy].CopyFrom(
+        options_pb2.MethodPolicy(rate_limit_bucket="echo", admin_only=True)
     )
     return f
 

@@ -11,16 +11,20 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from gateway.server import GatewayHandle, start_gateway
+from lucid_cp.app import ControlPlane, start_control_plane
 from lucid_cp.auth.tokens import Role, mint_token
 from lucid_cp.clock import SystemClock
 from lucid_cp.config import Settings
-from lucid_cp.server.app import ControlPlane, start_control_plane
+from lucid_cp.discovery.settings import DiscoverySettings
 
 SECRET = b"gateway-tests-secret-0123456789abcdef"
 # Active health checks off: schemathesis registers generated host names, and probing them would
 # send DNS lookups and connections off this machine. Tests only ever talk to loopback.
 SETTINGS = Settings(
-    store_url="memory://", grpc_addr="127.0.0.1:0", jwt_secret=SECRET, health_checks_enabled=False
+    store_url="memory://",
+    grpc_addr="127.0.0.1:0",
+    jwt_secret=SECRET,
+    sections=(DiscoverySettings(health_checks_enabled=False),),
 )
 BASE = "/api/v1/service-discovery"
 T = TypeVar("T")

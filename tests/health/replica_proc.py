@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from lucid_cp.app import start_control_plane
 from lucid_cp.config import Settings
-from lucid_cp.server.app import start_control_plane
+from lucid_cp.discovery.settings import DiscoverySettings
 
 
 async def main(store_url: str, replica_id: str, time_scale: str, ttl: str) -> None:
@@ -20,9 +21,13 @@ async def main(store_url: str, replica_id: str, time_scale: str, ttl: str) -> No
             store_url=store_url,
             grpc_addr="127.0.0.1:0",
             jwt_secret=b"replica-process-secret-0123456789abcdef",
-            health_replica_id=replica_id,
-            health_time_scale=float(time_scale),
-            health_replica_ttl=int(ttl),
+            sections=(
+                DiscoverySettings(
+                    health_replica_id=replica_id,
+                    health_time_scale=float(time_scale),
+                    health_replica_ttl=int(ttl),
+                ),
+            ),
         )
     )
     print("ready", flush=True)

@@ -14,10 +14,12 @@ from grpc_status import rpc_status
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+from lucid_cp.app import ControlPlane, start_control_plane
 from lucid_cp.auth.tokens import Role, mint_token
 from lucid_cp.clock import SystemClock
 from lucid_cp.config import Settings
-from lucid_cp.server.app import ControlPlane, start_control_plane
+from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.discovery.settings import DiscoverySettings
 
 from .conftest import TIME_SCALE, registration
 from .targets import HttpTarget, wait_until
@@ -27,8 +29,7 @@ SETTINGS = Settings(
     store_url="memory://",
     grpc_addr="127.0.0.1:0",
     jwt_secret=SECRET,
-    health_time_scale=TIME_SCALE,
-    health_replica_id="e2e-replica",
+    sections=(DiscoverySettings(health_time_scale=TIME_SCALE, health_replica_id="e2e-replica"),),
 )
 NAME = "session-manager"
 
@@ -224,9 +225,11 @@ async def test_drain_is_limited_to_the_callers_own_service(
 
 
 async def test_active_checks_can_be_switched_off(http_target: HttpTarget) -> None:
-    plane = await start_control_plane(replace(SETTINGS, health_checks_enabled=False))
+    plane = await start_control_plane(
+        replace(SETTINGS, sections=(DiscoverySettings(health_checks_enabled=False),))
+    )
     try:
-        assert plane.checker is None
+        assert plane.system(DiscoverySystem).checker is None
         async with grpc.aio.insecure_channel(plane.grpc_target) as channel:
             stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
             sid = await register(stub, registration(http_target.port))

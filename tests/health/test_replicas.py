@@ -13,9 +13,11 @@ import pytest
 from etcd_server import EtcdProcess
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.app import ControlPlane, start_control_plane
 from lucid_cp.config import Settings
 from lucid_cp.discovery.health import rendezvous_owner
-from lucid_cp.server.app import ControlPlane, start_control_plane
+from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.discovery.settings import DiscoverySettings
 
 from .conftest import registration
 from .harness import ADMIN
@@ -35,9 +37,11 @@ def settings(store_url: str, replica_id: str) -> Settings:
         store_url=store_url,
         grpc_addr="127.0.0.1:0",
         jwt_secret=b"replica-tests-secret-0123456789abcdef",
-        health_replica_id=replica_id,
-        health_time_scale=SCALE,
-        health_replica_ttl=TTL,
+        sections=(
+            DiscoverySettings(
+                health_replica_id=replica_id, health_time_scale=SCALE, health_replica_ttl=TTL
+            ),
+        ),
     )
 
 
@@ -71,18 +75,19 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
         paths: dict[str, str] = {}
         for n in range(N):
             reg = registration(http_target.port, path=f"/i/{n}")
-            await a.registry.register(ADMIN, reg)
+            await a.system(DiscoverySystem).registry.register(ADMIN, reg)
             paths[reg.service_id] = f"/i/{n}"
         ids = set(paths)
 
         def all_healthy(plane: ControlPlane) -> bool:
             return all(
-                (i := plane.index.get(s)) is not None and i.status == pb.HEALTH_STATE_HEALTHY
+                (i := plane.system(DiscoverySystem).index.get(s)) is not None
+                and i.status == pb.HEALTH_STATE_HEALTHY
                 for s in ids
             )
 
         await wait_until(lambda: all_healthy(a), 10, "every instance healthy")
-        assert a.checker is not None and a.checker.checked() == ids
+        assert a.system(DiscoverySystem).checker is not None and a.system(DiscoverySystem).checker.checked() == ids
 
         # A second replica joins: its share moves to it.
         b = await asyncio.create_subprocess_exec(
@@ -97,11 +102,11 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
         assert b.stdout is not None
         assert await asyncio.wait_for(b.stdout.readline(), 30) == b"ready\n"
         members = {"replica-a", "replica-b"}
-        await wait_until(lambda: a.checker.membership.members() == members, 10, "b to join")
+        await wait_until(lambda: a.system(DiscoverySystem).checker.membership.members() == members, 10, "b to join")
         owner = {sid: rendezvous_owner(members, sid) for sid in ids}
         share_b = {sid for sid in ids if owner[sid] == "replica-b"}
         assert 0 < len(share_b) < N
-        await wait_until(lambda: a.checker.checked() == ids - share_b, 5, "a to drop b's share")
+        await wait_until(lambda: a.system(DiscoverySystem).checker.checked() == ids - share_b, 5, "a to drop b's share")
         joined = time.monotonic()
 
         def checked_by_b_since(since: float) -> bool:
@@ -124,8 +129,8 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
         b.kill()
         await b.wait()
         killed = time.monotonic()
-        await wait_until(lambda: a.checker.checked() == ids, 10, "a to take b's share")
-        assert a.checker.membership.members() == {"replica-a"}
+        await wait_until(lambda: a.system(DiscoverySystem).checker.checked() == ids, 10, "a to take b's share")
+        assert a.system(DiscoverySystem).checker.membership.members() == {"replica-a"}
         assert time.monotonic() - killed < TTL + 4 * INTERVAL
         after = time.monotonic()
         await wait_until(
@@ -153,12 +158,12 @@ async def test_an_etcd_outage_pauses_status_writes_and_the_latest_status_lands_a
 ) -> None:
     plane = await start_control_plane(settings(fresh_etcd.url, "replica-a"))
     try:
-        assert plane.checker is not None
+        assert plane.system(DiscoverySystem).checker is not None
         reg = registration(http_target.port, failure_threshold=2)
-        await plane.registry.register(ADMIN, reg)
+        await plane.system(DiscoverySystem).registry.register(ADMIN, reg)
         sid = reg.service_id
         await wait_until(
-            lambda: plane.index.get(sid).status == pb.HEALTH_STATE_HEALTHY,  # type: ignore[union-attr]
+            lambda: plane.system(DiscoverySystem).index.get(sid).status == pb.HEALTH_STATE_HEALTHY,  # type: ignore[union-attr]
             10,
             "healthy",
         )
@@ -167,21 +172,25 @@ async def test_an_etcd_outage_pauses_status_writes_and_the_latest_status_lands_a
         http_target.behave("/health", status=503)
 
         def pending_unhealthy() -> bool:
-            pending = plane.checker.writer.pending(sid)  # type: ignore[union-attr]
+            pending = plane.system(DiscoverySystem).checker.writer.pending(sid)  # type: ignore[union-attr]
             return pending is not None and pending.status == pb.HEALTH_STATE_UNHEALTHY
 
         await wait_until(pending_unhealthy, 10, "an unhealthy transition waiting for etcd")
-        await wait_until(lambda: plane.checker.writer.failures >= 1, 10, "a failed write")  # type: ignore[union-attr]
+        await wait_until(
+            lambda: plane.system(DiscoverySystem).checker.writer.failures >= 1, 10, "a failed write"
+        )  # type: ignore[union-attr]
         assert len(http_target.hits("/health", down)) >= 2  # checks go on during the outage
 
         await asyncio.to_thread(fresh_etcd.start)
         await wait_until(
-            lambda: plane.index.get(sid).status == pb.HEALTH_STATE_UNHEALTHY,  # type: ignore[union-attr]
+            lambda: (
+                plane.system(DiscoverySystem).index.get(sid).status == pb.HEALTH_STATE_UNHEALTHY
+            ),  # type: ignore[union-attr]
             20,
             "the unhealthy status to land",
         )
-        health = plane.index.get(sid).health  # type: ignore[union-attr]
+        health = plane.system(DiscoverySystem).index.get(sid).health  # type: ignore[union-attr]
         assert health.error == "HTTP 503 (expected 200)" and health.consecutive_failures >= 2
-        assert plane.checker.writer.backlog == 0
+        assert plane.system(DiscoverySystem).checker.writer.backlog == 0
     finally:
         await plane.stop(grace=0.2)

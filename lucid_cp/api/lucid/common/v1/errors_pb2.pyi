@@ -60,6 +60,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """state store unreachable; see RetryInfo"""
     NOT_FOUND: _ErrorReason.ValueType  # 1907
     """route or resource not found (non-discovery)"""
+    ALREADY_EXISTS: _ErrorReason.ValueType  # 1908
+    """resource exists (non-discovery)"""
+    CONTROL_PLANE_UNAVAILABLE: _ErrorReason.ValueType  # 1909
+    """gateway: control plane unreachable or not serving"""
+    TIMEOUT: _ErrorReason.ValueType  # 1910
+    """deadline passed before the work finished (non-discovery)"""
+    LIMIT_EXCEEDED: _ErrorReason.ValueType  # 1911
+    """request over a documented limit (txn ops, request size)"""
+    METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 1912
+    """method has no declared policy: refused"""
     INTERNAL: _ErrorReason.ValueType  # 1999
     """unexpected; logged with the request id"""
 
@@ -109,6 +119,16 @@ STORE_UNAVAILABLE: ErrorReason.ValueType  # 1906
 """state store unreachable; see RetryInfo"""
 NOT_FOUND: ErrorReason.ValueType  # 1907
 """route or resource not found (non-discovery)"""
+ALREADY_EXISTS: ErrorReason.ValueType  # 1908
+"""resource exists (non-discovery)"""
+CONTROL_PLANE_UNAVAILABLE: ErrorReason.ValueType  # 1909
+"""gateway: control plane unreachable or not serving"""
+TIMEOUT: ErrorReason.ValueType  # 1910
+"""deadline passed before the work finished (non-discovery)"""
+LIMIT_EXCEEDED: ErrorReason.ValueType  # 1911
+"""request over a documented limit (txn ops, request size)"""
+METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 1912
+"""method has no declared policy: refused"""
 INTERNAL: ErrorReason.ValueType  # 1999
 """unexpected; logged with the request id"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

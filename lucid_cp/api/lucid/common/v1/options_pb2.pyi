@@ -201,38 +201,64 @@ Global___FieldRules: _TypeAlias = FieldRules  # noqa: Y015
 
 @_typing.final
 class HttpOptions(_message.Message):
-    """Options the REST gateway reads for a method."""
+    """How a method is exposed over REST (read by the gateway and the OpenAPI generator)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SUCCESS_STATUS_FIELD_NUMBER: _builtins.int
-    RATE_LIMIT_BUCKET_FIELD_NUMBER: _builtins.int
-    ADMIN_ONLY_FIELD_NUMBER: _builtins.int
     success_status: _builtins.int
     """HTTP status of a successful call; 200 when unset."""
-    rate_limit_bucket: _builtins.str
-    """Rate-limit bucket this method draws from (see lucid_cp.auth.ratelimit)."""
-    admin_only: _builtins.bool
-    """Only admin principals may call this method."""
     def __init__(
         self,
         *,
         success_status: _builtins.int = ...,
-        rate_limit_bucket: _builtins.str = ...,
-        admin_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_only", b"admin_only", "rate_limit_bucket", b"rate_limit_bucket", "success_status", b"success_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["success_status", b"success_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HttpOptions: _TypeAlias = HttpOptions  # noqa: Y015
 
+@_typing.final
+class MethodPolicy(_message.Message):
+    """Who may call a method and what it costs, enforced by the gRPC server for every caller
+    (REST requests reach it through the gateway). Every method of every served service must
+    declare one: a method without a policy is refused, and a policy naming a rate-limit bucket
+    that is not configured stops the server at start-up.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_LIMIT_BUCKET_FIELD_NUMBER: _builtins.int
+    ADMIN_ONLY_FIELD_NUMBER: _builtins.int
+    rate_limit_bucket: _builtins.str
+    """Per-principal token bucket the method draws from (configured in the system's module,
+    overridable with `lucid-cp serve --rate-limit BUCKET=N/SECONDS`). Required.
+    """
+    admin_only: _builtins.bool
+    """Only admin principals may call the method; service tokens are refused."""
+    def __init__(
+        self,
+        *,
+        rate_limit_bucket: _builtins.str = ...,
+        admin_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_only", b"admin_only", "rate_limit_bucket", b"rate_limit_bucket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MethodPolicy: _TypeAlias = MethodPolicy  # noqa: Y015
+
 WIRE_FIELD_NUMBER: _builtins.int
 RULES_FIELD_NUMBER: _builtins.int
 HTTP_OPTIONS_FIELD_NUMBER: _builtins.int
+POLICY_FIELD_NUMBER: _builtins.int
 wire: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.str]
 """The value's string on the REST/JSON surface, e.g. "api-gateway", "round-robin"."""
 rules: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldRules]
 http_options: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___HttpOptions]
+policy: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___MethodPolicy]

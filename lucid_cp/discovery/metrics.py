@@ -1,107 +1,77 @@
-"""Prometheus metrics of one control-plane process, on its own registry (no globals)."""
+"""Discovery's Prometheus metrics: the index, the watches and the active health checks. Built
+by the discovery module on the process's registry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 
 _CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class _CallbackCounter(Collector):
-    """A counter whose value is read from its owner on scrape (the owner counts; no hook needed)."""
-
-    def __init__(self, name: str, documentation: str, read: Callable[[], int]) -> None:
-        self._name, self._doc, self._read = name, documentation, read
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self._name, self._doc, value=self._read())
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "lucid_grpc_requests_total",
-            "gRPC requests handled, by method and status code.",
-            ["method", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "lucid_grpc_request_seconds",
-            "gRPC request latency (unary: whole call; streaming: until the first message).",
-            ["method"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=self.registry,
-        )
+class DiscoveryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.store_revision = Gauge(
             "lucid_store_revision",
             "Store revision the discovery index has applied.",
-            registry=self.registry,
+            registry=registry,
         )
         self.index_instances = Gauge(
             "lucid_discovery_instances",
             "Service instances in the discovery index.",
-            registry=self.registry,
+            registry=registry,
         )
         self.watchers = Gauge(
-            "lucid_discovery_watchers", "Open discovery Watch streams.", registry=self.registry
+            "lucid_discovery_watchers", "Open discovery Watch streams.", registry=registry
         )
         self.watch_connected = Gauge(
             "lucid_discovery_watch_connected",
             "1 while the discovery index's store watch is connected, 0 during a store outage.",
-            registry=self.registry,
+            registry=registry,
         )
         self.health_checks = Counter(
             "lucid_health_checks_total",
             "Active health-check rounds run by this replica, by check kind and outcome "
             "(pass, slow, fail).",
             ["kind", "outcome"],
-            registry=self.registry,
+            registry=registry,
         )
         self.health_check_seconds = Histogram(
             "lucid_health_check_seconds",
             "Duration of the deciding probe attempt of each active health-check round.",
             ["kind"],
             buckets=_CHECK_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self.health_check_lateness = Histogram(
             "lucid_health_check_lateness_seconds",
             "How long after it was due each health-check round got its first probe slot.",
             buckets=_CHECK_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self.health_transitions = Counter(
             "lucid_health_transitions_total",
             "Instance health status changes decided by active checks, by old and new status.",
             ["from_status", "to_status"],
-            registry=self.registry,
+            registry=registry,
         )
         self.health_checked_instances = Gauge(
             "lucid_health_checked_instances",
             "Instances this replica actively checks.",
-            registry=self.registry,
+            registry=registry,
         )
         self.health_replicas = Gauge(
             "lucid_health_replicas",
             "Live control-plane replicas sharing the active health checks.",
-            registry=self.registry,
+            registry=registry,
         )
         self.health_pending_writes = Gauge(
             "lucid_health_pending_writes",
             "Status transitions waiting to be written to the store.",
-            registry=self.registry,
+            registry=registry,
         )
-
-    def count_from(self, name: str, documentation: str, read: Callable[[], int]) -> None:
-        """Registers a counter that reports ``read()`` (a monotonic count kept elsewhere)."""
-        self.registry.register(_CallbackCounter(name, documentation, read))
 
 
 def _state(value: int) -> str:
@@ -111,9 +81,9 @@ def _state(value: int) -> str:
 
 
 class HealthCheckMetrics:
-    """The health checker's observer, recording into a Metrics registry."""
+    """The health checker's observer, recording into the discovery metrics."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: DiscoveryMetrics) -> None:
         self._metrics = metrics
 
     def round_done(self, kind: str, outcome: str, seconds: float, lateness: float) -> None:

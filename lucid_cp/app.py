@@ -1,0 +1,182 @@
+"""The composition root: settings -> store, clock -> systems -> gRPC server. Every dependency is
+built here and handed to its user; nothing else constructs clients, servers or singletons.
+
+Adding a system means adding it to ``SYSTEMS`` (and nothing else here). Start-up checks every
+declaration before anything starts (policies, buckets, error rows), then starts the systems in
+order; when a step fails, everything already started is stopped in reverse and the store is
+closed, so a failed start leaves no task running and no file locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from lucid_cp.auth.ratelimit import RateLimiter
+from lucid_cp.auth.tokens import TokenVerifier
+from lucid_cp.clock import Clock, SystemClock
+from lucid_cp.config import RateLimit, Settings
+from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.rpc.interceptor import PolicyInterceptor
+from lucid_cp.rpc.metrics import RpcMetrics
+from lucid_cp.rpc.policy import MethodPolicy, PolicyError, check_buckets, policies_from
+from lucid_cp.rpc.status import StatusTable
+from lucid_cp.store import open_store
+from lucid_cp.store.base import Store
+from lucid_cp.system import Environment, System
+
+log = logging.getLogger("lucid_cp.app")
+
+# The systems this process serves, in start order (a system may use those before it).
+SYSTEMS: tuple[type[System], ...] = (DiscoverySystem,)
+
+S = TypeVar("S", bound=System)
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass
+class ControlPlane:
+    server: grpc.aio.Server
+    grpc_port: int
+    grpc_target: str
+    store: Store
+    metrics: RpcMetrics
+    health: health.aio.HealthServicer
+    settings: Settings
+    systems: dict[str, System]
+    _unwind: contextlib.AsyncExitStack = field(repr=False)
+
+    def system(self, kind: type[S]) -> S:
+        found = self.systems[kind.name]
+        assert isinstance(found, kind)
+        return found
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: report NOT_SERVING, drain in-flight calls, then stop the systems
+        in reverse order (discovery hands its health checks to the other replicas) and close
+        the store."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self._unwind.aclose()
+
+
+def rate_limits_for(
+    systems: Iterable[type[System]], overrides: Mapping[str, RateLimit]
+) -> dict[str, RateLimit]:
+    """The systems' default buckets with the configured overrides; an override naming a bucket
+    no system declares is a configuration error (a typo would otherwise be ignored)."""
+    limits: dict[str, RateLimit] = {}
+    for kind in systems:
+        limits.update(kind.rate_limits)
+    unknown = sorted(set(overrides) - set(limits))
+    if unknown:
+        raise PolicyError(
+            f"rate limit given for unknown bucket(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(limits))}"
+        )
+    return {**limits, **overrides}
+
+
+def method_policies(systems: Iterable[type[System]]) -> dict[str, MethodPolicy]:
+    policies: dict[str, MethodPolicy] = {}
+    for kind in systems:
+        policies.update(policies_from(kind.files, kind.invalid_request))
+    return policies
+
+
+async def start_control_plane(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    systems: Sequence[type[System]] = SYSTEMS,
+) -> ControlPlane:
+    # Declarations first: nothing has started, so a bad one costs nothing to refuse.
+    statuses = StatusTable(kind.status_rows for kind in systems)
+    limits = rate_limits_for(systems, settings.rate_limits)
+    policies = method_policies(systems)
+    check_buckets(policies, limits)
+
+    clock = clock or SystemClock()
+    registry = CollectorRegistry()
+    metrics = RpcMetrics(registry)
+    unwind = contextlib.AsyncExitStack()
+    try:
+        store = store or open_store(settings.store_url, clock=clock)
+        unwind.push_async_callback(store.close)
+        env = Environment(settings, store, clock, registry)
+        for kind in systems:
+            system = kind(env)
+            unwind.push_async_callback(system.stop)
+            await system.start()
+            env.systems[kind.name] = system
+
+        verifier = TokenVerifier(
+            settings.jwt_secret, clock, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        )
+        limiter = RateLimiter(limits, clock) if settings.rate_limits_enabled else None
+        server = grpc.aio.server(
+            interceptors=[PolicyInterceptor(policies, verifier, limiter, metrics, statuses)],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        for system in env.systems.values():
+            system.register(server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        service_names = [
+            s.full_name for kind in systems for f in kind.files for s in f.services_by_name.values()
+        ]
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection(
+            [*service_names, health_name, reflection.SERVICE_NAME], server
+        )
+        port = server.add_insecure_port(settings.grpc_addr)
+        await server.start()
+        unwind.push_async_callback(server.stop, 0)
+        for name in ["", *service_names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if settings.metrics_addr:
+            metrics_server = _start_metrics_server(settings.metrics_addr, registry)
+            unwind.callback(metrics_server.shutdown)
+    except BaseException:
+        await unwind.aclose()
+        raise
+
+    host, _ = split_addr(settings.grpc_addr)
+    plane = ControlPlane(
+        server=server,
+        grpc_port=port,
+        grpc_target=f"{host}:{port}",
+        store=store,
+        metrics=metrics,
+        health=health_servicer,
+        settings=settings,
+        systems=dict(env.systems),
+        _unwind=unwind,
+    )
+    log.info(
+        "control plane serving", extra={"grpc": plane.grpc_target, "store": settings.store_url}
+    )
+    return plane
+
+
+def _start_metrics_server(addr: str, registry: CollectorRegistry) -> Any:
+    host, port = split_addr(addr)
+    server, _ = start_http_server(port, host, registry=registry)
+    return server

@@ -1,0 +1,311 @@
+"""``PolicyInterceptor``: enforces every method's declared policy, for all four call arities.
+
+For each call, in order: request id, authentication (JWT), admin check, rate limit, then for
+every request message: decoding and validation (with defaults); then the call itself, error
+mapping (through the one status table) and metrics. The servicer receives a ``Call`` (principal
+and request id) in place of the transport context.
+
+Fail closed: a method that declares no ``(lucid.common.v1.policy)`` is refused with
+PERMISSION_DENIED / LUCID_ERR_1912; only the services in ``policy.PUBLIC_SERVICES`` (health,
+reflection) pass untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+
+from lucid_cp.auth.ratelimit import RateLimiter
+from lucid_cp.auth.tokens import TokenVerifier
+from lucid_cp.call import Call
+from lucid_cp.errors import MalformedRequest, MethodNotAllowed
+from lucid_cp.rpc.metrics import RpcMetrics
+from lucid_cp.rpc.policy import PUBLIC_SERVICES, MethodPolicy
+from lucid_cp.rpc.status import StatusTable
+from lucid_cp.validation import normalize
+
+log = logging.getLogger("lucid_cp.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+_READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER})
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+_CODE_NAMES = {number: c.name for number, c in _CODES.items()}
+
+if TYPE_CHECKING:  # the stubs are generic, the runtime classes are not
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _Status(grpc.Status):
+    def __init__(self, status: status_pb2.Status, request_id: str) -> None:
+        self.code = _CODES[status.code]
+        self.details = status.message
+        self.trailing_metadata = (
+            ("grpc-status-details-bin", status.SerializeToString()),
+            (REQUEST_ID_HEADER, request_id),
+        )
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    """The two headers the interceptor reads (authorization, x-request-id)."""
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in _READ_HEADERS and isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def _request_id(md: dict[str, str]) -> str:
+    given = md.get(REQUEST_ID_HEADER, "")
+    try:
+        return str(uuid.UUID(given)) if given else str(uuid.uuid4())
+    except ValueError:
+        return str(uuid.uuid4())
+
+
+def _service_of(full_method: str) -> str:
+    return full_method.lstrip("/").partition("/")[0]
+
+
+class _Attempt:
+    """The bookkeeping of one call: when it started, its request id, whether it was recorded."""
+
+    __slots__ = ("md", "method", "recorded", "request_id", "started")
+
+    def __init__(self, method: str, context: Context) -> None:
+        self.method = method
+        self.started = time.perf_counter()
+        self.md = _metadata(context)
+        self.request_id = _request_id(self.md)
+        self.recorded = False
+
+
+class PolicyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        policies: Mapping[str, MethodPolicy],
+        verifier: TokenVerifier,
+        limiter: RateLimiter | None,
+        metrics: RpcMetrics,
+        statuses: StatusTable,
+    ) -> None:
+        self._policies = policies
+        self._verifier = verifier
+        self._limiter = limiter
+        self._metrics = metrics
+        self._statuses = statuses
+        # Wrapped handlers, built once per method (grpc hands back the same handler each call).
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        # Metric children for the common case, resolved once instead of labels() per call.
+        self._ok = {m: metrics.requests.labels(m, "OK") for m in policies}
+        self._latency = {m: metrics.latency.labels(m) for m in policies}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or _service_of(method) in PUBLIC_SERVICES:
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, self._policies.get(method), handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    # -- the steps every call takes ------------------------------------------------------------
+
+    def _authorize(self, policy: MethodPolicy | None, attempt: _Attempt, context: Context) -> Call:
+        if policy is None:
+            raise MethodNotAllowed(
+                f"{attempt.method} declares no policy and is refused",
+                details={"method": attempt.method},
+            )
+        principal = self._verifier.verify(attempt.md.get("authorization"))
+        if policy.admin_only:
+            principal.require_admin()
+        if self._limiter is not None:
+            self._limiter.acquire(policy.bucket, principal.subject)
+
+        def on_done(callback: Callable[[], None]) -> None:
+            context.add_done_callback(lambda _ctx: callback())  # type: ignore[arg-type]
+
+        return Call(principal, attempt.request_id, on_done)
+
+    @staticmethod
+    def _decode(policy: MethodPolicy, handler: Handler, raw: bytes) -> Message:
+        try:
+            request: Message = handler.request_deserializer(raw)  # type: ignore[misc]
+        except (DecodeError, ValueError, TypeError) as exc:
+            raise MalformedRequest(f"request is not a valid protobuf message: {exc}") from None
+        violations = normalize(request)
+        if violations:
+            raise policy.invalid(
+                "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+            )
+        return request
+
+    async def _decode_stream(
+        self, policy: MethodPolicy, handler: Handler, raws: AsyncIterator[bytes]
+    ) -> AsyncIterator[Message]:
+        async for raw in raws:
+            yield self._decode(policy, handler, raw)
+
+    def _record(self, attempt: _Attempt, code: str) -> None:
+        attempt.recorded = True
+        method = attempt.method
+        seconds = time.perf_counter() - attempt.started
+        ok = self._ok.get(method) if code == "OK" else None
+        (ok or self._metrics.requests.labels(method, code)).inc()
+        latency = self._latency.get(method) or self._metrics.latency.labels(method)
+        latency.observe(seconds)
+        if log.isEnabledFor(logging.DEBUG):  # one access-log line per call at --log-level DEBUG
+            log.debug(
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": code,
+                    "ms": round(seconds * 1e3, 3),
+                    "request_id": attempt.request_id,
+                },
+            )
+
+    async def _fail(self, context: Context, exc: Exception, attempt: _Attempt) -> None:
+        """Maps ``exc`` through the status table, records it (once per call) and aborts."""
+        if not self._statuses.is_known(exc):
+            log.error(
+                "unhandled error in %s",
+                attempt.method,
+                exc_info=exc,
+                extra={"request_id": attempt.request_id},
+            )
+        status = self._statuses.to_rpc_status(exc, attempt.request_id)
+        if not attempt.recorded:
+            self._record(attempt, _CODE_NAMES[status.code])
+        await context.abort_with_status(_Status(status, attempt.request_id))
+
+    # -- one wrapper per arity -------------------------------------------------------------------
+
+    def _wrap(self, method: str, policy: MethodPolicy | None, handler: Handler) -> Handler:
+        serializer = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary_unary(method, policy, handler), response_serializer=serializer
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(method, policy, handler), response_serializer=serializer
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._stream_unary(method, policy, handler), response_serializer=serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream_stream(method, policy, handler), response_serializer=serializer
+        )
+
+    def _unary_unary(
+        self, method: str, policy: MethodPolicy | None, handler: Handler
+    ) -> Callable[[bytes, Context], Awaitable[Any]]:
+        inner: Any = handler.unary_unary
+
+        async def unary_unary(raw: bytes, context: Context) -> Any:
+            attempt = _Attempt(method, context)
+            try:
+                call = self._authorize(policy, attempt, context)
+                assert policy is not None
+                response = await inner(self._decode(policy, handler, raw), call)
+            except Exception as exc:
+                await self._fail(context, exc, attempt)
+                return None
+            self._record(attempt, "OK")
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
+            return response
+
+        return unary_unary
+
+    def _stream_unary(
+        self, method: str, policy: MethodPolicy | None, handler: Handler
+    ) -> Callable[[AsyncIterator[bytes], Context], Awaitable[Any]]:
+        inner: Any = handler.stream_unary
+
+        async def stream_unary(raws: AsyncIterator[bytes], context: Context) -> Any:
+            attempt = _Attempt(method, context)
+            try:
+                call = self._authorize(policy, attempt, context)
+                assert policy is not None
+                response = await inner(self._decode_stream(policy, handler, raws), call)
+            except Exception as exc:
+                await self._fail(context, exc, attempt)
+                return None
+            self._record(attempt, "OK")
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
+            return response
+
+        return stream_unary
+
+    async def _stream_out(
+        self,
+        attempt: _Attempt,
+        context: Context,
+        open_stream: Callable[[Call], AsyncIterator[Any]],
+        policy: MethodPolicy | None,
+    ) -> AsyncIterator[Any]:
+        """The response side of both streaming-response arities: authorize, send the request id
+        in the initial metadata, relay the servicer's messages, map a failure."""
+        try:
+            call = self._authorize(policy, attempt, context)
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
+            async for item in open_stream(call):
+                if not attempt.recorded:
+                    self._record(attempt, "OK")  # latency of a stream: until its first message
+                yield item
+        except Exception as exc:
+            await self._fail(context, exc, attempt)
+            return
+        if not attempt.recorded:
+            self._record(attempt, "OK")
+
+    def _unary_stream(
+        self, method: str, policy: MethodPolicy | None, handler: Handler
+    ) -> Callable[[bytes, Context], AsyncIterator[Any]]:
+        inner: Any = handler.unary_stream
+
+        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+            def open_stream(call: Call) -> AsyncIterator[Any]:
+                assert policy is not None
+                return inner(self._decode(policy, handler, raw), call)
+
+            async for item in self._stream_out(
+                _Attempt(method, context), context, open_stream, policy
+            ):
+                yield item
+
+        return unary_stream
+
+    def _stream_stream(
+        self, method: str, policy: MethodPolicy | None, handler: Handler
+    ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[Any]]:
+        inner: Any = handler.stream_stream
+
+        async def stream_stream(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+            def open_stream(call: Call) -> AsyncIterator[Any]:
+                assert policy is not None
+                return inner(self._decode_stream(policy, handler, raws), call)
+
+            async for item in self._stream_out(
+                _Attempt(method, context), context, open_stream, policy
+            ):
+                yield item
+
+        return stream_stream
