@@ -22,6 +22,10 @@ class RateLimit:
     capacity: int
     period: float = 60.0
 
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or not self.period > 0:
+            raise ValueError(f"rate limit {self.capacity}/{self.period}s: both must be positive")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:

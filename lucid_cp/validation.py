@@ -58,11 +58,11 @@ def is_hostname_or_ip(value: str) -> bool:
     if not host or len(host) > 253:
         return False
     labels = host.split(".")
-    return all(_LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit()
+    return all(_LABEL_RE.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
 def is_uuid(value: str) -> bool:
-    return bool(_UUID_RE.match(value))
+    return bool(_UUID_RE.fullmatch(value))
 
 
 def field_rules(field: FieldDescriptor) -> options_pb2.FieldRules | None:

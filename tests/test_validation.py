@@ -220,11 +220,6 @@ def test_hostname_longer_than_max_len_reports_only_the_length() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="possible bug: _UUID_RE/_LABEL_RE use re.match with '$', which matches before a "
-    "trailing newline, so 'uuid\\n' and 'host\\n' pass (patterns use fullmatch and do not)",
-)
 @pytest.mark.parametrize("check", [is_uuid, is_hostname_or_ip])
 def test_a_trailing_newline_is_not_a_valid_format(check: object) -> None:
     value = UUID + "\n" if check is is_uuid else "example.com\n"

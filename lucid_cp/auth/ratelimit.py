@@ -33,8 +33,8 @@ class RateLimiter:
 
     def acquire(self, bucket: str, subject: str) -> None:
         limit = self._limits.get(bucket)
-        if limit is None:
-            return
+        if limit is None:  # start-up checks every policy's bucket; never "unknown = unlimited"
+            raise LookupError(f"rate-limit bucket {bucket!r} is not configured")
         now = self._clock.monotonic()
         rate = limit.capacity / limit.period
         key = (bucket, subject)

@@ -143,11 +143,6 @@ def test_the_least_recently_used_principal_is_forgotten_and_restarts_full() -> N
     drain(rl, "registration", "bob", 3)  # forgotten: a full bucket again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # today: "DID NOT RAISE", the bucket is unlimited
-    reason="unknown bucket must be refused at start-up; lead changes this",
-)
 def test_unknown_bucket_is_refused() -> None:
     rl = limiter(FakeClock())
     with pytest.raises((LookupError, ValueError)):  # KeyError is a LookupError

@@ -87,7 +87,10 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
             )
 
         await wait_until(lambda: all_healthy(a), 10, "every instance healthy")
-        assert a.system(DiscoverySystem).checker is not None and a.system(DiscoverySystem).checker.checked() == ids
+        assert (
+            a.system(DiscoverySystem).checker is not None
+            and a.system(DiscoverySystem).checker.checked() == ids
+        )
 
         # A second replica joins: its share moves to it.
         b = await asyncio.create_subprocess_exec(
@@ -102,11 +105,19 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
         assert b.stdout is not None
         assert await asyncio.wait_for(b.stdout.readline(), 30) == b"ready\n"
         members = {"replica-a", "replica-b"}
-        await wait_until(lambda: a.system(DiscoverySystem).checker.membership.members() == members, 10, "b to join")
+        await wait_until(
+            lambda: a.system(DiscoverySystem).checker.membership.members() == members,
+            10,
+            "b to join",
+        )
         owner = {sid: rendezvous_owner(members, sid) for sid in ids}
         share_b = {sid for sid in ids if owner[sid] == "replica-b"}
         assert 0 < len(share_b) < N
-        await wait_until(lambda: a.system(DiscoverySystem).checker.checked() == ids - share_b, 5, "a to drop b's share")
+        await wait_until(
+            lambda: a.system(DiscoverySystem).checker.checked() == ids - share_b,
+            5,
+            "a to drop b's share",
+        )
         joined = time.monotonic()
 
         def checked_by_b_since(since: float) -> bool:
@@ -129,7 +140,9 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
         b.kill()
         await b.wait()
         killed = time.monotonic()
-        await wait_until(lambda: a.system(DiscoverySystem).checker.checked() == ids, 10, "a to take b's share")
+        await wait_until(
+            lambda: a.system(DiscoverySystem).checker.checked() == ids, 10, "a to take b's share"
+        )
         assert a.system(DiscoverySystem).checker.membership.members() == {"replica-a"}
         assert time.monotonic() - killed < TTL + 4 * INTERVAL
         after = time.monotonic()
