@@ -58,8 +58,12 @@ _FALLBACK_REASON: dict[grpc.StatusCode, int] = {
     _C.PERMISSION_DENIED: _R.PERMISSION_DENIED,
     _C.NOT_FOUND: _R.NOT_FOUND,
     _C.ABORTED: _R.REVISION_CONFLICT,
+    _C.ALREADY_EXISTS: _R.ALREADY_EXISTS,
     _C.RESOURCE_EXHAUSTED: _R.RATE_LIMITED,
-    _C.UNAVAILABLE: _R.STORE_UNAVAILABLE,
+    # No ErrorInfo with UNAVAILABLE: the control plane itself did not answer (down, restarting,
+    # unreachable). The control plane's own "store unavailable" always carries its ErrorInfo.
+    _C.UNAVAILABLE: _R.CONTROL_PLANE_UNAVAILABLE,
+    _C.DEADLINE_EXCEEDED: _R.TIMEOUT,
 }
 """Error code used when the backend sent no ErrorInfo; anything else is INTERNAL (1999)."""
 

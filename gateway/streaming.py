@@ -118,7 +118,9 @@ class NdjsonStream:
 
 
 _SHUTTING_DOWN = gateway_error(
-    503, errors_pb2.ErrorReason.STORE_UNAVAILABLE, "the REST gateway is shutting down; reconnect"
+    503,
+    errors_pb2.ErrorReason.CONTROL_PLANE_UNAVAILABLE,
+    "the REST gateway is shutting down; reconnect",
 )
 
 

@@ -289,10 +289,11 @@ async def test_rate_limited_answers_429_with_retry_after(
 async def test_unavailable_without_details_falls_back(
     client: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
-    backend.script.errors["Resolve"] = plain_status(grpc.StatusCode.UNAVAILABLE, "store down")
+    backend.script.errors["Resolve"] = plain_status(grpc.StatusCode.UNAVAILABLE, "connect failed")
     response = await client.get(f"{BASE}/services/api-gateway/resolve")
-    error = assert_error(response, 503, "LUCID_ERR_1906")
-    assert error["message"] == "store down"
+    # No ErrorInfo: the control plane did not answer; it is not the store that is down.
+    error = assert_error(response, 503, "LUCID_ERR_1909")
+    assert error["message"] == "connect failed"
     assert "retry-after" not in response.headers
 
 
@@ -308,12 +309,12 @@ async def test_deadline_exceeded_is_504(
     echo_client: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     backend.script.hang.add("Resolve")
-    assert_error(await echo_client.get(f"{BASE}/services/x/resolve"), 504, "LUCID_ERR_1999")
+    assert_error(await echo_client.get(f"{BASE}/services/x/resolve"), 504, "LUCID_ERR_1910")
 
 
 async def test_backend_down_is_503(client: httpx.AsyncClient, backend: FakeBackend) -> None:
     await backend.stop()
-    assert_error(await client.get(f"{BASE}/services"), 503, "LUCID_ERR_1906")
+    assert_error(await client.get(f"{BASE}/services"), 503, "LUCID_ERR_1909")
     ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert (await client.get("/healthz")).status_code == 200

@@ -65,7 +65,9 @@ def test_every_grpc_code_maps_to_an_http_error() -> None:
         (C.PERMISSION_DENIED, "LUCID_ERR_1902"),
         (C.RESOURCE_EXHAUSTED, "LUCID_ERR_1903"),
         (C.INVALID_ARGUMENT, "LUCID_ERR_1904"),
-        (C.UNAVAILABLE, "LUCID_ERR_1906"),
+        (C.UNAVAILABLE, "LUCID_ERR_1909"),  # no ErrorInfo: the control plane did not answer
+        (C.ALREADY_EXISTS, "LUCID_ERR_1908"),
+        (C.DEADLINE_EXCEEDED, "LUCID_ERR_1910"),
         (C.NOT_FOUND, "LUCID_ERR_1907"),
         (C.INTERNAL, "LUCID_ERR_1999"),
         (C.UNKNOWN, "LUCID_ERR_1999"),

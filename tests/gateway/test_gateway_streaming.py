@@ -107,7 +107,7 @@ async def test_gateway_shutdown_ends_open_streams(
             await next_line(lines)
             stopping = asyncio.create_task(gateway.stop())
             final = await next_line(lines)
-            assert final["error"]["code"] == "LUCID_ERR_1906"  # type: ignore[index]
+            assert final["error"]["code"] == "LUCID_ERR_1909"  # type: ignore[index]
             assert [line async for line in lines] == []
         await asyncio.wait_for(stopping, WAIT)
     await asyncio.wait_for(backend.script.watch_cancelled.wait(), WAIT)
