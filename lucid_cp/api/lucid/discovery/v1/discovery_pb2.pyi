@@ -236,45 +236,11 @@ WATCH_EVENT_TYPE_REMOVED: WatchEventType.ValueType  # 4
 Global___WatchEventType: _TypeAlias = WatchEventType  # noqa: Y015
 
 @_typing.final
-class ServiceIdentifier(_message.Message):
+class TlsConfig(_message.Message):
     """---------------------------------------------------------------------------------------------
     Schemas of data-models.md.
     """
 
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SERVICE_ID_FIELD_NUMBER: _builtins.int
-    SERVICE_NAME_FIELD_NUMBER: _builtins.int
-    CLUSTER_FIELD_NUMBER: _builtins.int
-    PLANE_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    INSTANCE_ID_FIELD_NUMBER: _builtins.int
-    service_id: _builtins.str
-    service_name: _builtins.str
-    cluster: Global___Cluster.ValueType
-    plane: Global___Plane.ValueType
-    version: _builtins.str
-    instance_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        service_id: _builtins.str = ...,
-        service_name: _builtins.str = ...,
-        cluster: Global___Cluster.ValueType = ...,
-        plane: Global___Plane.ValueType = ...,
-        version: _builtins.str = ...,
-        instance_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "instance_id", b"instance_id", "plane", b"plane", "service_id", b"service_id", "service_name", b"service_name", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ServiceIdentifier: _TypeAlias = ServiceIdentifier  # noqa: Y015
-
-@_typing.final
-class TlsConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENABLED_FIELD_NUMBER: _builtins.int

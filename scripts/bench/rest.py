@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """REST (through the gateway) vs gRPC Resolve against one control plane, driven by h2load.
 
-    python scripts/bench_rest.py                      # c=1 and c=16, 10 s each, separate processes
-    python scripts/bench_rest.py --concurrency 32 --duration 20 --topology combined
+    python -m scripts.bench rest                  # c=1 and c=16, 10 s each, separate processes
+    python -m scripts.bench rest --concurrency 32 --duration 20 --topology combined
 
 One control plane (memory store, rate limits disabled) with one healthy instance. The gateway
 runs in its own process (``--topology separate``, like ``lucid-cp gateway``) or in the control
@@ -23,98 +22,20 @@ import re
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-SECRET = b"bench-rest-secret-0123456789abcdef!"
-SERVICE = "api-gateway"
-RESOLVE_GRPC = "/lucid.discovery.v1.DiscoveryService/Resolve"
-RESOLVE_REST = f"/api/v1/service-discovery/services/{SERVICE}/resolve"
-
-
-# ------------------------------------------------------------------------------ server roles
-
-
-async def _serve_plane(with_gateway: bool) -> None:
-    import uuid
-
-    import grpc
-
-    from gateway.server import start_gateway
-    from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
-    from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
-    from lucid_cp.app import start_control_plane
-    from lucid_cp.auth.tokens import Role, mint_token
-    from lucid_cp.clock import SystemClock
-    from lucid_cp.config import Settings
-
-    settings = Settings(
-        store_url="memory://",
-        grpc_addr="127.0.0.1:0",
-        jwt_secret=SECRET,
-        rate_limits_enabled=False,
-        health_checks_enabled=False,  # the instance's host is not a real target
-    )
-    plane = await start_control_plane(settings)
-    token = mint_token(SECRET, SERVICE, Role.SERVICE, SystemClock(), ttl=24 * 3600)
-    md = (("authorization", f"Bearer {token}"),)
-    async with grpc.aio.insecure_channel(plane.grpc_target) as channel:
-        stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
-        reg = pb.ServiceRegistration(
-            service_id=str(uuid.uuid4()),
-            service_name=SERVICE,
-            cluster=pb.CLUSTER_API_GATEWAY,
-            plane=pb.PLANE_OPS,
-            version="1.0.0",
-            ttl=3600,
-        )
-        reg.endpoint.host, reg.endpoint.port = "api-gateway.lucid.onion", 8080
-        reg.endpoint.protocol = pb.PROTOCOL_HTTPS
-        reg.health_check.endpoint, reg.health_check.interval, reg.health_check.timeout = (
-            "/h",
-            300,
-            5,
-        )
-        await stub.Register(pb.RegisterRequest(registration=reg), metadata=md)
-        await stub.UpdateHealth(
-            pb.UpdateHealthRequest(
-                service_id=reg.service_id, update=pb.HealthUpdate(status=pb.HEALTH_STATE_HEALTHY)
-            ),
-            metadata=md,
-        )
-    gateway = await start_gateway(plane.grpc_target, "127.0.0.1:0") if with_gateway else None
-    info = {"grpc_port": plane.grpc_port, "token": token}
-    if gateway is not None:
-        info["http_port"] = gateway.port
-    await _announce_and_wait(info)
-    if gateway is not None:
-        await gateway.stop()
-    await plane.stop(grace=0.5)
-
-
-async def _serve_gateway(target: str) -> None:
-    from gateway.server import start_gateway
-
-    gateway = await start_gateway(target, "127.0.0.1:0")
-    await _announce_and_wait({"http_port": gateway.port})
-    await gateway.stop()
-
-
-async def _announce_and_wait(info: dict[str, object]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(json.dumps(info), flush=True)
-    await stop.wait()
-
+from scripts.bench.common import ROOT, grpc_frame
+from scripts.bench.rest_servers import (
+    RESOLVE_GRPC,
+    RESOLVE_REST,
+    SERVICE,
+    serve_gateway,
+    serve_plane,
+)
 
 # ------------------------------------------------------------------------------ driver
 
@@ -131,7 +52,10 @@ class Result:
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
     process = subprocess.Popen(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-m", "scripts.bench.rest", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -154,7 +78,7 @@ def _grpc_frame() -> bytes:
     from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 
     body = pb.ResolveRequest(service_name=SERVICE).SerializeToString()
-    return b"\x00" + struct.pack(">I", len(body)) + body
+    return grpc_frame(body)
 
 
 def _check_grpc_frame(port: int, token: str, frame: bytes) -> None:
@@ -242,8 +166,10 @@ def _table(concurrency: int, grpc_result: Result, rest: Result) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench rest", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--concurrency", default="1,16", help="comma-separated levels")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
@@ -251,12 +177,12 @@ def main() -> int:
     parser.add_argument("--serve-plane", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--with-gateway", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-gateway", metavar="TARGET", help=argparse.SUPPRESS)
-    ns = parser.parse_args()
+    ns = parser.parse_args(argv)
     if ns.serve_plane:
-        asyncio.run(_serve_plane(ns.with_gateway))
+        asyncio.run(serve_plane(ns.with_gateway))
         return 0
     if ns.serve_gateway:
-        asyncio.run(_serve_gateway(ns.serve_gateway))
+        asyncio.run(serve_gateway(ns.serve_gateway))
         return 0
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found (Debian package nghttp2-client)")

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """How many instances one replica can actively check at a 10 s interval on this machine.
 
-    python scripts/bench_health.py                       # 2000, 5000 and 10000 instances
-    python scripts/bench_health.py --sizes 10000 --window 30
+    python -m scripts.bench health                          # 2000, 5000 and 10000 instances
+    python -m scripts.bench health --sizes 10000 --window 30
 
 For each size: a memory store and the real discovery index and HealthChecker (one replica,
 HTTP checks, production time scale 1.0), N instances registered through the Registry, all
@@ -30,9 +29,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.auth.tokens import Principal, Role
@@ -183,16 +179,18 @@ async def run(size: int, port: int, args: argparse.Namespace) -> dict[str, float
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.bench health",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--sizes", default="2000,5000,10000")
     parser.add_argument("--interval", type=int, default=10, help="check interval, seconds")
     parser.add_argument("--timeout", type=int, default=2, help="check timeout, seconds")
     parser.add_argument("--window", type=float, default=20.0, help="measured seconds per size")
     parser.add_argument("--max-concurrency", type=int, default=1000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
@@ -224,7 +222,8 @@ def main() -> None:
             )
     finally:
         server.kill()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
