@@ -22,10 +22,10 @@ async def serve_plane(with_gateway: bool) -> None:
     from gateway.server import start_gateway
     from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
     from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+    from lucid_cp.app import start_control_plane
     from lucid_cp.auth.tokens import Role, mint_token
     from lucid_cp.clock import SystemClock
     from lucid_cp.config import Settings
-    from lucid_cp.app import start_control_plane
     from lucid_cp.discovery.settings import DiscoverySettings
 
     settings = Settings(
