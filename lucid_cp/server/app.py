@@ -97,7 +97,6 @@ def build_health_checker(
         observer=HealthCheckMetrics(metrics),
         max_concurrency=settings.health_max_concurrent_checks,
         write_concurrency=settings.health_write_concurrency,
-        time_scale=settings.health_time_scale,
     )
     metrics.health_checked_instances.set_function(lambda: len(checker))
     metrics.health_replicas.set_function(lambda: len(membership.members()))

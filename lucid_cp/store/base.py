@@ -16,7 +16,8 @@ Rules every backend obeys (the contract test suite in tests/store/ proves them):
 * Txn: all compares are evaluated against the current state atomically; if all hold, the success
   ops run, otherwise the failure ops run; either way as one atomic write at one revision.
 * Leases: ``grant_lease(ttl)`` returns a lease whose keys are deleted (with normal delete events
-  at a new revision) once ``ttl`` seconds pass without ``keepalive``. ``revoke`` deletes its keys at
+  at a new revision) once its granted ``Lease.ttl`` (see MIN_LEASE_TTL below) passes without
+  ``keepalive``. ``revoke`` deletes its keys at
   once. Putting a key with an unknown/expired lease raises :class:`LeaseNotFoundError`; so does
   keepalive of an unknown/expired lease.
 * ``watch(prefix, start_revision)`` yields batches of events with revision >= start_revision, in

@@ -21,8 +21,9 @@ watchers whose prefix was touched; watchers then pull the new history rows thems
 revision), so a slow watcher holds no buffer and never slows a writer down.
 
 A background task (started on first use) deletes the keys of expired leases: one atomic write
-per lease, producing ordinary DELETE events. ``reap_expired_leases()`` runs one pass on demand,
-which is what tests driving a :class:`~lucid_cp.clock.FakeClock` call.
+per lease, producing ordinary DELETE events. It waits for the next deadline on the injected
+clock. ``reap_expired_leases()`` runs one pass on demand, which is what tests driving a
+:class:`~lucid_cp.clock.FakeClock` call to make a jump take effect at once.
 """
 
 from __future__ import annotations
