@@ -108,9 +108,10 @@ class EtcdProcess:
             "--initial-cluster": f"{self.name}={peer}",
             "--initial-cluster-state": "new",
             "--initial-cluster-token": f"lucid-test-{self.client_port}",
-            # Fast elections; this also lowers etcd's minimum lease TTL to 1 s.
+            # Fast heartbeats; the election timeout is etcd's default, which keeps etcd's minimum
+            # lease TTL (ceil(1.5 x election timeout)) at production's 2 s, MIN_LEASE_TTL.
             "--heartbeat-interval": "50",
-            "--election-timeout": "500",
+            "--election-timeout": "1000",
             "--logger": "zap",
             "--log-level": "warn",
         }

@@ -125,17 +125,21 @@ class DiscoverySystem:
             membership = StaticMembership(replica_id)
         else:
             membership = LeaseMembership(store, replica_id, settings.health_replica_ttl)
-        prober = ProtocolProber(HttpProber(user_agent), TcpProber(), GrpcHealthProber(user_agent))
+        clock = self._env.clock
+        prober = ProtocolProber(
+            HttpProber(user_agent, clock=clock),
+            TcpProber(clock=clock),
+            GrpcHealthProber(user_agent),
+        )
         checker = HealthChecker(
             store,
             self.index,
-            self._env.clock,
+            clock,
             prober,
             membership,
             observer=HealthCheckMetrics(self.metrics),
             max_concurrency=settings.health_max_concurrent_checks,
             write_concurrency=settings.health_write_concurrency,
-            time_scale=settings.health_time_scale,
         )
         self.metrics.health_checked_instances.set_function(lambda: len(checker))
         self.metrics.health_replicas.set_function(lambda: len(membership.members()))

@@ -20,5 +20,3 @@ class DiscoverySettings:
     health_replica_ttl: int = 3
     # This replica's id among those sharing the store ("" = a random one per process).
     health_replica_id: str = ""
-    # TEST/BENCHMARK ONLY: multiplies every health-check interval, timeout and pause.
-    health_time_scale: float = 1.0

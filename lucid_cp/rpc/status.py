@@ -30,7 +30,7 @@ from lucid_cp.errors import (
     RateLimited,
     Unauthenticated,
 )
-from lucid_cp.store.base import StoreUnavailableError
+from lucid_cp.store.base import RequestTooLargeError, StoreUnavailableError, TooManyOpsError
 
 DOMAIN = "lucid"
 R = errors_pb2.ErrorReason
@@ -56,6 +56,9 @@ GENERIC_ROWS: dict[type[Exception], Row] = {
     MethodNotAllowed: Row(code_pb2.PERMISSION_DENIED, R.METHOD_NOT_ALLOWED),
     RateLimited: Row(code_pb2.RESOURCE_EXHAUSTED, R.RATE_LIMITED),
     StoreUnavailableError: Row(code_pb2.UNAVAILABLE, R.STORE_UNAVAILABLE),
+    # etcd's limits, enforced by every store backend: the request is too big, not retryable.
+    TooManyOpsError: Row(code_pb2.INVALID_ARGUMENT, R.LIMIT_EXCEEDED),
+    RequestTooLargeError: Row(code_pb2.INVALID_ARGUMENT, R.LIMIT_EXCEEDED),
 }
 _INTERNAL = Row(code_pb2.INTERNAL, R.INTERNAL)
 
@@ -64,6 +67,12 @@ def reason_string(reason: int) -> str:
     """The wire string of an ErrorReason ("LUCID_ERR_1002"), read from its descriptor."""
     value = errors_pb2.ErrorReason.DESCRIPTOR.values_by_number[reason]
     return str(value.GetOptions().Extensions[options_pb2.wire])
+
+
+def _declared(reason: int) -> bool:
+    """A reason with a wire string ("LUCID_ERR_NNNN"): never 0, never an unknown number."""
+    value = errors_pb2.ErrorReason.DESCRIPTOR.values_by_number.get(reason)
+    return value is not None and bool(value.GetOptions().Extensions[options_pb2.wire])
 
 
 class StatusTable:
@@ -79,7 +88,8 @@ class StatusTable:
                     raise ValueError(f"{cls.__name__} does not derive from a generic error class")
                 if cls in self._rows:
                     raise ValueError(f"{cls.__name__} is mapped twice")
-                reason_string(reason)  # fails on an undeclared reason
+                if not _declared(reason):
+                    raise ValueError(f"{cls.__name__}: {reason} is not a declared error reason")
                 self._rows[cls] = Row(base.code, reason)
 
     def _lookup(self, cls: type[BaseException]) -> Row:

@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from lucid_cp.clock import Clock
 from lucid_cp.store.base import (
+    MAX_LEASE_TTL,
+    MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
+    MIN_LEASE_TTL,
+    OP_OVERHEAD_BYTES,
     CompactedError,
     Compare,
     CompareOp,
@@ -21,17 +26,23 @@ from lucid_cp.store.base import (
     EventType,
     FutureRevisionError,
     Get,
+    KeyReader,
     KeyValue,
+    KeyWriter,
     Lease,
     LeaseNotFoundError,
+    Leases,
     Put,
     RangeResult,
+    RequestTooLargeError,
     Store,
     StoreError,
     StoreUnavailableError,
+    TooManyOpsError,
     TxnOp,
     TxnResult,
     WatchBatch,
+    Watcher,
     WatchEvent,
     key_missing,
     mod_revision_is,
@@ -40,6 +51,11 @@ from lucid_cp.store.memory import MemoryStore
 from lucid_cp.store.sqlite import SqliteStore
 
 __all__ = [
+    "MAX_LEASE_TTL",
+    "MAX_REQUEST_BYTES",
+    "MAX_TXN_OPS",
+    "MIN_LEASE_TTL",
+    "OP_OVERHEAD_BYTES",
     "CompactedError",
     "Compare",
     "CompareOp",
@@ -48,20 +64,26 @@ __all__ = [
     "EventType",
     "FutureRevisionError",
     "Get",
+    "KeyReader",
     "KeyValue",
+    "KeyWriter",
     "Lease",
     "LeaseNotFoundError",
+    "Leases",
     "MemoryStore",
     "Put",
     "RangeResult",
+    "RequestTooLargeError",
     "SqliteStore",
     "Store",
     "StoreError",
     "StoreUnavailableError",
+    "TooManyOpsError",
     "TxnOp",
     "TxnResult",
     "WatchBatch",
     "WatchEvent",
+    "Watcher",
     "key_missing",
     "mod_revision_is",
     "open_store",
@@ -95,7 +117,8 @@ def open_store(url: str, *, clock: Clock | None = None) -> Store:
     """A ready-to-use store for ``url`` (see the module docstring for the forms accepted).
 
     The sqlite and memory backends measure lease time with ``clock`` (default: the system
-    clock); etcd keeps its own time, so the etcd backend ignores it."""
+    clock); etcd keeps its own lease time, so the etcd backend only times its own waits
+    (connecting, reconnect backoff) with it."""
     if url == "memory://":
         return MemoryStore(clock=clock)
     if url.startswith(_SQLITE):

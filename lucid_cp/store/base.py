@@ -16,7 +16,8 @@ Rules every backend obeys (the contract test suite in tests/store/ proves them):
 * Txn: all compares are evaluated against the current state atomically; if all hold, the success
   ops run, otherwise the failure ops run; either way as one atomic write at one revision.
 * Leases: ``grant_lease(ttl)`` returns a lease whose keys are deleted (with normal delete events
-  at a new revision) once ``ttl`` seconds pass without ``keepalive``. ``revoke`` deletes its keys at
+  at a new revision) once its granted ``Lease.ttl`` (see MIN_LEASE_TTL below) passes without
+  ``keepalive``. ``revoke`` deletes its keys at
   once. Putting a key with an unknown/expired lease raises :class:`LeaseNotFoundError`; so does
   keepalive of an unknown/expired lease.
 * ``watch(prefix, start_revision)`` yields batches of events with revision >= start_revision, in
@@ -24,6 +25,23 @@ Rules every backend obeys (the contract test suite in tests/store/ proves them):
   compacted revision it raises :class:`CompactedError` (from the iterator, on first ``__anext__``)
   carrying ``compact_revision``: the consumer must re-list. A watch never skips silently.
 * Any backend failure that is not one of the errors above is raised as :class:`StoreUnavailableError`.
+
+etcd's limits (its defaults; every backend enforces them, so sqlite and memory refuse what a
+production etcd refuses, and the etcd backend checks them before sending too):
+
+* :data:`MAX_TXN_OPS` (etcd ``--max-txn-ops``, 128): a txn may hold at most this many compares,
+  at most this many success ops and at most this many failure ops; each list is counted on its
+  own (etcd's ``checkTxnRequest``: the longest of the three is compared with the limit).
+  More raises :class:`TooManyOpsError`.
+* :data:`MAX_REQUEST_BYTES` (etcd ``--max-request-bytes``, 1.5 MiB): the size of one write
+  request, counted as the bytes of every key and value in it (puts, deletes, gets and compares)
+  plus :data:`OP_OVERHEAD_BYTES` per op and per compare, a bound on etcd's own encoding of the
+  request. More raises :class:`RequestTooLargeError`; so a single put carries at most
+  ``MAX_REQUEST_BYTES - OP_OVERHEAD_BYTES`` bytes of key plus value.
+* :data:`MIN_LEASE_TTL` (2 s, etcd's minimum with its default heartbeat of 100 ms and election
+  timeout of 1 s: ``ceil(1.5 * election timeout)``): a lease asked for with a shorter ttl (zero
+  and negative included) is granted with this ttl instead, as etcd does; ``Lease.ttl`` and
+  ``keepalive`` report the ttl granted. A ttl above :data:`MAX_LEASE_TTL` raises ValueError.
 
 Keys and values are bytes. Backends are async and safe to use from one event loop.
 """
@@ -35,9 +53,23 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+MAX_TXN_OPS = 128
+MAX_REQUEST_BYTES = 1536 * 1024
+OP_OVERHEAD_BYTES = 64
+MIN_LEASE_TTL = 2
+MAX_LEASE_TTL = 9_000_000_000
+
 
 class StoreError(Exception):
     """Base class of every error a store raises."""
+
+
+class TooManyOpsError(StoreError):
+    """A txn holds more than :data:`MAX_TXN_OPS` compares, success ops or failure ops."""
+
+
+class RequestTooLargeError(StoreError):
+    """A write request is larger than :data:`MAX_REQUEST_BYTES` (see the module docstring)."""
 
 
 class StoreUnavailableError(StoreError):
@@ -174,7 +206,9 @@ class WatchBatch:
 
 
 @runtime_checkable
-class Store(Protocol):
+class KeyReader(Protocol):
+    """Reads of the keyspace."""
+
     async def current_revision(self) -> int: ...
 
     async def get(self, key: bytes) -> KeyValue | None: ...
@@ -185,6 +219,11 @@ class Store(Protocol):
         """Keys starting with ``prefix``; with ``start`` (a key at or after ``prefix``), only those
         >= start: a page after key K is ``start=K + b"\\0"`` at the first page's revision."""
         ...
+
+
+@runtime_checkable
+class KeyWriter(Protocol):
+    """Writes of the keyspace (txn also reads, with Get ops)."""
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         """Returns the new store revision."""
@@ -201,7 +240,12 @@ class Store(Protocol):
         failure: Sequence[TxnOp] = (),
     ) -> TxnResult: ...
 
-    async def grant_lease(self, ttl: int) -> Lease: ...
+
+@runtime_checkable
+class Leases(Protocol):
+    async def grant_lease(self, ttl: int) -> Lease:
+        """A new lease with ``max(ttl, MIN_LEASE_TTL)`` seconds (``Lease.ttl`` says which)."""
+        ...
 
     async def keepalive(self, lease_id: int) -> int:
         """Refreshes the lease; returns its granted ttl. Raises LeaseNotFoundError."""
@@ -212,12 +256,20 @@ class Store(Protocol):
         deletion's revision when it had keys). Unknown lease: LeaseNotFoundError."""
         ...
 
+
+@runtime_checkable
+class Watcher(Protocol):
     def watch(
         self, prefix: bytes, start_revision: int, *, prev_kv: bool = False
     ) -> AsyncIterator[WatchBatch]:
         """``prev_kv=True`` asks for each event's previous value (costs etcd a read per event);
         without it, backends may leave ``WatchEvent.prev_kv`` None."""
         ...
+
+
+@runtime_checkable
+class Store(KeyReader, KeyWriter, Leases, Watcher, Protocol):
+    """The whole contract. Code that needs only part of it takes the narrow protocol instead."""
 
     async def compact(self, revision: int) -> None: ...
 

@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from lucid_cp.clock import Clock
+from lucid_cp.clock import Clock, SystemClock
+from lucid_cp.store._contract import check_put, check_txn, granted_ttl, prefix_end
 from lucid_cp.store.base import (
     CompactedError,
     Compare,
@@ -50,13 +51,14 @@ from lucid_cp.store.base import (
     LeaseNotFoundError,
     Put,
     RangeResult,
+    RequestTooLargeError,
     StoreUnavailableError,
+    TooManyOpsError,
     TxnOp,
     TxnResult,
     WatchBatch,
     WatchEvent,
 )
-from lucid_cp.store.sqlite import prefix_end, validate_compare, validate_txn_branch
 
 R = TypeVar("R")
 
@@ -189,9 +191,10 @@ class _Connection:
             rpc.WatchStub(channel),
         )
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, timeout: float, clock: Clock) -> bool:
         try:
-            await asyncio.wait_for(self.channel.channel_ready(), timeout)
+            async with clock.timeout(timeout):
+                await self.channel.channel_ready()
         except (TimeoutError, grpc.aio.UsageError):
             return False
         return True
@@ -200,8 +203,10 @@ class _Connection:
 class EtcdStore:
     """The store contract on etcd (see the module docstring).
 
-    ``clock`` is accepted for symmetry with the other backends and ignored: etcd keeps lease time
-    itself. Channels are created lazily, on the event loop of first use.
+    etcd keeps lease time itself; ``clock`` times this client's own waits: the connect timeout,
+    the watch's reconnect backoff and its give-up deadline. Per-call deadlines
+    (``request_timeout``) are gRPC deadlines that travel to etcd, so they stay in real time.
+    Channels are created lazily, on the event loop of first use.
     """
 
     def __init__(
@@ -216,6 +221,7 @@ class EtcdStore:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self._targets = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in endpoints]
+        self._clock: Clock = clock or SystemClock()
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._watch_retry_timeout = watch_retry_timeout
@@ -257,7 +263,7 @@ class EtcdStore:
                     candidate = current
                 else:
                     candidate = _Connection.open(index, self._targets[index])
-                if await candidate.wait_ready(self._connect_timeout):
+                if await candidate.wait_ready(self._connect_timeout, self._clock):
                     if candidate is not current:
                         self._conn, self._current = candidate, index
                         if current is not None:
@@ -319,7 +325,15 @@ class EtcdStore:
             return FutureRevisionError(details)
         if code is grpc.StatusCode.NOT_FOUND and "lease not found" in details:
             return LeaseNotFoundError(await self._missing_lease(lease_ids))
+        if code is grpc.StatusCode.INVALID_ARGUMENT and "too many operations" in details:
+            return TooManyOpsError(details)
+        if code is grpc.StatusCode.INVALID_ARGUMENT and "request is too large" in details:
+            return RequestTooLargeError(details)
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+            return RequestTooLargeError(details)  # beyond etcd's gRPC message limit
         if code is grpc.StatusCode.INVALID_ARGUMENT:
+            return ValueError(details)
+        if code is grpc.StatusCode.OUT_OF_RANGE and "too large lease TTL" in details:
             return ValueError(details)
         return StoreUnavailableError(f"etcd {conn.target}: {code.name}: {details}")
 
@@ -395,6 +409,7 @@ class EtcdStore:
         )
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        check_put(key, value)
         request = rpc.PutRequest(key=key, value=value, lease=lease)
         resp = await self._call(
             lambda c: c.kv.Put(request, timeout=self._request_timeout),
@@ -420,10 +435,7 @@ class EtcdStore:
         success: Sequence[TxnOp],
         failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
-        for c in compares:
-            validate_compare(c)
-        validate_txn_branch(success)
-        validate_txn_branch(failure)
+        check_txn(compares, success, failure)
         request = rpc.TxnRequest(
             compare=[_compare_message(c) for c in compares],
             success=[_request_op(op) for op in success],
@@ -442,8 +454,7 @@ class EtcdStore:
         )
 
     async def grant_lease(self, ttl: int) -> Lease:
-        if ttl < 1:
-            raise ValueError("a lease ttl is at least 1 second")
+        granted_ttl(ttl)  # refuses what etcd refuses; etcd itself raises a short ttl
         # A retried grant can at worst leave an unused lease behind, which then expires.
         resp = await self._call(
             lambda c: c.lease.LeaseGrant(
@@ -500,7 +511,6 @@ class EtcdStore:
         if start_revision < 1:
             raise ValueError("start_revision must be >= 1")
         key, end = _key_range(prefix)
-        loop = asyncio.get_running_loop()
         next_revision = start_revision
         give_up_at: float | None = None
         backoff = 0.05
@@ -561,14 +571,14 @@ class EtcdStore:
             # Disconnected: resume from next_revision once an endpoint answers again.
             if self._closed:
                 raise StoreUnavailableError("store closed while watching")
-            now = loop.time()
+            now = self._clock.monotonic()
             if give_up_at is None:
                 give_up_at = now + self._watch_retry_timeout
             elif now >= give_up_at:
                 raise StoreUnavailableError(
                     f"watch could not reconnect within {self._watch_retry_timeout}s"
                 ) from failure
-            await asyncio.sleep(backoff)
+            await self._clock.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
     async def close(self) -> None:

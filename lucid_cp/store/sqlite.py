@@ -21,8 +21,9 @@ watchers whose prefix was touched; watchers then pull the new history rows thems
 revision), so a slow watcher holds no buffer and never slows a writer down.
 
 A background task (started on first use) deletes the keys of expired leases: one atomic write
-per lease, producing ordinary DELETE events. ``reap_expired_leases()`` runs one pass on demand,
-which is what tests driving a :class:`~lucid_cp.clock.FakeClock` call.
+per lease, producing ordinary DELETE events. It waits for the next deadline on the injected
+clock. ``reap_expired_leases()`` runs one pass on demand, which is what tests driving a
+:class:`~lucid_cp.clock.FakeClock` call to make a jump take effect at once.
 """
 
 from __future__ import annotations
@@ -40,15 +41,21 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lucid_cp.clock import Clock, SystemClock
+from lucid_cp.store._contract import (
+    check_key,
+    check_put,
+    check_txn,
+    compare_holds,
+    granted_ttl,
+    prefix_end,
+)
 from lucid_cp.store.base import (
     CompactedError,
     Compare,
-    CompareOp,
     CompareTarget,
     Delete,
     EventType,
     FutureRevisionError,
-    Get,
     KeyValue,
     Lease,
     LeaseNotFoundError,
@@ -109,70 +116,12 @@ _WATCH_CHUNK_ROWS = 512
 _REAP_BATCH = 256
 
 
-def prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix``; None if unbounded."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
 def _key_range_sql(column: str, end: bytes | None) -> str:
     return f"{column} >= ? AND {column} < ?" if end is not None else f"{column} >= ?"
 
 
 def _key_range_args(start: bytes, end: bytes | None) -> tuple[bytes, ...]:
     return (start, end) if end is not None else (start,)
-
-
-def _check_key(key: bytes) -> None:
-    if not isinstance(key, bytes):
-        raise TypeError(f"keys are bytes, got {type(key).__name__}")
-    if not key:
-        raise ValueError("key must not be empty")
-
-
-def validate_txn_branch(ops: Sequence[TxnOp]) -> None:
-    """etcd's rule for one txn branch: a key is put at most once, and no delete covers a put key."""
-    put_keys: set[bytes] = set()
-    deletes: list[Delete] = []
-    for op in ops:
-        if isinstance(op, Put):
-            _check_key(op.key)
-            if op.key in put_keys:
-                raise ValueError(f"key {op.key!r} is put twice in one txn branch")
-            put_keys.add(op.key)
-        elif isinstance(op, Delete):
-            if not op.prefix:
-                _check_key(op.key)
-            deletes.append(op)
-        elif isinstance(op, Get):
-            _check_key(op.key)
-        else:
-            raise TypeError(f"unknown txn op {op!r}")
-    for d in deletes:
-        for key in put_keys:
-            if key.startswith(d.key) if d.prefix else key == d.key:
-                raise ValueError(f"key {key!r} is both put and deleted in one txn branch")
-
-
-def validate_compare(c: Compare) -> None:
-    _check_key(c.key)
-    if c.target is CompareTarget.VALUE:
-        if not isinstance(c.value, bytes):
-            raise TypeError("a VALUE compare needs a bytes value")
-    elif not isinstance(c.value, int) or isinstance(c.value, bool):
-        raise TypeError(f"a {c.target.name} compare needs an int value")
-
-
-def compare_holds(op: CompareOp, actual: int | bytes, expected: int | bytes) -> bool:
-    if op is CompareOp.EQUAL:
-        return actual == expected
-    if op is CompareOp.NOT_EQUAL:
-        return actual != expected
-    if op is CompareOp.GREATER:
-        return actual > expected  # type: ignore[operator]
-    return actual < expected  # type: ignore[operator]
 
 
 @dataclass(slots=True)
@@ -581,7 +530,8 @@ class SqliteStore:
                 # A hair past the deadline, so the lease is surely expired when we look again.
                 delay = min(delay, max(next_deadline - self._clock.now(), 0.0) + 0.002)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reaper_wakeup.wait(), delay)
+                async with self._clock.timeout(delay):
+                    await self._reaper_wakeup.wait()
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -590,7 +540,7 @@ class SqliteStore:
         return self._engine.revision
 
     async def get(self, key: bytes) -> KeyValue | None:
-        _check_key(key)
+        check_key(key)
         return await self._run(self._engine.get, key)
 
     async def range(
@@ -601,12 +551,12 @@ class SqliteStore:
         return await self._run(self._engine.range, prefix, limit, revision, start)
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
-        _check_key(key)
+        check_put(key, value)
         return await self._run(self._engine.put, key, value, lease)
 
     async def delete(self, key: bytes, *, prefix: bool = False) -> tuple[int, int]:
         if not prefix:
-            _check_key(key)
+            check_key(key)
         return await self._run(self._engine.delete, key, prefix)
 
     async def txn(
@@ -615,16 +565,11 @@ class SqliteStore:
         success: Sequence[TxnOp],
         failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
-        for c in compares:
-            validate_compare(c)
-        validate_txn_branch(success)
-        validate_txn_branch(failure)
+        check_txn(compares, success, failure)
         return await self._run(self._engine.txn, list(compares), list(success), list(failure))
 
     async def grant_lease(self, ttl: int) -> Lease:
-        if ttl < 1:
-            raise ValueError("a lease ttl is at least 1 second")
-        lease = await self._run(self._engine.grant_lease, ttl)
+        lease = await self._run(self._engine.grant_lease, granted_ttl(ttl))
         self._reaper_wakeup.set()
         return lease
 

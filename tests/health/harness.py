@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.auth.tokens import Principal, Role
-from lucid_cp.clock import SystemClock
+from lucid_cp.clock import ScaledClock, SystemClock
 from lucid_cp.discovery.health import (
     HealthChecker,
     HttpProber,
@@ -20,7 +20,7 @@ from lucid_cp.discovery.index import InstanceIndex
 from lucid_cp.discovery.registry import Registry
 from lucid_cp.store.memory import MemoryStore
 
-from .conftest import TIME_SCALE
+from .conftest import SPEED
 from .flaky import FlakyStore
 from .targets import wait_until
 
@@ -28,10 +28,13 @@ ADMIN = Principal("ops-admin", Role.ADMIN)
 
 
 class Harness:
-    def __init__(self, store: FlakyStore, index: InstanceIndex, checker: HealthChecker) -> None:
+    def __init__(
+        self, store: FlakyStore, index: InstanceIndex, checker: HealthChecker, clock: ScaledClock
+    ) -> None:
         self.store = store
         self.index = index
         self.checker = checker
+        self.clock = clock  # the checker's
         self.registry = Registry(store, index, SystemClock())
 
     async def register(self, reg: pb.ServiceRegistration) -> str:
@@ -60,20 +63,21 @@ async def running_checker(**checker_options: object) -> AsyncIterator[Harness]:
     store = FlakyStore(MemoryStore(reap_interval=0.05))
     index = InstanceIndex(store)
     await index.start()
-    prober = ProtocolProber(HttpProber(), TcpProber(), GrpcHealthProber())
-    options: dict[str, object] = {"time_scale": TIME_SCALE, "rescan_period": 0.05}
+    clock = ScaledClock(SPEED)
+    prober = ProtocolProber(HttpProber(clock=clock), TcpProber(clock=clock), GrpcHealthProber())
+    options: dict[str, object] = {"rescan_period": 0.05}
     options.update(checker_options)
     checker = HealthChecker(
         store,
         index,
-        SystemClock(),
+        clock,
         prober,
         StaticMembership("test-replica"),
         **options,  # type: ignore[arg-type]
     )
     await checker.start()
     try:
-        yield Harness(store, index, checker)
+        yield Harness(store, index, checker, clock)
     finally:
         store.down = False
         await checker.stop()

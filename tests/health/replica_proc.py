@@ -1,6 +1,6 @@
 """A control-plane replica in its own process, for tests that kill one (SIGKILL) mid-way.
 
-    python replica_proc.py <store-url> <replica-id> <time-scale> <replica-ttl>
+    python replica_proc.py <store-url> <replica-id> <clock-speed> <replica-ttl>
 
 Prints "ready" once serving, then runs until killed.
 """
@@ -11,24 +11,22 @@ import asyncio
 import sys
 
 from lucid_cp.app import start_control_plane
+from lucid_cp.clock import ScaledClock
 from lucid_cp.config import Settings
 from lucid_cp.discovery.settings import DiscoverySettings
 
 
-async def main(store_url: str, replica_id: str, time_scale: str, ttl: str) -> None:
+async def main(store_url: str, replica_id: str, speed: str, ttl: str) -> None:
     await start_control_plane(
         Settings(
             store_url=store_url,
             grpc_addr="127.0.0.1:0",
             jwt_secret=b"replica-process-secret-0123456789abcdef",
             sections=(
-                DiscoverySettings(
-                    health_replica_id=replica_id,
-                    health_time_scale=float(time_scale),
-                    health_replica_ttl=int(ttl),
-                ),
+                DiscoverySettings(health_replica_id=replica_id, health_replica_ttl=int(ttl)),
             ),
-        )
+        ),
+        clock=ScaledClock(float(speed)),
     )
     print("ready", flush=True)
     await asyncio.Event().wait()

@@ -1,7 +1,7 @@
 """The checker end to end on one replica: real targets, real store writes, real index.
 
-Intervals are the proto minimum (5 s) scaled by TIME_SCALE to 200 ms; every wait polls with a
-timeout."""
+The checker's clock runs SPEED times faster: intervals are the proto minimum (5 s), 200 ms of
+real time; every wait polls with a timeout. Durations in records are the clock's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.discovery import keys
 
-from .conftest import registration
+from .conftest import SPEED, registration
 from .harness import ADMIN, Harness, running_checker
 from .targets import GrpcTarget, HttpTarget, wait_until
 
@@ -39,7 +39,7 @@ async def test_new_instance_turns_healthy_with_real_persisted_values(
     assert health.source == pb.HEALTH_SOURCE_ACTIVE
     assert (health.consecutive_successes, health.consecutive_failures) == (2, 0)
     assert health.response_time > 0 and health.error == ""
-    assert abs(health.last_check.ToNanoseconds() / 1e9 - time.time()) < 5
+    assert abs(health.last_check.ToNanoseconds() / 1e9 - h.clock.now()) < 5 * SPEED
     details = dict(health.details)
     assert details["check"] == "http" and details["replica"] == "test-replica"
     assert details["target"] == f"http://127.0.0.1:{http_target.port}/health"
@@ -74,10 +74,10 @@ async def test_slow_answers_degrade_and_fast_ones_recover(
 ) -> None:
     sid = await h.register(registration(http_target.port, success_threshold=2))
     await h.wait_status(sid, HEALTHY)
-    http_target.behave("/health", delay=0.12)  # timeout 160 ms, slow above 80 ms
+    http_target.behave("/health", delay=0.12)  # timeout 4 s (160 ms), slow above 2 s (80 ms)
     health = await h.wait_status(sid, DEGRADED)
-    assert health.error.startswith("slow response: ") and health.response_time >= 120
-    assert health.consecutive_failures == 0 and dict(health.details)["slowThresholdMs"] == 80
+    assert health.error.startswith("slow response: ") and health.response_time >= 120 * SPEED
+    assert health.consecutive_failures == 0 and dict(health.details)["slowThresholdMs"] == 2000
     http_target.behave("/health")
     health = await h.wait_status(sid, HEALTHY)
     assert health.error == ""
@@ -110,8 +110,8 @@ async def test_a_hanging_endpoint_is_cut_at_its_timeout(
         sid = await h.register(registration(http_target.port, failure_threshold=2))
         fine = await h.register(registration(other.port))
         health = await h.wait_status(sid, UNHEALTHY)
-        assert health.error == "timed out after 0.16s"
-        assert 155 <= health.response_time < 400
+        assert health.error == "timed out after 4s"
+        assert 3900 <= health.response_time < 400 * SPEED
         await h.wait_status(fine, HEALTHY)
     finally:
         await other.stop()

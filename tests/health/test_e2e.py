@@ -16,12 +16,12 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
 from lucid_cp.app import ControlPlane, start_control_plane
 from lucid_cp.auth.tokens import Role, mint_token
-from lucid_cp.clock import SystemClock
+from lucid_cp.clock import ScaledClock, SystemClock
 from lucid_cp.config import Settings
 from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.discovery.settings import DiscoverySettings
 
-from .conftest import TIME_SCALE, registration
+from .conftest import SPEED, registration
 from .targets import HttpTarget, wait_until
 
 SECRET = b"health-e2e-secret-0123456789abcdef0123"
@@ -29,7 +29,7 @@ SETTINGS = Settings(
     store_url="memory://",
     grpc_addr="127.0.0.1:0",
     jwt_secret=SECRET,
-    sections=(DiscoverySettings(health_time_scale=TIME_SCALE, health_replica_id="e2e-replica"),),
+    sections=(DiscoverySettings(health_replica_id="e2e-replica"),),
 )
 NAME = "session-manager"
 
@@ -40,7 +40,7 @@ def md(subject: str = NAME, role: Role = Role.SERVICE) -> tuple[tuple[str, str],
 
 @pytest.fixture
 async def plane() -> AsyncIterator[ControlPlane]:
-    control_plane = await start_control_plane(SETTINGS)
+    control_plane = await start_control_plane(SETTINGS, clock=ScaledClock(SPEED))
     try:
         yield control_plane
     finally:
@@ -224,17 +224,21 @@ async def test_drain_is_limited_to_the_callers_own_service(
     assert (await status_of(stub, sid)).draining
 
 
-async def test_active_checks_can_be_switched_off(http_target: HttpTarget) -> None:
-    plane = await start_control_plane(
-        replace(SETTINGS, sections=(DiscoverySettings(health_checks_enabled=False),))
-    )
+async def test_active_checks_can_be_switched_off(
+    stub: discovery_pb2_grpc.DiscoveryServiceStub, http_target: HttpTarget
+) -> None:
+    off = replace(SETTINGS, sections=(DiscoverySettings(health_checks_enabled=False),))
+    plane = await start_control_plane(off, clock=ScaledClock(SPEED))
     try:
         assert plane.system(DiscoverySystem).checker is None
         async with grpc.aio.insecure_channel(plane.grpc_target) as channel:
-            stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
-            sid = await register(stub, registration(http_target.port))
-            await asyncio.sleep(0.5)  # 2.5 scaled intervals: a running checker would have probed
-            assert http_target.requests == []
-            assert (await status_of(stub, sid)).status == pb.HEALTH_STATE_UNKNOWN
+            unchecked = discovery_pb2_grpc.DiscoveryServiceStub(channel)
+            sid = await register(unchecked, registration(http_target.port, path="/off"))
+            # A witness on a plane with checks on, at the same clock speed: once it has been
+            # checked three times, a checker on the other plane would have probed too.
+            await register(stub, registration(http_target.port, path="/on"))
+            await wait_until(lambda: len(http_target.hits("/on")) >= 3, 5, "three witness checks")
+            assert http_target.hits("/off") == []
+            assert (await status_of(unchecked, sid)).status == pb.HEALTH_STATE_UNKNOWN
     finally:
         await plane.stop(grace=0.2)

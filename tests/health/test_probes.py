@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.clock import ScaledClock
 from lucid_cp.discovery.health.grpc_probe import GrpcHealthProber
 from lucid_cp.discovery.health.plan import CheckPlan
 from lucid_cp.discovery.health.probes import HttpProber, TcpProber, run_round
 
-from .conftest import TIME_SCALE, instance_of, registration
+from .conftest import SPEED, instance_of, registration
 from .targets import GrpcTarget, HttpTarget
 
 TIMEOUT = 0.5
@@ -217,9 +218,14 @@ async def test_round_retries_within_the_round_and_passes_on_a_later_attempt(
     http_target: HttpTarget,
 ) -> None:
     http_target.behave("/health", fail_next=2)
-    plan = CheckPlan.of(instance_of(registration(http_target.port, retries=3)), TIME_SCALE)
+    plan = CheckPlan.of(instance_of(registration(http_target.port, retries=3)))
+    clock = ScaledClock(SPEED)
     result = await run_round(
-        HttpProber(), instance_of(registration(http_target.port)), plan, asyncio.Semaphore(1)
+        HttpProber(clock=clock),
+        instance_of(registration(http_target.port)),
+        plan,
+        asyncio.Semaphore(1),
+        clock,
     )
     assert result.ok and result.attempts == 3 and len(http_target.requests) == 3
 
@@ -229,14 +235,16 @@ async def test_round_fails_after_all_attempts_and_never_outlasts_the_interval(
 ) -> None:
     http_target.behave("/health", hang=True)
     reg = registration(http_target.port, retries=10, timeout=4)
-    plan = CheckPlan.of(instance_of(reg), TIME_SCALE)  # 200 ms interval, 160 ms per attempt
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    result = await run_round(HttpProber(), instance_of(reg), plan, asyncio.Semaphore(1))
+    plan = CheckPlan.of(instance_of(reg))  # 5 s interval, 4 s per attempt (200 ms, 160 ms real)
+    clock = ScaledClock(SPEED)
+    started = clock.monotonic()
+    result = await run_round(
+        HttpProber(clock=clock), instance_of(reg), plan, asyncio.Semaphore(1), clock
+    )
     assert not result.ok and result.last.error.startswith("timed out after")
     assert 1 <= result.attempts < 10
     # Unbounded, 10 hanging attempts would take 1.6 s; the slack only absorbs a loaded machine.
-    assert loop.time() - started <= plan.interval * 1.5
+    assert clock.monotonic() - started <= plan.interval * 1.5
 
 
 async def test_probe_exceptions_fail_the_attempt_and_nothing_else() -> None:
@@ -245,6 +253,7 @@ async def test_probe_exceptions_fail_the_attempt_and_nothing_else() -> None:
             raise RuntimeError("boom")
 
     reg = registration(1)
-    plan = CheckPlan.of(instance_of(reg), TIME_SCALE)
-    result = await run_round(Broken(), instance_of(reg), plan, asyncio.Semaphore(1))  # type: ignore[arg-type]
+    plan = CheckPlan.of(instance_of(reg))
+    clock = ScaledClock(SPEED)
+    result = await run_round(Broken(), instance_of(reg), plan, asyncio.Semaphore(1), clock)  # type: ignore[arg-type]
     assert not result.ok and result.last.error == "boom"

@@ -14,10 +14,12 @@ from etcd_server import EtcdProcess
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.app import ControlPlane, start_control_plane
+from lucid_cp.clock import ScaledClock
 from lucid_cp.config import Settings
 from lucid_cp.discovery.health import rendezvous_owner
 from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.discovery.settings import DiscoverySettings
+from lucid_cp.store import MIN_LEASE_TTL
 
 from .conftest import registration
 from .harness import ADMIN
@@ -25,9 +27,9 @@ from .targets import HttpTarget, Request, wait_until
 
 pytestmark = pytest.mark.etcd
 
-SCALE = 0.1  # 5 s intervals -> 0.5 s
-INTERVAL = 5 * SCALE
-TTL = 1  # replica lease, seconds
+SPEED = 10  # the replicas' clocks run 10x: 5 s intervals -> 0.5 s
+INTERVAL = 5 / SPEED
+TTL = MIN_LEASE_TTL  # replica lease, seconds (etcd's real time)
 REPLICA_PROC = str(Path(__file__).with_name("replica_proc.py"))
 N = 24
 
@@ -37,11 +39,7 @@ def settings(store_url: str, replica_id: str) -> Settings:
         store_url=store_url,
         grpc_addr="127.0.0.1:0",
         jwt_secret=b"replica-tests-secret-0123456789abcdef",
-        sections=(
-            DiscoverySettings(
-                health_replica_id=replica_id, health_time_scale=SCALE, health_replica_ttl=TTL
-            ),
-        ),
+        sections=(DiscoverySettings(health_replica_id=replica_id, health_replica_ttl=TTL),),
     )
 
 
@@ -69,7 +67,7 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
     etcd_server: EtcdProcess, http_target: HttpTarget
 ) -> None:
     await etcd_server.reset()
-    a = await start_control_plane(settings(etcd_server.url, "replica-a"))
+    a = await start_control_plane(settings(etcd_server.url, "replica-a"), clock=ScaledClock(SPEED))
     b = None
     try:
         paths: dict[str, str] = {}
@@ -98,7 +96,7 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
             REPLICA_PROC,
             etcd_server.url,
             "replica-b",
-            str(SCALE),
+            str(SPEED),
             str(TTL),
             stdout=asyncio.subprocess.PIPE,
         )
@@ -169,7 +167,9 @@ async def test_replicas_split_the_checks_and_survive_one_being_killed(
 async def test_an_etcd_outage_pauses_status_writes_and_the_latest_status_lands_after(
     fresh_etcd: EtcdProcess, http_target: HttpTarget
 ) -> None:
-    plane = await start_control_plane(settings(fresh_etcd.url, "replica-a"))
+    plane = await start_control_plane(
+        settings(fresh_etcd.url, "replica-a"), clock=ScaledClock(SPEED)
+    )
     try:
         assert plane.system(DiscoverySystem).checker is not None
         reg = registration(http_target.port, failure_threshold=2)

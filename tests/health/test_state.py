@@ -103,12 +103,12 @@ def _instance(protocol: int, **hc: object) -> pb.ServiceInstance:
     return instance
 
 
-def test_plan_takes_the_seed_defaults_and_scales_every_duration() -> None:
-    plan = CheckPlan.of(_instance(pb.PROTOCOL_HTTPS), time_scale=0.5)
+def test_plan_takes_the_seed_defaults() -> None:
+    plan = CheckPlan.of(_instance(pb.PROTOCOL_HTTPS))
     assert plan.kind is CheckKind.HTTP
-    assert (plan.interval, plan.timeout, plan.attempts, plan.pause) == (15.0, 5.0, 3, 1.5)
+    assert (plan.interval, plan.timeout, plan.attempts, plan.pause) == (30.0, 10.0, 3, 3.0)
     assert plan.thresholds == Thresholds(success=1, failure=3)
-    assert plan.slow_after == 2.5
+    assert plan.slow_after == 5.0
 
 
 def test_plan_caps_timeouts_by_grpc_timeout_and_interval() -> None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.clock import SystemClock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.health.writer import StatusWriter, WriteOutcome
 from lucid_cp.store.base import Compare, TxnOp, TxnResult
@@ -64,7 +65,9 @@ async def read(store: Store, service_id: str) -> pb.ServiceInstance | None:
 async def test_a_batch_is_one_txn_and_a_raced_record_only_costs_itself(store: Store) -> None:
     instances = [await put_instance(store, n) for n in range(10)]
     outcomes: dict[str, WriteOutcome] = {}
-    writer = StatusWriter(store, lambda s, o, r: outcomes.__setitem__(s, o), concurrency=1)
+    writer = StatusWriter(
+        store, lambda s, o, r: outcomes.__setitem__(s, o), SystemClock(), concurrency=1
+    )
     raced_id, raced = instances[3]
 
     async def manual_update() -> None:
@@ -97,7 +100,9 @@ async def test_a_batch_is_one_txn_and_a_raced_record_only_costs_itself(store: St
 async def test_a_record_deregistered_mid_batch_is_never_recreated(store: Store) -> None:
     instances = [await put_instance(store, n) for n in range(4)]
     outcomes: dict[str, WriteOutcome] = {}
-    writer = StatusWriter(store, lambda s, o, r: outcomes.__setitem__(s, o), concurrency=1)
+    writer = StatusWriter(
+        store, lambda s, o, r: outcomes.__setitem__(s, o), SystemClock(), concurrency=1
+    )
     gone_id, gone = instances[1]
 
     async def deregister() -> None:
@@ -119,7 +124,7 @@ async def test_a_record_deregistered_mid_batch_is_never_recreated(store: Store) 
 async def test_only_the_latest_of_several_pending_transitions_is_written(store: Store) -> None:
     service_id, instance = await put_instance(store, 1)
     written: list[pb.ServiceInstance | None] = []
-    writer = StatusWriter(store, lambda s, o, r: written.append(r))
+    writer = StatusWriter(store, lambda s, o, r: written.append(r), SystemClock())
     writer.submit(service_id, pb.HealthStatus(status=HEALTHY), instance.health)
     writer.submit(service_id, pb.HealthStatus(status=UNHEALTHY, error="down"), instance.health)
     assert writer.backlog == 1
@@ -136,7 +141,7 @@ async def test_only_the_latest_of_several_pending_transitions_is_written(store: 
 async def test_a_transition_back_to_the_stored_status_writes_nothing(store: Store) -> None:
     service_id, instance = await put_instance(store, 1)
     outcomes: list[WriteOutcome] = []
-    writer = StatusWriter(store, lambda s, o, r: outcomes.append(o))
+    writer = StatusWriter(store, lambda s, o, r: outcomes.append(o), SystemClock())
     writer.submit(service_id, pb.HealthStatus(status=pb.HEALTH_STATE_UNKNOWN), instance.health)
     revision = await store.current_revision()
     writer.start()
@@ -150,7 +155,7 @@ async def test_a_transition_back_to_the_stored_status_writes_nothing(store: Stor
 async def test_writes_wait_out_an_outage(store: Store) -> None:
     service_id, instance = await put_instance(store, 1)
     outcomes: list[WriteOutcome] = []
-    writer = StatusWriter(store, lambda s, o, r: outcomes.append(o))
+    writer = StatusWriter(store, lambda s, o, r: outcomes.append(o), SystemClock())
     store.down = True
     writer.submit(service_id, pb.HealthStatus(status=HEALTHY), instance.health)
     writer.start()

@@ -30,7 +30,7 @@ from lucid_cp.errors import (
     Unauthenticated,
 )
 from lucid_cp.rpc.status import DOMAIN, GENERIC_ROWS, STORE_RETRY_SECONDS, StatusTable
-from lucid_cp.store.base import StoreUnavailableError
+from lucid_cp.store.base import RequestTooLargeError, StoreUnavailableError, TooManyOpsError
 
 R = errors_pb2.ErrorReason
 REQUEST_ID = "req-7f3a"
@@ -77,6 +77,8 @@ GENERIC_EXPECTED = [
     (MethodNotAllowed, code_pb2.PERMISSION_DENIED, "LUCID_ERR_1912"),
     (RateLimited, code_pb2.RESOURCE_EXHAUSTED, "LUCID_ERR_1903"),
     (StoreUnavailableError, code_pb2.UNAVAILABLE, "LUCID_ERR_1906"),
+    (TooManyOpsError, code_pb2.INVALID_ARGUMENT, "LUCID_ERR_1911"),
+    (RequestTooLargeError, code_pb2.INVALID_ARGUMENT, "LUCID_ERR_1911"),
 ]
 
 
@@ -194,15 +196,10 @@ def test_a_row_with_an_undeclared_reason_number_is_refused() -> None:
         pass
 
     assert 4242 not in R.values()
-    with pytest.raises(LookupError):
+    with pytest.raises(ValueError, match="not a declared error reason"):
         StatusTable([{Odd: 4242}])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG status.py: ERROR_REASON_UNSPECIFIED (0) has no (wire) option; reason_string "
-    "returns '' instead of failing, so the row is accepted and ErrorInfo.reason is empty",
-)
 def test_a_row_with_the_unspecified_reason_is_refused() -> None:
     class Odd(NotFound):
         pass

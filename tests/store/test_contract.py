@@ -18,8 +18,13 @@ from pathlib import Path
 import pytest
 from etcd_server import EtcdProcess, free_port
 
-from lucid_cp.clock import FakeClock
+from lucid_cp.clock import Clock, FakeClock, ScaledClock, SystemClock
 from lucid_cp.store import (
+    MAX_LEASE_TTL,
+    MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
+    MIN_LEASE_TTL,
+    OP_OVERHEAD_BYTES,
     CompactedError,
     Compare,
     CompareOp,
@@ -32,9 +37,11 @@ from lucid_cp.store import (
     LeaseNotFoundError,
     MemoryStore,
     Put,
+    RequestTooLargeError,
     SqliteStore,
     Store,
     StoreUnavailableError,
+    TooManyOpsError,
     WatchBatch,
     key_missing,
     mod_revision_is,
@@ -77,6 +84,27 @@ async def store(backend: Backend) -> AsyncIterator[Store]:
         await s.close()
 
 
+@dataclass
+class Timed:
+    """A store and the clock its lease time follows (etcd keeps real time itself; the local
+    backends run ten times faster, so lease tests take fractions of a second there)."""
+
+    store: Store
+    clock: Clock
+
+
+@pytest.fixture
+async def timed(backend: Backend) -> AsyncIterator[Timed]:
+    if backend.reset is not None:
+        await backend.reset()
+    clock: Clock = SystemClock() if backend.name == "etcd" else ScaledClock(10)
+    s = open_store(backend.url, clock=clock)
+    try:
+        yield Timed(s, clock)
+    finally:
+        await s.close()
+
+
 @pytest.fixture(params=LOCAL_BACKENDS)
 async def local_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqliteStore]:
     s = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
@@ -110,6 +138,16 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
 
 def keys_of(batch: WatchBatch) -> list[bytes]:
     return [e.kv.key for e in batch.events]
+
+
+async def watches_open(store: Store, n: int) -> None:
+    """Waits until ``n`` watches are open on ``store`` (registered with the backend)."""
+    assert isinstance(store, (SqliteStore, EtcdStore))
+
+    async def opened() -> bool:
+        return store.active_watches == n
+
+    await eventually(opened, TIMEOUT, f"{n} open watches")
 
 
 # -- revisions and key metadata --------------------------------------------------------------
@@ -439,14 +477,15 @@ async def test_unknown_lease_is_reported(store: Store) -> None:
     assert await store.get(b"/l/x") is None
 
 
-async def test_lease_expiry_deletes_keys_with_delete_events(store: Store) -> None:
-    lease = await store.grant_lease(1)
-    granted_at = time.monotonic()
+async def test_lease_expiry_deletes_keys_with_delete_events(timed: Timed) -> None:
+    store, clock = timed.store, timed.clock
+    lease = await store.grant_lease(MIN_LEASE_TTL)
+    granted_at = clock.monotonic()
     await store.put(b"/x/a", b"1", lease=lease.id)
     last = await store.put(b"/x/b", b"2", lease=lease.id)
     watch = store.watch(b"/x/", last + 1)
     batch = await next_batch(watch, timeout=lease.ttl + TIMEOUT)
-    assert time.monotonic() - granted_at >= lease.ttl * 0.9
+    assert clock.monotonic() - granted_at >= lease.ttl * 0.9
     assert batch.revision == last + 1
     assert sorted(keys_of(batch)) == [b"/x/a", b"/x/b"]
     for event in batch.events:
@@ -460,22 +499,127 @@ async def test_lease_expiry_deletes_keys_with_delete_events(store: Store) -> Non
     await watch.aclose()
 
 
-async def test_keepalive_extends_lease_life(store: Store) -> None:
-    lease = await store.grant_lease(1)
+async def test_keepalive_extends_lease_life(timed: Timed) -> None:
+    store, clock = timed.store, timed.clock
+    lease = await store.grant_lease(MIN_LEASE_TTL)
     await store.put(b"/k/a", b"1", lease=lease.id)
-    granted_at = time.monotonic()
-    # Keep it alive well past its ttl, refreshing at a fifth of it.
-    while time.monotonic() - granted_at < 1.8 * lease.ttl:
+    granted_at = clock.monotonic()
+    # Keep it alive past its ttl, refreshing at a fifth of it (the sleep only paces keepalives:
+    # what proves the point is the key still being there after the ttl has passed).
+    while clock.monotonic() - granted_at < 1.3 * lease.ttl:
         assert await store.keepalive(lease.id) == lease.ttl
         assert await store.get(b"/k/a") is not None
-        await asyncio.sleep(lease.ttl / 5)
-    last_keepalive = time.monotonic()
+        await clock.sleep(lease.ttl / 5)
+    assert await store.get(b"/k/a") is not None
+    last_keepalive = clock.monotonic()
 
     async def gone() -> bool:
         return await store.get(b"/k/a") is None
 
     await eventually(gone, lease.ttl + TIMEOUT, "the lease to expire once keepalives stop")
-    assert time.monotonic() - last_keepalive >= lease.ttl * 0.5
+    assert clock.monotonic() - last_keepalive >= lease.ttl * 0.5
+
+
+async def test_a_short_lease_ttl_is_raised_to_the_minimum(store: Store) -> None:
+    granted = [await store.grant_lease(ttl) for ttl in (-5, 0, 1, MIN_LEASE_TTL, MIN_LEASE_TTL + 1)]
+    try:
+        assert [lease.ttl for lease in granted] == [MIN_LEASE_TTL] * 4 + [MIN_LEASE_TTL + 1]
+        assert await store.keepalive(granted[2].id) == MIN_LEASE_TTL  # the ttl granted
+        with pytest.raises(ValueError):
+            await store.grant_lease(MAX_LEASE_TTL + 1)
+    finally:
+        for lease in granted:
+            await store.revoke_lease(lease.id)
+
+
+async def test_a_lease_lives_its_granted_ttl_not_the_one_asked_for() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock, reap_interval=3600)
+    try:
+        lease = await store.grant_lease(1)
+        await store.put(b"/min/a", b"1", lease=lease.id)
+        clock.advance(MIN_LEASE_TTL - 0.5)  # past the ttl asked for, within the one granted
+        assert await store.reap_expired_leases() == 0
+        assert await store.get(b"/min/a") is not None
+        clock.advance(0.5)
+        assert await store.reap_expired_leases() == 1
+        assert await store.get(b"/min/a") is None
+    finally:
+        await store.close()
+
+
+# -- etcd's limits ---------------------------------------------------------------------------
+
+
+def puts(n: int, prefix: bytes = b"/ops/") -> list[Put]:
+    return [Put(prefix + b"%04d" % i, b"v") for i in range(n)]
+
+
+async def test_a_txn_holds_at_most_max_txn_ops_compares_and_ops_each(store: Store) -> None:
+    base = await store.current_revision()
+    keys = [p.key for p in puts(MAX_TXN_OPS)]
+    full = await store.txn(
+        [key_missing(k) for k in keys], puts(MAX_TXN_OPS), puts(MAX_TXN_OPS, b"/ops/f/")
+    )
+    assert full.succeeded and full.revision == base + 1
+    assert (await store.range(b"/ops/")).count == MAX_TXN_OPS
+    too_many = [
+        ([key_missing(b"/ops/x")] * (MAX_TXN_OPS + 1), [], []),
+        ([], puts(MAX_TXN_OPS + 1, b"/ops/s/"), []),
+        ([], [], puts(MAX_TXN_OPS + 1, b"/ops/f/")),
+        ([], [Get(b"/ops/0000")] * (MAX_TXN_OPS + 1), []),
+    ]
+    for compares, success, failure in too_many:
+        with pytest.raises(TooManyOpsError):
+            await store.txn(compares, success, failure)
+    assert await store.current_revision() == base + 1  # nothing was written
+
+
+async def test_a_request_is_at_most_max_request_bytes(store: Store) -> None:
+    base = await store.current_revision()
+    key = b"/big/a"
+    room = MAX_REQUEST_BYTES - OP_OVERHEAD_BYTES - len(key)  # the largest value a put carries
+    r = await store.put(key, b"x" * room)
+    assert r == base + 1
+    kv = await store.get(key)
+    assert kv is not None and len(kv.value) == room
+    with pytest.raises(RequestTooLargeError):
+        await store.put(key, b"x" * (room + 1))
+    with pytest.raises(RequestTooLargeError):
+        await store.txn([], [Put(key, b"x" * (room + 1))])
+    # A txn counts every op and compare: 128 puts and 128 compares filling the limit exactly.
+    ops = puts(MAX_TXN_OPS, b"/big/t/")
+    compares = [key_missing(p.key) for p in ops]
+    fixed = sum(2 * len(p.key) + 2 * OP_OVERHEAD_BYTES for p in ops)
+    share, extra = divmod(MAX_REQUEST_BYTES - fixed, len(ops))
+    ops = [Put(p.key, b"y" * (share + (i < extra))) for i, p in enumerate(ops)]
+    assert (await store.txn(compares, ops)).succeeded
+    ops[0] = Put(ops[0].key, ops[0].value + b"y")
+    with pytest.raises(RequestTooLargeError):
+        await store.txn(compares, ops)
+    assert await store.current_revision() == base + 2
+
+
+@pytest.mark.etcd
+async def test_etcd_own_limit_errors_map_to_the_same_classes(
+    etcd_server: EtcdProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the client-side checks, etcd itself refuses, and the store maps its answers."""
+    import lucid_cp.store.etcd as etcd_module
+
+    monkeypatch.setattr(etcd_module, "check_put", lambda key, value: None)
+    monkeypatch.setattr(etcd_module, "check_txn", lambda compares, success, failure: None)
+    await etcd_server.reset()
+    store = open_store(etcd_server.url)
+    try:
+        with pytest.raises(TooManyOpsError):
+            await store.txn([], puts(MAX_TXN_OPS + 1))
+        with pytest.raises(RequestTooLargeError):  # etcd's --max-request-bytes
+            await store.put(b"/big/a", b"x" * MAX_REQUEST_BYTES)
+        with pytest.raises(RequestTooLargeError):  # beyond etcd's gRPC message limit
+            await store.put(b"/big/a", b"x" * 2 * MAX_REQUEST_BYTES)
+    finally:
+        await store.close()
 
 
 # -- watch -----------------------------------------------------------------------------------
@@ -571,7 +715,7 @@ async def test_watch_stops_cleanly_on_aclose_and_cancellation(store: Store) -> N
     base = await store.current_revision()
     watch = store.watch(b"/wc/", base + 1)
     blocked = asyncio.ensure_future(anext(watch))
-    await asyncio.sleep(0)  # let it start waiting
+    await watches_open(store, 1)  # it is waiting inside the backend
     blocked.cancel()
     with pytest.raises(asyncio.CancelledError):
         await blocked
@@ -714,7 +858,7 @@ async def test_sqlite_survives_close_and_reopen(tmp_path: Path) -> None:
 async def test_close_ends_open_watches(store: Store) -> None:
     watch = store.watch(b"/", await store.current_revision() + 1)
     waiting = asyncio.ensure_future(anext(watch))
-    await asyncio.sleep(0.05)  # (if the watch has not started yet, it fails the same way)
+    await watches_open(store, 1)
     await store.close()
     with pytest.raises(StoreUnavailableError):
         await asyncio.wait_for(waiting, TIMEOUT)
@@ -776,7 +920,7 @@ async def test_etcd_watch_resumes_after_restart_without_loss_or_duplicates(
         r1 = await store.put(b"/rs/a", b"1")
         assert (await next_batch(watch)).revision == r1
         pending = asyncio.ensure_future(take(watch, 3, timeout=4 * TIMEOUT))
-        await asyncio.sleep(0.1)  # the watch is now blocked on a live stream
+        assert store.active_watches == 1  # its stream is live: it has just delivered r1
         fresh_etcd.kill()
         with pytest.raises(StoreUnavailableError):
             await store.put(b"/rs/b", b"lost")

@@ -37,7 +37,7 @@ from lucid_cp.discovery.health.scheduler import CheckScheduler
 from lucid_cp.discovery.health.state import DEGRADED, HealthMachine, Outcome
 from lucid_cp.discovery.health.writer import StatusWriter, WriteOutcome
 from lucid_cp.discovery.index import InstanceIndex
-from lucid_cp.store.base import Store
+from lucid_cp.store.base import KeyWriter
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
@@ -93,7 +93,7 @@ def describe_target(instance: pb.ServiceInstance, kind: CheckKind) -> str:
 class HealthChecker:
     def __init__(
         self,
-        store: Store,
+        store: KeyWriter,
         index: InstanceIndex,
         clock: Clock,
         prober: ProtocolProber,
@@ -102,7 +102,6 @@ class HealthChecker:
         observer: HealthObserver | None = None,
         max_concurrency: int = 1000,
         write_concurrency: int = 16,
-        time_scale: float = 1.0,
         rescan_period: float = RESCAN_PERIOD,
         rng: random.Random | None = None,
     ) -> None:
@@ -111,10 +110,9 @@ class HealthChecker:
         self._prober = prober
         self.membership = membership
         self._observer = observer or _NoObserver()
-        self._time_scale = time_scale
         self._rescan_period = rescan_period
-        self._scheduler = CheckScheduler(max_concurrency, rng=rng)
-        self.writer = StatusWriter(store, self._written, concurrency=write_concurrency)
+        self._scheduler = CheckScheduler(max_concurrency, clock, rng=rng)
+        self.writer = StatusWriter(store, self._written, clock, concurrency=write_concurrency)
         self._tracked: dict[str, Tracked] = {}
         self._owner_cache: dict[str, bool] = {}
         self._seen = (-1, -1)  # (index revision, membership generation) of the last scan
@@ -149,10 +147,6 @@ class HealthChecker:
         """serviceIds this replica is checking now."""
         return frozenset(self._tracked)
 
-    def machine(self, service_id: str) -> HealthMachine | None:
-        tracked = self._tracked.get(service_id)
-        return tracked.machine if tracked is not None else None
-
     # -- following the index -----------------------------------------------------------------
 
     async def _follow_index(self) -> None:
@@ -162,7 +156,7 @@ class HealthChecker:
             except Exception:
                 log.exception("health checker reconcile failed")
             await self._index.wait_for(self._index.revision + 1, self._rescan_period)
-            await asyncio.sleep(COALESCE)
+            await self._clock.sleep(COALESCE)
 
     def reconcile(self) -> None:
         """Brings the tracked set in line with the index and this replica's share: only the
@@ -217,7 +211,7 @@ class HealthChecker:
         return owned
 
     def _track(self, instance: pb.ServiceInstance) -> None:
-        plan = CheckPlan.of(instance, self._time_scale)
+        plan = CheckPlan.of(instance)
         machine = HealthMachine(plan.thresholds, instance.health.status or instance.status)
         self._tracked[instance.service_id] = Tracked(instance, plan, machine, instance.health)
         job = functools.partial(self._round, instance.service_id)
@@ -265,7 +259,11 @@ class HealthChecker:
             return
         epoch, plan = tracked.epoch, tracked.plan
         result = await run_round(
-            self._prober.for_kind(plan.kind), tracked.instance, plan, self._scheduler.slots
+            self._prober.for_kind(plan.kind),
+            tracked.instance,
+            plan,
+            self._scheduler.slots,
+            self._clock,
         )
         if self._tracked.get(service_id) is not tracked or tracked.epoch != epoch:
             return  # dropped, or its health was set from outside while this round ran

@@ -11,8 +11,8 @@ Interpretation of the seed's HealthCheckConfig (the defaults are the seed's):
 * ``successThreshold`` / ``failureThreshold`` count consecutive rounds (see ``state``).
 * A passing round is *slow* when its passing attempt took more than half the attempt timeout.
 
-``time_scale`` multiplies every duration. It exists for tests and benchmarks only (the proto
-minimum interval of 5 s would make end-to-end tests slow); production runs with 1.0.
+Durations are in the checker's clock's seconds: tests run them faster with a
+:class:`~lucid_cp.clock.ScaledClock` instead of a setting in the product.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class CheckPlan:
         return self.timeout * SLOW_FRACTION
 
     @classmethod
-    def of(cls, instance: pb.ServiceInstance, time_scale: float = 1.0) -> CheckPlan:
+    def of(cls, instance: pb.ServiceInstance) -> CheckPlan:
         hc = instance.health_check
         kind = _KIND_BY_PROTOCOL.get(instance.endpoint.protocol, CheckKind.TCP)
         timeout = float(hc.timeout if hc.HasField("timeout") else DEFAULT_TIMEOUT)
@@ -72,10 +72,10 @@ class CheckPlan:
         interval = float(hc.interval if hc.HasField("interval") else DEFAULT_INTERVAL)
         return cls(
             kind=kind,
-            interval=interval * time_scale,
-            timeout=min(timeout, interval) * time_scale,
+            interval=interval,
+            timeout=min(timeout, interval),
             attempts=max(1, hc.retries if hc.HasField("retries") else DEFAULT_RETRIES),
-            pause=interval * PAUSE_FRACTION * time_scale,
+            pause=interval * PAUSE_FRACTION,
             thresholds=Thresholds(
                 success=max(1, _or(hc, "success_threshold", DEFAULT_SUCCESS_THRESHOLD)),
                 failure=max(1, _or(hc, "failure_threshold", DEFAULT_FAILURE_THRESHOLD)),

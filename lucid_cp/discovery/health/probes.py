@@ -11,12 +11,14 @@
   checker that imports grpc), injected by the wiring.
 * TCP for any other protocol: a connection that opens passes.
 
-Every probe is bounded by the attempt timeout here, whatever the probe does inside.
+Every probe is bounded by the attempt timeout here, whatever the probe does inside. Timeouts,
+pauses and measured durations are the injected clock's (a ScaledClock runs them faster).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.discovery.health import http_client
 from lucid_cp.discovery.health.plan import CheckKind, CheckPlan
 
@@ -46,7 +49,7 @@ class RoundResult:
 
     last: ProbeResult
     attempts: int
-    started: float  # loop time when the first attempt got its concurrency slot
+    started: float  # clock.monotonic() when the first attempt got its concurrency slot
 
     @property
     def ok(self) -> bool:
@@ -122,8 +125,11 @@ _METHODS = {pb.HTTP_METHOD_GET: "GET", pb.HTTP_METHOD_POST: "POST", pb.HTTP_METH
 
 
 class HttpProber:
-    def __init__(self, user_agent: str = "lucid-health-check") -> None:
+    def __init__(
+        self, user_agent: str = "lucid-health-check", *, clock: Clock | None = None
+    ) -> None:
         self._user_agent = user_agent
+        self._clock: Clock = clock or SystemClock()
         self._tls = TlsContexts()
 
     async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
@@ -132,8 +138,8 @@ class HttpProber:
         ep, check = instance.endpoint, instance.health_check.http_check
         expected = list(check.expected_status) or [200]
         headers = {"User-Agent": self._user_agent, **dict(check.headers)}
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = self._clock
+        started = clock.monotonic()
         try:
             request = http_client.build_request(
                 _METHODS.get(check.method, "GET"),
@@ -144,15 +150,15 @@ class HttpProber:
                 check.body.encode(),
             )
             tls = self._tls.for_endpoint(ep.tls) if ep.protocol == pb.PROTOCOL_HTTPS else None
-            async with asyncio.timeout(timeout):
+            async with clock.timeout(timeout):
                 status = await http_client.request_status(
                     ep.host, ep.port, request, tls=tls, server_hostname=ep.host
                 )
         except TimeoutError:
-            return ProbeResult(False, loop.time() - started, f"timed out after {timeout:g}s")
+            return ProbeResult(False, clock.monotonic() - started, f"timed out after {timeout:g}s")
         except (OSError, ValueError, http_client.HttpProtocolError) as exc:
-            return ProbeResult(False, loop.time() - started, describe(exc, ep.host))
-        elapsed = loop.time() - started
+            return ProbeResult(False, clock.monotonic() - started, describe(exc, ep.host))
+        elapsed = clock.monotonic() - started
         if status in expected:
             return ProbeResult(True, elapsed, detail={"httpStatus": status})
         wanted = ", ".join(str(s) for s in expected)
@@ -168,20 +174,23 @@ class HttpProber:
 
 
 class TcpProber:
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
+
     async def probe(self, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
         if (reserved := unresolvable(instance.endpoint.host)) is not None:
             return reserved
         ep = instance.endpoint
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = self._clock
+        started = clock.monotonic()
         try:
-            async with asyncio.timeout(timeout):
+            async with clock.timeout(timeout):
                 _, writer = await asyncio.open_connection(ep.host, ep.port)
         except TimeoutError:
-            return ProbeResult(False, loop.time() - started, f"timed out after {timeout:g}s")
+            return ProbeResult(False, clock.monotonic() - started, f"timed out after {timeout:g}s")
         except OSError as exc:
-            return ProbeResult(False, loop.time() - started, describe(exc, ep.host))
-        elapsed = loop.time() - started
+            return ProbeResult(False, clock.monotonic() - started, describe(exc, ep.host))
+        elapsed = clock.monotonic() - started
         http_client.abort_with_reset(writer)
         return ProbeResult(True, elapsed)
 
@@ -215,41 +224,50 @@ class ProtocolProber:
 
 
 async def run_round(
-    prober: Prober, instance: pb.ServiceInstance, plan: CheckPlan, slots: asyncio.Semaphore
+    prober: Prober,
+    instance: pb.ServiceInstance,
+    plan: CheckPlan,
+    slots: asyncio.Semaphore,
+    clock: Clock,
 ) -> RoundResult:
     """Up to ``plan.attempts`` attempts, each holding one concurrency slot and bounded by the
     plan's timeout; the round ends at the first pass and never outlasts one interval."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + plan.interval
+    deadline = clock.monotonic() + plan.interval
     started = 0.0
     attempts = 0
     last = ProbeResult(False, 0.0, "no attempt fitted in the interval")
     while attempts < plan.attempts:
         if attempts:
-            if loop.time() + plan.pause >= deadline:
+            if clock.monotonic() + plan.pause >= deadline:
                 break
-            await asyncio.sleep(plan.pause)
+            await clock.sleep(plan.pause)
         async with slots:
             if not attempts:
-                started = loop.time()
-            timeout = min(plan.timeout, deadline - loop.time())
+                started = clock.monotonic()
+            timeout = min(plan.timeout, deadline - clock.monotonic())
             if timeout <= 0:
                 break
             attempts += 1
-            last = await _attempt(prober, instance, timeout)
+            last = await _attempt(prober, instance, timeout, clock)
         if last.ok:
             break
     return RoundResult(last, attempts, started)
 
 
-async def _attempt(prober: Prober, instance: pb.ServiceInstance, timeout: float) -> ProbeResult:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+async def _attempt(
+    prober: Prober, instance: pb.ServiceInstance, timeout: float, clock: Clock
+) -> ProbeResult:
+    started = clock.monotonic()
     try:
-        async with asyncio.timeout(timeout):
-            return await prober.probe(instance, timeout)
+        async with clock.timeout(timeout):
+            result = await prober.probe(instance, timeout)
+        # The round's clock times the attempt, whichever clock the prober keeps (the plan's
+        # slow threshold is in this clock's seconds).
+        return dataclasses.replace(result, seconds=clock.monotonic() - started)
     except TimeoutError:
-        return ProbeResult(False, loop.time() - started, f"timed out after {timeout:g}s")
+        return ProbeResult(False, clock.monotonic() - started, f"timed out after {timeout:g}s")
     except Exception as exc:
         log.warning("probe of %s raised", instance.service_id, exc_info=exc)
-        return ProbeResult(False, loop.time() - started, describe(exc, instance.endpoint.host))
+        return ProbeResult(
+            False, clock.monotonic() - started, describe(exc, instance.endpoint.host)
+        )

@@ -8,6 +8,8 @@ than an interval skips the missed rounds instead of bursting to catch up.
 
 ``slots`` bounds how many probe attempts run at once across every key; jobs take a slot per
 attempt (see ``probes.run_round``), never while pausing between attempts.
+
+Times are the injected clock's (``clock.monotonic()``, ``clock.sleep``).
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from lucid_cp.clock import Clock
+
 log = logging.getLogger("lucid_cp.discovery.health")
 
-Job = Callable[[float], Awaitable[None]]  # called with the loop time the round was due
+Job = Callable[[float], Awaitable[None]]  # called with the clock.monotonic() the round was due
 
 
 class CheckScheduler:
-    def __init__(self, max_concurrency: int, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, max_concurrency: int, clock: Clock, *, rng: random.Random | None = None
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        self._clock = clock
         self.slots = asyncio.Semaphore(max_concurrency)
         self._rng = rng or random.Random()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -41,7 +48,7 @@ class CheckScheduler:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.cancel(key)
-        first_due = asyncio.get_running_loop().time() + self._rng.uniform(0, interval)
+        first_due = self._clock.monotonic() + self._rng.uniform(0, interval)
         self._tasks[key] = asyncio.create_task(
             self._loop(key, interval, first_due, job), name=f"health-check-{key}"
         )
@@ -59,11 +66,10 @@ class CheckScheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _loop(self, key: str, interval: float, due: float, job: Job) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            delay = due - loop.time()
+            delay = due - self._clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
             try:
                 await job(due)
             except asyncio.CancelledError:
@@ -71,6 +77,6 @@ class CheckScheduler:
             except Exception:
                 log.exception("health-check round for %s failed", key)
             due += interval
-            behind = loop.time() - due
+            behind = self._clock.monotonic() - due
             if behind > interval:
                 due += (behind // interval) * interval

@@ -30,22 +30,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.index import decode_instance
 from lucid_cp.store.base import (
+    MAX_TXN_OPS,
     Compare,
     Get,
     KeyValue,
+    KeyWriter,
     LeaseNotFoundError,
     Put,
-    Store,
     TxnOp,
     mod_revision_is,
 )
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
-BATCH = 64  # transitions per store txn (etcd allows 128 operations per txn by default)
+BATCH = MAX_TXN_OPS // 2  # transitions per store txn, well within the store's limit
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 
@@ -67,8 +69,11 @@ class _Pending:
 
 
 class StatusWriter:
-    def __init__(self, store: Store, on_outcome: OnOutcome, *, concurrency: int = 16) -> None:
+    def __init__(
+        self, store: KeyWriter, on_outcome: OnOutcome, clock: Clock, *, concurrency: int = 16
+    ) -> None:
         self._store = store
+        self._clock = clock
         self._on_outcome = on_outcome
         self._concurrency = concurrency
         self._pending: dict[str, _Pending] = {}
@@ -143,7 +148,7 @@ class StatusWriter:
                     exc,
                     backoff,
                 )
-                await asyncio.sleep(backoff)
+                await self._clock.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 retry = list(entries)
             for service_id in retry:
