@@ -78,8 +78,15 @@ def rate_limits_for(
     """The systems' default buckets with the configured overrides; an override naming a bucket
     no system declares is a configuration error (a typo would otherwise be ignored)."""
     limits: dict[str, RateLimit] = {}
+    owner: dict[str, str] = {}
     for kind in systems:
-        limits.update(kind.rate_limits)
+        for bucket, limit in kind.rate_limits.items():
+            if bucket in owner:
+                raise PolicyError(
+                    f"rate-limit bucket {bucket!r} is declared by both {owner[bucket]} and {kind.name}"
+                )
+            owner[bucket] = kind.name
+            limits[bucket] = limit
     unknown = sorted(set(overrides) - set(limits))
     if unknown:
         raise PolicyError(
@@ -104,6 +111,9 @@ async def start_control_plane(
     systems: Sequence[type[System]] = SYSTEMS,
 ) -> ControlPlane:
     # Declarations first: nothing has started, so a bad one costs nothing to refuse.
+    names = [kind.name for kind in systems]
+    if len(set(names)) != len(names):
+        raise PolicyError(f"two systems share a name: {names}")
     statuses = StatusTable(kind.status_rows for kind in systems)
     limits = rate_limits_for(systems, settings.rate_limits)
     policies = method_policies(systems)

@@ -338,3 +338,29 @@ async def test_stop_stops_systems_in_reverse_and_closes_the_store() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_two_systems_declaring_one_bucket_are_refused() -> None:
+    class Twin(DiscoverySystem):
+        name = "twin"
+        files = ()
+        status_rows: ClassVar[Mapping[type[Exception], int]] = {}
+
+    with pytest.raises(PolicyError, match="declared by both discovery and twin"):
+        await start_control_plane(
+            Settings(grpc_addr="127.0.0.1:0", jwt_secret=b"x" * 32),
+            systems=(DiscoverySystem, Twin),
+        )
+
+
+async def test_two_systems_with_one_name_are_refused() -> None:
+    class Again(DiscoverySystem):
+        rate_limits: ClassVar[Mapping[str, RateLimit]] = {}
+        status_rows: ClassVar[Mapping[type[Exception], int]] = {}
+        files = ()
+
+    with pytest.raises(PolicyError, match="share a name"):
+        await start_control_plane(
+            Settings(grpc_addr="127.0.0.1:0", jwt_secret=b"x" * 32),
+            systems=(DiscoverySystem, Again),
+        )
