@@ -195,117 +195,96 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         await context.abort_with_status(_Status(status, attempt.request_id))
 
     # -- one wrapper per arity -------------------------------------------------------------------
+    # The request side differs by arity (one message, or a stream decoded message by message);
+    # the response side is shared: _respond for one response, _relay for a stream of them.
 
     def _wrap(self, method: str, policy: MethodPolicy | None, handler: Handler) -> Handler:
         serializer = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary_unary(method, policy, handler), response_serializer=serializer
+        inner: Any
+        if handler.unary_unary is not None or handler.unary_stream is not None:
+
+            def one(raw: bytes) -> Callable[[MethodPolicy], Message]:
+                return lambda checked: self._decode(checked, handler, raw)
+
+            request_of: Any = one
+        else:
+
+            def many(
+                raws: AsyncIterator[bytes],
+            ) -> Callable[[MethodPolicy], AsyncIterator[Message]]:
+                return lambda checked: self._decode_stream(checked, handler, raws)
+
+            request_of = many
+
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def respond(request: Any, context: Context) -> Any:
+                return await self._respond(
+                    _Attempt(method, context), context, policy, inner, request_of(request)
+                )
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary is not None
+                else grpc.stream_unary_rpc_method_handler
             )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(method, policy, handler), response_serializer=serializer
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._stream_unary(method, policy, handler), response_serializer=serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream_stream(method, policy, handler), response_serializer=serializer
+            return factory(respond, response_serializer=serializer)
+
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def relay(request: Any, context: Context) -> AsyncIterator[Any]:
+            attempt = _Attempt(method, context)
+            async for item in self._relay(attempt, context, policy, inner, request_of(request)):
+                yield item
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
         )
+        return factory(relay, response_serializer=serializer)
 
-    def _unary_unary(
-        self, method: str, policy: MethodPolicy | None, handler: Handler
-    ) -> Callable[[bytes, Context], Awaitable[Any]]:
-        inner: Any = handler.unary_unary
-
-        async def unary_unary(raw: bytes, context: Context) -> Any:
-            attempt = _Attempt(method, context)
-            try:
-                call = self._authorize(policy, attempt, context)
-                assert policy is not None
-                response = await inner(self._decode(policy, handler, raw), call)
-            except Exception as exc:
-                await self._fail(context, exc, attempt)
-                return None
-            self._record(attempt, "OK")
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
-            return response
-
-        return unary_unary
-
-    def _stream_unary(
-        self, method: str, policy: MethodPolicy | None, handler: Handler
-    ) -> Callable[[AsyncIterator[bytes], Context], Awaitable[Any]]:
-        inner: Any = handler.stream_unary
-
-        async def stream_unary(raws: AsyncIterator[bytes], context: Context) -> Any:
-            attempt = _Attempt(method, context)
-            try:
-                call = self._authorize(policy, attempt, context)
-                assert policy is not None
-                response = await inner(self._decode_stream(policy, handler, raws), call)
-            except Exception as exc:
-                await self._fail(context, exc, attempt)
-                return None
-            self._record(attempt, "OK")
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
-            return response
-
-        return stream_unary
-
-    async def _stream_out(
+    async def _respond(
         self,
         attempt: _Attempt,
         context: Context,
-        open_stream: Callable[[Call], AsyncIterator[Any]],
         policy: MethodPolicy | None,
-    ) -> AsyncIterator[Any]:
-        """The response side of both streaming-response arities: authorize, send the request id
-        in the initial metadata, relay the servicer's messages, map a failure."""
+        inner: Any,
+        request: Callable[[MethodPolicy], Any],
+    ) -> Any:
+        """One response: authorize, decode, call, map a failure, record."""
         try:
             call = self._authorize(policy, attempt, context)
+            assert policy is not None  # _authorize refuses a method without one
+            response = await inner(request(policy), call)
+        except Exception as exc:  # every error goes through the one table
+            await self._fail(context, exc, attempt)
+            return None
+        self._record(attempt, "OK")
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
+        return response
+
+    async def _relay(
+        self,
+        attempt: _Attempt,
+        context: Context,
+        policy: MethodPolicy | None,
+        inner: Any,
+        request: Callable[[MethodPolicy], Any],
+    ) -> AsyncIterator[Any]:
+        """A stream of responses: authorize, send the request id in the initial metadata, relay
+        the servicer's messages, map a failure."""
+        try:
+            call = self._authorize(policy, attempt, context)
+            assert policy is not None  # _authorize refuses a method without one
             await context.send_initial_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
-            async for item in open_stream(call):
+            async for item in inner(request(policy), call):
                 if not attempt.recorded:
                     self._record(attempt, "OK")  # latency of a stream: until its first message
                 yield item
-        except Exception as exc:
+        except Exception as exc:  # every error goes through the one table
             await self._fail(context, exc, attempt)
             return
         if not attempt.recorded:
             self._record(attempt, "OK")
-
-    def _unary_stream(
-        self, method: str, policy: MethodPolicy | None, handler: Handler
-    ) -> Callable[[bytes, Context], AsyncIterator[Any]]:
-        inner: Any = handler.unary_stream
-
-        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            def open_stream(call: Call) -> AsyncIterator[Any]:
-                assert policy is not None
-                return inner(self._decode(policy, handler, raw), call)
-
-            async for item in self._stream_out(
-                _Attempt(method, context), context, open_stream, policy
-            ):
-                yield item
-
-        return unary_stream
-
-    def _stream_stream(
-        self, method: str, policy: MethodPolicy | None, handler: Handler
-    ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[Any]]:
-        inner: Any = handler.stream_stream
-
-        async def stream_stream(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-            def open_stream(call: Call) -> AsyncIterator[Any]:
-                assert policy is not None
-                return inner(self._decode_stream(policy, handler, raws), call)
-
-            async for item in self._stream_out(
-                _Attempt(method, context), context, open_stream, policy
-            ):
-                yield item
-
-        return stream_stream
