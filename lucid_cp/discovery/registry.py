@@ -7,6 +7,7 @@ index has applied them, so a caller reads its own writes from the same replica.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from google.protobuf import timestamp_pb2
@@ -31,6 +32,8 @@ from lucid_cp.store.base import (
     key_missing,
     mod_revision_is,
 )
+
+log = logging.getLogger("lucid_cp.discovery.registry")
 
 R = errors_pb2.ErrorReason
 READ_YOUR_WRITES_TIMEOUT = 2.0
@@ -105,7 +108,7 @@ class Registry:
                 details=details,
                 reason=R.SERVICE_ALREADY_REGISTERED,
             )
-        await self._index.wait_for(result.revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(result.revision)
         response = pb.RegisterResponse(
             status=pb.REGISTRATION_STATUS_REGISTERED, revision=result.revision
         )
@@ -115,6 +118,20 @@ class Registry:
             response.endpoint.ClearField("tls")
         response.registered_at.CopyFrom(now)
         return response
+
+    async def _read_your_write(self, revision: int) -> None:
+        """Waits until the index has applied ``revision``, so the caller reads its own write here.
+        A timeout is not an error (the write is durable) but is said and counted: reads from
+        this replica are stale until the index catches up."""
+        if await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT):
+            return
+        self._index.read_your_writes_timeouts += 1
+        log.warning(
+            "read-your-writes: the index has not applied revision %d after %.1fs (at %d)",
+            revision,
+            READ_YOUR_WRITES_TIMEOUT,
+            self._index.revision,
+        )
 
     async def _revoke_quietly(self, lease_id: int) -> None:
         try:
@@ -137,7 +154,7 @@ class Registry:
             revision = await self._store.revoke_lease(instance.lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
-        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(revision)
         return revision
 
     async def update_health(
@@ -154,7 +171,7 @@ class Registry:
 
         instance, revision = await self._modify(principal, service_id, apply)
         await self._keepalive(service_id, instance.lease_id)
-        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(revision)
         return instance.health, revision
 
     async def drain(self, principal: Principal, service_id: str) -> int:
@@ -167,7 +184,7 @@ class Registry:
             return True
 
         _, revision = await self._modify(principal, service_id, apply)
-        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(revision)
         return revision
 
     async def _modify(
@@ -249,7 +266,7 @@ class Registry:
             if not result.succeeded:
                 raise _not_found(service_id)
             revision = result.revision
-            await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+            await self._read_your_write(revision)
         return ttl, revision
 
     # -- reads (index only) -----------------------------------------------------------------

@@ -86,7 +86,7 @@ def build_health_checker(
     if isinstance(store, SqliteStore):
         membership = StaticMembership(replica_id)
     else:
-        membership = LeaseMembership(store, replica_id, settings.health_replica_ttl)
+        membership = LeaseMembership(store, replica_id, settings.health_replica_ttl, clock=clock)
     prober = ProtocolProber(HttpProber(user_agent), TcpProber(), GrpcHealthProber(user_agent))
     checker = HealthChecker(
         store,
@@ -110,7 +110,7 @@ async def start_control_plane(
 ) -> ControlPlane:
     clock = clock or SystemClock()
     store = store or open_store(settings.store_url, clock=clock)
-    index = InstanceIndex(store, history=settings.watch_history)
+    index = InstanceIndex(store, clock=clock, history=settings.watch_history)
     await index.start()
     registry = Registry(store, index, clock)
 

@@ -58,7 +58,7 @@ class Harness:
 @asynccontextmanager
 async def running_checker(**checker_options: object) -> AsyncIterator[Harness]:
     store = FlakyStore(MemoryStore(reap_interval=0.05))
-    index = InstanceIndex(store)
+    index = InstanceIndex(store, clock=SystemClock())
     await index.start()
     prober = ProtocolProber(HttpProber(), TcpProber(), GrpcHealthProber())
     options: dict[str, object] = {"time_scale": TIME_SCALE, "rescan_period": 0.05}
