@@ -33,7 +33,7 @@ from lucid_cp.system import Environment
 
 SECRET = b"app-tests-secret-0123456789abcdef"
 # Background tasks a started plane owns (lucid_cp/discovery/index.py, lucid_cp/store/sqlite.py).
-BACKGROUND_TASKS = frozenset({"discovery-index-watch", "lucid-lease-reaper"})
+BACKGROUND_TASKS = frozenset({"discovery-reflector", "lucid-lease-reaper"})
 
 
 def settings(**overrides: Any) -> Settings:

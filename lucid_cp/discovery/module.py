@@ -81,7 +81,7 @@ class DiscoverySystem:
         self._env = env
         self.settings = env.settings.section(DiscoverySettings)
         self.metrics = DiscoveryMetrics(env.metrics)
-        self.index = InstanceIndex(env.store, history=self.settings.watch_history)
+        self.index = InstanceIndex(env.store, clock=env.clock, history=self.settings.watch_history)
         self.registry = Registry(env.store, self.index, env.clock)
         self.checker: HealthChecker | None = None
 
@@ -97,6 +97,12 @@ class DiscoverySystem:
             "lucid_discovery_index_resyncs",
             "Full re-lists of the discovery index (start, and after a compaction).",
             lambda: index.resyncs,
+        )
+        count_from(
+            self._env.metrics,
+            "lucid_discovery_read_your_writes_timeouts",
+            "Writes answered before this replica's index had applied them (the wait timed out).",
+            lambda: index.read_your_writes_timeouts,
         )
         if self.settings.health_checks_enabled:
             self.checker = self._health_checker()
@@ -124,7 +130,9 @@ class DiscoverySystem:
         if isinstance(store, SqliteStore):
             membership = StaticMembership(replica_id)
         else:
-            membership = LeaseMembership(store, replica_id, settings.health_replica_ttl)
+            membership = LeaseMembership(
+                store, replica_id, settings.health_replica_ttl, clock=self._env.clock
+            )
         clock = self._env.clock
         prober = ProtocolProber(
             HttpProber(user_agent, clock=clock),

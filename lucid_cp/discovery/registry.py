@@ -1,5 +1,5 @@
 """The discovery core: registration under leases, health, heartbeats, and the reads that the
-index serves. Pure asyncio over the Store contract and the Clock; it never imports grpc.
+index serves. Pure asyncio over narrow store interfaces and the Clock; it never imports grpc.
 
 Writes go to the store (one txn each, nothing half-written) and then wait, briefly, until the
 index has applied them, so a caller reads its own writes from the same replica.
@@ -7,7 +7,9 @@ index has applied them, so a caller reads its own writes from the same replica.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
@@ -17,20 +19,25 @@ from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.balancer import Balancer
 from lucid_cp.discovery.errors import ServiceAlreadyRegistered, ServiceNotFound
-from lucid_cp.discovery.index import InstanceIndex, Subscription, decode_instance
+from lucid_cp.discovery.index import InstanceIndex, decode_instance
 from lucid_cp.errors import Conflict
 from lucid_cp.store.base import (
     Compare,
     CompareOp,
     CompareTarget,
     Get,
+    KeyReader,
     KeyValue,
+    KeyWriter,
     LeaseNotFoundError,
+    Leases,
     Put,
-    Store,
     key_missing,
     mod_revision_is,
 )
+from lucid_cp.watchcache import Subscription
+
+log = logging.getLogger("lucid_cp.discovery.registry")
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
 CAS_ATTEMPTS = 8
@@ -60,9 +67,17 @@ def _not_found(service_id: str) -> ServiceNotFound:
     )
 
 
+class RegistryStore(KeyReader, KeyWriter, Leases, Protocol):
+    """The store methods the registry uses: reads, txns and leases (never watch or compact)."""
+
+
 class Registry:
     def __init__(
-        self, store: Store, index: InstanceIndex, clock: Clock, balancer: Balancer | None = None
+        self,
+        store: RegistryStore,
+        index: InstanceIndex,
+        clock: Clock,
+        balancer: Balancer | None = None,
     ) -> None:
         self._store = store
         self._index = index
@@ -100,7 +115,7 @@ class Registry:
             raise ServiceAlreadyRegistered(
                 f"service instance {reg.service_id} is already registered", details=details
             )
-        await self._index.wait_for(result.revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(result.revision)
         response = pb.RegisterResponse(
             status=pb.REGISTRATION_STATUS_REGISTERED, revision=result.revision
         )
@@ -110,6 +125,20 @@ class Registry:
             response.endpoint.ClearField("tls")
         response.registered_at.CopyFrom(now)
         return response
+
+    async def _read_your_write(self, revision: int) -> None:
+        """Waits until the index has applied ``revision``, so the caller reads its own write here.
+        A timeout is not an error (the write is durable) but is said and counted: reads from
+        this replica are stale until the index catches up."""
+        if await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT):
+            return
+        self._index.read_your_writes_timeouts += 1
+        log.warning(
+            "read-your-writes: the index has not applied revision %d after %.1fs (at %d)",
+            revision,
+            READ_YOUR_WRITES_TIMEOUT,
+            self._index.revision,
+        )
 
     async def _revoke_quietly(self, lease_id: int) -> None:
         try:
@@ -132,7 +161,7 @@ class Registry:
             revision = await self._store.revoke_lease(instance.lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
-        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(revision)
         return revision
 
     async def update_health(
@@ -149,7 +178,7 @@ class Registry:
 
         instance, revision = await self._modify(principal, service_id, apply)
         await self._keepalive(service_id, instance.lease_id)
-        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(revision)
         return instance.health, revision
 
     async def drain(self, principal: Principal, service_id: str) -> int:
@@ -162,7 +191,7 @@ class Registry:
             return True
 
         _, revision = await self._modify(principal, service_id, apply)
-        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        await self._read_your_write(revision)
         return revision
 
     async def _modify(
@@ -244,7 +273,7 @@ class Registry:
             if not result.succeeded:
                 raise _not_found(service_id)
             revision = result.revision
-            await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+            await self._read_your_write(revision)
         return ttl, revision
 
     # -- reads (index only) -----------------------------------------------------------------
@@ -329,7 +358,7 @@ class Registry:
             },
         )
 
-    def watch(self, request: pb.WatchRequest) -> Subscription:
+    def watch(self, request: pb.WatchRequest) -> Subscription[pb.WatchResponse]:
         def match(instance: pb.ServiceInstance) -> bool:
             return (not request.cluster or instance.cluster == request.cluster) and (
                 not request.plane or instance.plane == request.plane

@@ -268,6 +268,10 @@ class Watcher(Protocol):
 
 
 @runtime_checkable
+class WatchedPrefix(KeyReader, Watcher, Protocol):
+    """What a watch-fed cache needs: list a prefix at a revision, then watch it."""
+
+
 class Store(KeyReader, KeyWriter, Leases, Watcher, Protocol):
     """The whole contract. Code that needs only part of it takes the narrow protocol instead."""
 

@@ -122,7 +122,7 @@ def _registration(port: int, interval: int, timeout: int) -> pb.ServiceRegistrat
 
 async def run(size: int, port: int, args: argparse.Namespace) -> dict[str, float]:
     store = MemoryStore()
-    index = InstanceIndex(store)
+    index = InstanceIndex(store, clock=SystemClock())
     await index.start()
     registry = Registry(store, index, SystemClock())
     admin = Principal("bench", Role.ADMIN)

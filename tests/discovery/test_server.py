@@ -159,3 +159,7 @@ async def test_index_health_metrics_are_fed(control_plane, stub) -> None:
         in text
     )
     assert control_plane.system(DiscoverySystem).index.resyncs == 1  # the initial list
+    assert "lucid_discovery_read_your_writes_timeouts_total 0.0" in text
+    control_plane.system(DiscoverySystem).index.read_your_writes_timeouts += 1
+    text = generate_latest(control_plane.metrics.registry).decode()
+    assert "lucid_discovery_read_your_writes_timeouts_total 1.0" in text

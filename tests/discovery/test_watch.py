@@ -15,7 +15,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
 from lucid_cp.app import start_control_plane
 from lucid_cp.auth.tokens import Role
-from lucid_cp.clock import FakeClock
+from lucid_cp.clock import FakeClock, SystemClock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.index import InstanceIndex
 from lucid_cp.discovery.module import DiscoverySystem
@@ -240,7 +240,7 @@ async def test_reconnect_without_compaction_resumes_without_losing_events() -> N
 
 async def test_a_slow_watcher_is_resynced_not_silently_skipped() -> None:
     store = MemoryStore()
-    index = InstanceIndex(store, queue_size=3)
+    index = InstanceIndex(store, clock=SystemClock(), queue_size=3)
     await index.start()
     try:
         sub = index.subscribe(lambda _i: True)
@@ -291,7 +291,7 @@ async def test_the_index_lists_a_large_registry_in_pages() -> None:
     for service_id in ids:
         instance = pb.ServiceInstance(service_id=service_id, service_name="api-gateway")
         await store.put(keys.instance_key(service_id), instance.SerializeToString())
-    index = InstanceIndex(store, list_page=3)
+    index = InstanceIndex(store, clock=SystemClock(), list_page=3)
     await index.start()
     try:
         assert [i.service_id for i in index.ordered()] == ids

@@ -61,7 +61,7 @@ class Harness:
 @asynccontextmanager
 async def running_checker(**checker_options: object) -> AsyncIterator[Harness]:
     store = FlakyStore(MemoryStore(reap_interval=0.05))
-    index = InstanceIndex(store)
+    index = InstanceIndex(store, clock=SystemClock())
     await index.start()
     clock = ScaledClock(SPEED)
     prober = ProtocolProber(HttpProber(clock=clock), TcpProber(clock=clock), GrpcHealthProber())

@@ -14,7 +14,7 @@ from .harness import ADMIN
 
 async def test_changes_since_lists_instance_changes_only_and_says_when_history_is_gone() -> None:
     store = MemoryStore()
-    index = InstanceIndex(store, history=3)
+    index = InstanceIndex(store, clock=SystemClock(), history=3)
     await index.start()
     registry = Registry(store, index, SystemClock())
     try:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from lucid_cp.clock import SystemClock
 from lucid_cp.discovery.health.membership import (
     LeaseMembership,
     StaticMembership,
@@ -17,6 +18,7 @@ from lucid_cp.store.memory import MemoryStore
 from .flaky import FlakyStore
 from .targets import wait_until
 
+CLOCK = SystemClock()
 KEYS = [str(uuid.UUID(int=n)) for n in range(3000)]
 
 
@@ -48,8 +50,8 @@ async def store() -> AsyncIterator[MemoryStore]:
 
 async def test_replicas_split_the_keys_and_take_over_a_dead_ones_share(store: MemoryStore) -> None:
     link_b = FlakyStore(store)
-    a = LeaseMembership(store, "replica-a", ttl=1)
-    b = LeaseMembership(link_b, "replica-b", ttl=1)
+    a = LeaseMembership(store, "replica-a", ttl=1, clock=CLOCK)
+    b = LeaseMembership(link_b, "replica-b", ttl=1, clock=CLOCK)
     await a.start()
     await b.start()
     try:
@@ -74,8 +76,8 @@ async def test_replicas_split_the_keys_and_take_over_a_dead_ones_share(store: Me
 
 
 async def test_clean_stop_hands_over_at_once(store: MemoryStore) -> None:
-    a = LeaseMembership(store, "replica-a", ttl=30)
-    b = LeaseMembership(store, "replica-b", ttl=30)
+    a = LeaseMembership(store, "replica-a", ttl=30, clock=CLOCK)
+    b = LeaseMembership(store, "replica-b", ttl=30, clock=CLOCK)
     await a.start()
     await b.start()
     await wait_until(lambda: a.members() == {"replica-a", "replica-b"}, 2, "both joined")
@@ -87,4 +89,4 @@ async def test_clean_stop_hands_over_at_once(store: MemoryStore) -> None:
 
 async def test_replica_ids_cannot_escape_the_prefix(store: MemoryStore) -> None:
     with pytest.raises(ValueError):
-        LeaseMembership(store, "a/b")
+        LeaseMembership(store, "a/b", clock=CLOCK)

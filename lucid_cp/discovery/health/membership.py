@@ -15,15 +15,18 @@ depends on: the store holds the member set, the hash does the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from lucid_cp.store.base import CompactedError, EventType, LeaseNotFoundError, Store
+from lucid_cp.clock import Clock
+from lucid_cp.store.base import KeyValue, KeyWriter, LeaseNotFoundError, Leases, WatchedPrefix
+from lucid_cp.watchcache import Handler, Reflector
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
@@ -80,20 +83,48 @@ class StaticMembership:
         return None
 
 
+class _Replicas(Handler[bytes]):
+    """The replica keys: cache key = replica id, value = its announcement (JSON, unused)."""
+
+    def __init__(self, on_applied: Callable[[], None]) -> None:
+        self._on_applied = on_applied
+
+    def key(self, store_key: bytes) -> str | None:
+        return store_key[len(PREFIX) :].decode() if store_key.startswith(PREFIX) else None
+
+    def decode(self, key: str, kv: KeyValue) -> bytes:
+        return kv.value
+
+    def applied(self, revision: int) -> None:
+        self._on_applied()
+
+
+class MembershipStore(WatchedPrefix, KeyWriter, Leases, Protocol):
+    """Watches the replica keys, writes its own under a lease it keeps alive."""
+
+
 class LeaseMembership:
-    def __init__(self, store: Store, replica_id: str, ttl: int = 3) -> None:
+    """The member set is the set of keys under ``PREFIX``, followed by a watchcache reflector
+    (list, watch, compaction, backoff); this class only keeps its own key alive."""
+
+    def __init__(
+        self, store: MembershipStore, replica_id: str, ttl: int = 3, *, clock: Clock
+    ) -> None:
         if "/" in replica_id or not replica_id:
             raise ValueError(f"bad replica id {replica_id!r}")
         self.replica_id = replica_id
         self._store = store
         self._ttl = ttl
+        self._clock = clock
         self._key = PREFIX + replica_id.encode()
         self._lease = 0
         self._members: frozenset[str] = frozenset()
         self._generation = 0
-        self._revision = 0
         self._rejoin = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._replicas: Reflector[bytes] = Reflector(
+            store, PREFIX, _Replicas(self._refresh), clock=clock, history=0, name="health-replicas"
+        )
+        self._keepalive: asyncio.Task[None] | None = None
 
     @property
     def generation(self) -> int:
@@ -109,18 +140,18 @@ class LeaseMembership:
 
     async def start(self) -> None:
         await self._join()
-        await self._relist()
-        self._tasks = [
-            asyncio.create_task(self._keepalive_loop(), name="health-membership-keepalive"),
-            asyncio.create_task(self._watch_loop(), name="health-membership-watch"),
-        ]
+        await self._replicas.start()
+        self._keepalive = asyncio.create_task(
+            self._keepalive_loop(), name="health-membership-keepalive"
+        )
 
     async def stop(self) -> None:
         """Leaves at once (lease revoked), so the others take over this replica's share."""
-        for task in self._tasks:
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+            await asyncio.gather(task, return_exceptions=True)
+        await self._replicas.stop()
         if self._lease:
             try:
                 await self._store.revoke_lease(self._lease)
@@ -136,10 +167,11 @@ class LeaseMembership:
         self._lease = lease.id
         log.info("health-check replica %s joined (lease %x)", self.replica_id, lease.id)
 
-    async def _relist(self) -> None:
-        result = await self._store.range(PREFIX)
-        self._revision = result.revision
-        self._set_members(frozenset(kv.key[len(PREFIX) :].decode() for kv in result.kvs))
+    def _refresh(self) -> None:
+        """The reflector applied a batch or a list: take its key set as the member set."""
+        self._set_members(frozenset(self._replicas.keys()))
+        if self.replica_id not in self._members:
+            self._rejoin.set()
 
     def _set_members(self, members: frozenset[str]) -> None:
         if members != self._members:
@@ -150,10 +182,9 @@ class LeaseMembership:
     async def _keepalive_loop(self) -> None:
         period = max(self._ttl / 3, 0.1)
         while True:
-            try:
-                await asyncio.wait_for(self._rejoin.wait(), period)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with self._clock.timeout(period):
+                    await self._rejoin.wait()
             try:
                 if self._rejoin.is_set():
                     self._rejoin.clear()
@@ -163,41 +194,5 @@ class LeaseMembership:
             except LeaseNotFoundError:
                 log.warning("replica lease %x expired; re-joining", self._lease)
                 self._rejoin.set()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 log.warning("replica keepalive failed (%s); retrying", exc)
-
-    async def _watch_loop(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                async for batch in self._store.watch(PREFIX, self._revision + 1):
-                    backoff = 0.05
-                    members = set(self._members)
-                    for event in batch.events:
-                        replica = event.kv.key[len(PREFIX) :].decode()
-                        if event.type is EventType.PUT:
-                            members.add(replica)
-                        else:
-                            members.discard(replica)
-                    self._revision = batch.revision
-                    self._set_members(frozenset(members))
-                    if self.replica_id not in members:
-                        self._rejoin.set()
-            except CompactedError:
-                await self._relist_quietly()
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("replica watch interrupted (%s); retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _relist_quietly(self) -> None:
-        try:
-            await self._relist()
-        except Exception as exc:
-            log.warning("replica re-list failed: %s", exc)
-            await asyncio.sleep(0.5)
