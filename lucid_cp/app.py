@@ -163,7 +163,8 @@ async def start_control_plane(
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         if settings.metrics_addr:
             metrics_server = _start_metrics_server(settings.metrics_addr, registry)
-            unwind.callback(metrics_server.shutdown)
+            unwind.callback(metrics_server.server_close)  # releases the port
+            unwind.callback(metrics_server.shutdown)  # stops the serving thread (runs first)
     except BaseException:
         await unwind.aclose()
         raise

@@ -126,10 +126,12 @@ class _FakeTimeout:
         self._seconds = seconds
         self._timer: asyncio.Task[None] | None = None
         self._expired = False
+        self._cancelling = 0
 
     async def __aenter__(self) -> _FakeTimeout:
         task = asyncio.current_task()
         assert task is not None
+        self._cancelling = task.cancelling()
 
         async def expire() -> None:
             await self._clock.sleep(self._seconds)
@@ -144,7 +146,7 @@ class _FakeTimeout:
         self._timer.cancel()
         if self._expired and exc_type is asyncio.CancelledError:
             current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-            raise TimeoutError
+            # Ours only when no other cancellation arrived meanwhile (as asyncio.timeout does).
+            if current is not None and current.uncancel() <= self._cancelling:
+                raise TimeoutError
         return False

@@ -70,4 +70,4 @@ class RateLimited(LucidError):
 
 
 class MethodNotAllowed(LucidError):
-    """The called method declares no policy (or is not served): refused, fail closed."""
+    """The called method declares no policy: refused, fail closed."""

@@ -1,7 +1,7 @@
 """Import boundaries, read from the source with ``ast`` (nothing is imported):
 
-(a) the cores never import grpc (``grpc``, ``grpc_*``) nor the server layer (``lucid_cp.server``,
-    ``lucid_cp.rpc`` its future name), neither directly nor through other lucid_cp modules;
+(a) the cores never import grpc (``grpc``, ``grpc_*``) nor the server layer (``lucid_cp.rpc``,
+    ``lucid_cp.app``), neither directly nor through other lucid_cp modules;
 (b) the REST gateway imports nothing from lucid_cp but the generated code and the clock.
 
 Every import counts: top-level, inside functions, under ``if TYPE_CHECKING``, relative, and
@@ -27,13 +27,16 @@ CORE_FILES = (
     "lucid_cp/errors.py",
     "lucid_cp/store/base.py",
     "lucid_cp/clock.py",
+    "lucid_cp/call.py",
 )
 NOT_CORE = (
     "lucid_cp/discovery/service.py",  # the servicer
     "lucid_cp/discovery/module.py",  # wiring: descriptors, servicers
     "lucid_cp/discovery/health/grpc_probe.py",  # a grpc.health.v1 client probe, injected
 )
-SERVER_LAYER = ("lucid_cp.server", "lucid_cp.rpc")
+SERVER_LAYER = ("lucid_cp.rpc", "lucid_cp.app")
+# Servicers are thin: they get the principal in a Call, never reach into the server layer.
+SERVICERS = ("lucid_cp/discovery/service.py",)
 
 # (b) What the gateway may take from lucid_cp.
 GATEWAY_ALLOWED = ("lucid_cp.api", "lucid_cp.clock")
@@ -188,8 +191,8 @@ from __future__ import annotations
 import importlib
 import grpc.aio
 from grpc_status import rpc_status
-from lucid_cp import server
-from ..server.context import current_principal
+from lucid_cp import app
+from ..rpc.policy import PUBLIC_SERVICES
 from . import keys
 from google.rpc import status_pb2
 import grpcfoo
@@ -208,8 +211,8 @@ def test_the_checker_finds_every_kind_of_import(tmp_path: Path) -> None:
         (3, "importlib"),
         (4, "grpc.aio"),
         (5, "grpc_status.rpc_status"),
-        (6, "lucid_cp.server"),
-        (7, "lucid_cp.server.context.current_principal"),
+        (6, "lucid_cp.app"),
+        (7, "lucid_cp.rpc.policy.PUBLIC_SERVICES"),
         (8, "lucid_cp.discovery.keys"),
         (9, "google.rpc.status_pb2"),
         (10, "grpcfoo"),
@@ -243,7 +246,7 @@ def test_the_core_set_is_what_the_rule_names() -> None:
     assert "lucid_cp/auth/ratelimit.py" in cores
     assert "lucid_cp/discovery/balancer.py" in cores
     assert not cores & set(NOT_CORE)
-    assert not any(c.startswith(("lucid_cp/server/", "lucid_cp/api/")) for c in cores)
+    assert not any(c.startswith(("lucid_cp/rpc/", "lucid_cp/api/")) for c in cores)
 
 
 # --- the rules on the tree ------------------------------------------------------------------------
@@ -283,6 +286,12 @@ def test_the_gateway_imports_only_generated_code_and_the_clock(path: Path) -> No
         f"gateway imports from lucid_cp beyond {', '.join(GATEWAY_ALLOWED)}:\n"
         + "\n".join(offending)
     )
+
+
+@pytest.mark.parametrize("servicer", SERVICERS)
+def test_a_servicer_imports_neither_grpc_nor_the_server_layer(servicer: str) -> None:
+    offending = [i.where() for i in imports_of(ROOT / servicer) if forbidden_in_core(i.target)]
+    assert not offending, "servicer imports grpc or the server layer:\n" + "\n".join(offending)
 
 
 def test_there_is_a_gateway_to_check() -> None:

@@ -31,7 +31,6 @@ from lucid_cp.discovery.service import DiscoveryServicer
 from lucid_cp.discovery.settings import DiscoverySettings
 from lucid_cp.errors import InvalidArgument
 from lucid_cp.rpc.metrics import count_from
-from lucid_cp.store import SqliteStore
 from lucid_cp.system import Environment
 
 
@@ -127,7 +126,7 @@ class DiscoverySystem:
         replica_id = settings.health_replica_id or uuid.uuid4().hex
         user_agent = f"lucid-health-check/{replica_id}"
         membership: Membership
-        if isinstance(store, SqliteStore):
+        if not store.shared:
             membership = StaticMembership(replica_id)
         else:
             membership = LeaseMembership(

@@ -12,6 +12,7 @@ reflection) pass untouched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ from google.rpc import status_pb2
 from lucid_cp.auth.ratelimit import RateLimiter
 from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.call import Call
-from lucid_cp.errors import MalformedRequest, MethodNotAllowed
+from lucid_cp.errors import LucidError, MalformedRequest, MethodNotAllowed
 from lucid_cp.rpc.metrics import RpcMetrics
 from lucid_cp.rpc.policy import PUBLIC_SERVICES, MethodPolicy
 from lucid_cp.rpc.status import StatusTable
@@ -75,16 +76,18 @@ def _service_of(full_method: str) -> str:
 
 
 class _Attempt:
-    """The bookkeeping of one call: when it started, its request id, whether it was recorded."""
+    """The bookkeeping of one call: when it started, its request id, whether its latency was
+    observed (a stream's: at its first message) and whether its final code was counted."""
 
-    __slots__ = ("md", "method", "recorded", "request_id", "started")
+    __slots__ = ("counted", "md", "method", "request_id", "started", "timed")
 
     def __init__(self, method: str, context: Context) -> None:
         self.method = method
         self.started = time.perf_counter()
         self.md = _metadata(context)
         self.request_id = _request_id(self.md)
-        self.recorded = False
+        self.timed = False
+        self.counted = False
 
 
 class PolicyInterceptor(grpc.aio.ServerInterceptor):
@@ -161,27 +164,37 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         async for raw in raws:
             yield self._decode(policy, handler, raw)
 
-    def _record(self, attempt: _Attempt, code: str) -> None:
-        attempt.recorded = True
+    def _observe(self, attempt: _Attempt) -> None:
+        """Latency: of the whole call (unary responses), or until the first message (streams)."""
+        if attempt.timed:
+            return
+        attempt.timed = True
         method = attempt.method
-        seconds = time.perf_counter() - attempt.started
+        latency = self._latency.get(method) or self._metrics.latency.labels(method)
+        latency.observe(time.perf_counter() - attempt.started)
+
+    def _finish(self, attempt: _Attempt, code: str) -> None:
+        """Counts the call's final code, once, however it ended."""
+        if attempt.counted:
+            return
+        attempt.counted = True
+        self._observe(attempt)
+        method = attempt.method
         ok = self._ok.get(method) if code == "OK" else None
         (ok or self._metrics.requests.labels(method, code)).inc()
-        latency = self._latency.get(method) or self._metrics.latency.labels(method)
-        latency.observe(seconds)
         if log.isEnabledFor(logging.DEBUG):  # one access-log line per call at --log-level DEBUG
             log.debug(
                 "rpc",
                 extra={
                     "method": method,
                     "code": code,
-                    "ms": round(seconds * 1e3, 3),
+                    "ms": round((time.perf_counter() - attempt.started) * 1e3, 3),
                     "request_id": attempt.request_id,
                 },
             )
 
     async def _fail(self, context: Context, exc: Exception, attempt: _Attempt) -> None:
-        """Maps ``exc`` through the status table, records it (once per call) and aborts."""
+        """Maps ``exc`` through the status table, counts it and aborts the call."""
         if not self._statuses.is_known(exc):
             log.error(
                 "unhandled error in %s",
@@ -189,9 +202,12 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
                 exc_info=exc,
                 extra={"request_id": attempt.request_id},
             )
+        elif not isinstance(exc, LucidError):  # a store error: its text stays in the log
+            log.warning(
+                "%s failed: %s", attempt.method, exc, extra={"request_id": attempt.request_id}
+            )
         status = self._statuses.to_rpc_status(exc, attempt.request_id)
-        if not attempt.recorded:
-            self._record(attempt, _CODE_NAMES[status.code])
+        self._finish(attempt, _CODE_NAMES[status.code])
         await context.abort_with_status(_Status(status, attempt.request_id))
 
     # -- one wrapper per arity -------------------------------------------------------------------
@@ -261,7 +277,12 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         except Exception as exc:  # every error goes through the one table
             await self._fail(context, exc, attempt)
             return None
-        self._record(attempt, "OK")
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            self._finish(attempt, "CANCELLED")
+            raise
+        # (grpc.aio ends a request stream that the client cancelled like a half-close: such a
+        # call is counted by what its handler did.)
+        self._finish(attempt, "OK")
         context.set_trailing_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
         return response
 
@@ -280,11 +301,12 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             assert policy is not None  # _authorize refuses a method without one
             await context.send_initial_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
             async for item in inner(request(policy), call):
-                if not attempt.recorded:
-                    self._record(attempt, "OK")  # latency of a stream: until its first message
+                self._observe(attempt)
                 yield item
         except Exception as exc:  # every error goes through the one table
             await self._fail(context, exc, attempt)
             return
-        if not attempt.recorded:
-            self._record(attempt, "OK")
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            self._finish(attempt, "CANCELLED")
+            raise
+        self._finish(attempt, "OK")

@@ -30,7 +30,13 @@ from lucid_cp.errors import (
     RateLimited,
     Unauthenticated,
 )
-from lucid_cp.store.base import RequestTooLargeError, StoreUnavailableError, TooManyOpsError
+from lucid_cp.store.base import (
+    MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
+    RequestTooLargeError,
+    StoreUnavailableError,
+    TooManyOpsError,
+)
 
 DOMAIN = "lucid"
 R = errors_pb2.ErrorReason
@@ -42,6 +48,9 @@ STORE_RETRY_SECONDS = 1.0
 class Row:
     code: int
     reason: int
+    # The message clients see for errors that are not LucidErrors (store errors): their own
+    # text may name internal endpoints or quote the backend, so it is logged, never sent.
+    public_message: str = ""
 
 
 # Generic error class -> (gRPC code, generic reason). No system-specific defaults here.
@@ -55,10 +64,20 @@ GENERIC_ROWS: dict[type[Exception], Row] = {
     PermissionDenied: Row(code_pb2.PERMISSION_DENIED, R.PERMISSION_DENIED),
     MethodNotAllowed: Row(code_pb2.PERMISSION_DENIED, R.METHOD_NOT_ALLOWED),
     RateLimited: Row(code_pb2.RESOURCE_EXHAUSTED, R.RATE_LIMITED),
-    StoreUnavailableError: Row(code_pb2.UNAVAILABLE, R.STORE_UNAVAILABLE),
+    StoreUnavailableError: Row(
+        code_pb2.UNAVAILABLE, R.STORE_UNAVAILABLE, "the state store is unavailable; retry later"
+    ),
     # etcd's limits, enforced by every store backend: the request is too big, not retryable.
-    TooManyOpsError: Row(code_pb2.INVALID_ARGUMENT, R.LIMIT_EXCEEDED),
-    RequestTooLargeError: Row(code_pb2.INVALID_ARGUMENT, R.LIMIT_EXCEEDED),
+    TooManyOpsError: Row(
+        code_pb2.INVALID_ARGUMENT,
+        R.LIMIT_EXCEEDED,
+        f"the request needs more than {MAX_TXN_OPS} store operations in one transaction",
+    ),
+    RequestTooLargeError: Row(
+        code_pb2.INVALID_ARGUMENT,
+        R.LIMIT_EXCEEDED,
+        f"the request is larger than the store accepts ({MAX_REQUEST_BYTES} bytes)",
+    ),
 }
 _INTERNAL = Row(code_pb2.INTERNAL, R.INTERNAL)
 
@@ -90,7 +109,7 @@ class StatusTable:
                     raise ValueError(f"{cls.__name__} is mapped twice")
                 if not _declared(reason):
                     raise ValueError(f"{cls.__name__}: {reason} is not a declared error reason")
-                self._rows[cls] = Row(base.code, reason)
+                self._rows[cls] = Row(base.code, reason, base.public_message)
 
     def _lookup(self, cls: type[BaseException]) -> Row:
         for klass in cls.__mro__:
@@ -110,7 +129,7 @@ class StatusTable:
         elif isinstance(exc, LucidError):
             message, details = exc.message, exc.details
         else:
-            message, details = str(exc) or type(exc).__name__, {}
+            message, details = mapping.public_message or type(exc).__name__, {}
         metadata = {"request_id": request_id}
         metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in details.items()})
         status = status_pb2.Status(code=mapping.code, message=message)

@@ -275,6 +275,10 @@ class WatchedPrefix(KeyReader, Watcher, Protocol):
 class Store(KeyReader, KeyWriter, Leases, Watcher, Protocol):
     """The whole contract. Code that needs only part of it takes the narrow protocol instead."""
 
+    # True when several control-plane processes can share this store (etcd); False for the
+    # single-process sqlite and memory stores, where one replica does everything.
+    shared: bool
+
     async def compact(self, revision: int) -> None: ...
 
     async def close(self) -> None: ...

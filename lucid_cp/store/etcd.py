@@ -209,6 +209,8 @@ class EtcdStore:
     Channels are created lazily, on the event loop of first use.
     """
 
+    shared = True  # see Store.shared
+
     def __init__(
         self,
         endpoints: Sequence[tuple[str, int]],

@@ -459,6 +459,8 @@ class SqliteStore:
     first use; ``close()`` ends every open watch with :class:`StoreUnavailableError`.
     """
 
+    shared = False  # see Store.shared
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -126,8 +126,11 @@ class Reflector(Generic[V]):
             except StoreError as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:
-                log.exception("%s: applying the watch failed", self.name)
+                # A batch may be half applied (cache, history, fan-out): replaying the watch
+                # would publish its first events twice. Start over from a fresh list instead.
+                log.exception("%s: applying the watch failed; re-listing", self.name)
                 reason = repr(exc)
+                must_list = True
             self.connected = False
             log.warning(
                 "%s: store watch interrupted (%s); retrying in %.2fs",
@@ -139,6 +142,12 @@ class Reflector(Generic[V]):
             self._delay = self._backoff.next(self._delay)
 
     async def _follow(self) -> None:
+        if not self.connected:
+            # The store answers again: connected, even if nothing is written under the prefix
+            # for a long time (the watch yields only on changes).
+            await self._store.current_revision()
+            self.connected = True
+            self._delay = self._backoff.initial
         watch = self._store.watch(self._prefix, self.revision + 1)
         try:
             async for batch in watch:

@@ -4,7 +4,7 @@ A subscription yields rendered changes in order. When its queue is full it switc
 snapshot": the queue is cleared and the next item is a fresh snapshot (built when it is read), so a
 slow consumer is resynced, never silently skipped. ``close()`` is idempotent, unregisters the
 subscription and ends a pending or later ``__anext__`` with StopAsyncIteration; it is synchronous,
-so a gRPC handler can register it with ``context.add_callback(sub.close)``.
+so a gRPC handler can register it with ``call.on_done(sub.close)``.
 """
 
 from __future__ import annotations

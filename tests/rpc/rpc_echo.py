@@ -51,6 +51,8 @@ METHODS: tuple[tuple[str, bool, bool, options_pb2.MethodPolicy | None], ...] = (
         options_pb2.MethodPolicy(rate_limit_bucket="echo", admin_only=True),
     ),
     ("Boom", False, False, options_pb2.MethodPolicy(rate_limit_bucket="echo")),
+    ("Hang", False, False, options_pb2.MethodPolicy(rate_limit_bucket="echo")),
+    ("FailAfterOne", False, True, options_pb2.MethodPolicy(rate_limit_bucket="echo")),
     ("NoPolicy", False, False, None),
     ("NoPolicyBidi", True, True, None),
 )
@@ -121,6 +123,14 @@ class EchoServicer:
 
     async def Boom(self, request: Any, call: Call) -> Any:
         raise RuntimeError("secret internals")
+
+    async def Hang(self, request: Any, call: Call) -> Any:
+        self.calls.append(call)
+        await asyncio.Event().wait()  # until the client cancels
+
+    async def FailAfterOne(self, request: Any, call: Call) -> AsyncIterator[Any]:
+        yield self._reply(request, call)
+        raise RuntimeError("broke after the first message")
 
     async def ServerStream(self, request: Any, call: Call) -> AsyncIterator[Any]:
         call.on_done(self._closed)

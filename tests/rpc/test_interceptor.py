@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from lucid_cp.auth.tokens import Role
+from tests.watchcache.fakes import eventually
 
 from .rpc_echo import ARITIES, SERVICE, EchoServer, bearer, message, start_echo_server
 
@@ -55,9 +56,9 @@ async def invoke(
     path = f"/{SERVICE}/{method}"
     payloads = [raw] if raw is not None else [_request(n) for n in names]
     ident = {"request_serializer": lambda b: b, "response_deserializer": _decode}
-    if method in ("Unary", "AdminOnly", "Boom", "NoPolicy"):
+    if method in ("Unary", "AdminOnly", "Boom", "NoPolicy", "Hang"):
         return [await channel.unary_unary(path, **ident)(payloads[0], metadata=metadata)]
-    if method == "ServerStream":
+    if method in ("ServerStream", "FailAfterOne"):
         return [
             r async for r in channel.unary_stream(path, **ident)(payloads[0], metadata=metadata)
         ]
@@ -213,3 +214,32 @@ async def test_a_stream_cancelled_by_the_client_runs_the_servicers_on_done(
     call.cancel()
     await asyncio.wait_for(echo.servicer.closed.wait(), 5)
     assert echo.servicer.done == 1
+
+
+def _count(echo: EchoServer, method: str, code: str) -> float:
+    return float(echo.metrics.requests.labels(f"/{SERVICE}/{method}", code)._value.get())
+
+
+async def test_a_stream_that_fails_after_its_first_message_counts_the_failure(
+    channel: grpc.aio.Channel, echo: EchoServer
+) -> None:
+    call = channel.unary_stream(
+        f"/{SERVICE}/FailAfterOne", request_serializer=lambda b: b, response_deserializer=_decode
+    )(_request("ann"), metadata=bearer())
+    assert (await asyncio.wait_for(call.read(), 5)).name == "ann"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(call.read(), 5)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert (_count(echo, "FailAfterOne", "OK"), _count(echo, "FailAfterOne", "INTERNAL")) == (0, 1)
+
+
+async def test_a_unary_call_cancelled_by_the_client_is_counted_cancelled(
+    channel: grpc.aio.Channel, echo: EchoServer
+) -> None:
+    call = channel.unary_unary(
+        f"/{SERVICE}/Hang", request_serializer=lambda b: b, response_deserializer=_decode
+    )(_request("ann"), metadata=bearer())
+    await eventually(lambda: bool(echo.servicer.calls))
+    call.cancel()
+    await eventually(lambda: _count(echo, "Hang", "CANCELLED") == 1)
+    assert _count(echo, "Hang", "OK") == 0

@@ -48,6 +48,11 @@ class ControlledStore(MemoryStore):
         self._down = False
         self._cut = asyncio.Event()
 
+    async def current_revision(self) -> int:
+        if self._down:
+            raise StoreUnavailableError("store unreachable (test outage)")
+        return await super().current_revision()
+
     async def range(
         self, prefix: bytes, *, limit: int = 0, revision: int = 0, start: bytes = b""
     ) -> RangeResult:

@@ -246,6 +246,29 @@ async def test_an_outage_backs_off_on_the_clock_and_resumes_without_skipping() -
         await store.close()
 
 
+async def test_after_an_outage_a_quiet_prefix_reads_connected_again() -> None:
+    store = ControlledStore()
+    await store.put(key("a"), item("a"))
+    clock = RecordingClock()
+    cache = reflector(store, clock, backoff=Backoff(initial=0.5, maximum=1.5))
+    await cache.start()
+    try:
+        await eventually(lambda: len(store.watch_starts) == 1)
+        store.go_down()
+        await clock.wait_for_sleeps(1)
+        assert not cache.connected
+        store.come_back()  # nothing is written under the prefix from now on
+        clock.advance(clock.slept[-1])
+        await eventually(lambda: len(store.watch_starts) == 2)
+        assert cache.connected
+        store.go_down()  # and the next outage backs off from the initial delay again
+        await clock.wait_for_sleeps(2)
+        assert clock.slept[-1] == 0.5
+    finally:
+        await cache.stop()
+        await store.close()
+
+
 async def test_start_fails_fast_when_the_store_is_down() -> None:
     store = ControlledStore()
     store.go_down()
