@@ -5,7 +5,9 @@ names). When every template starts with ``/api/v1`` (as in the seed), that prefi
 ``servers`` and the paths read like the seed's (``/service-discovery/services``). Schemas are
 one component per message, constraints come from ``(lucid.common.v1.rules)``, enums are their
 wire strings, success statuses come from ``(lucid.common.v1.http_options)``, security (admin-only) from
-``(lucid.common.v1.policy)``.
+``(lucid.common.v1.policy)``. Cross-field rules (``(lucid.common.v1.message_rules)``) are listed
+as ``x-lucid-rules`` on the message's schema (and on the operation, for the request message) and
+described on the field they make required.
 """
 
 from __future__ import annotations
@@ -172,6 +174,9 @@ class _Builder:
         parameters = self._path_parameters(route) + self._query_parameters(route)
         if parameters:
             operation["parameters"] = parameters
+        rules = _message_rules(method.input_type)
+        if rules:
+            operation["x-lucid-rules"] = rules
         body = self._request_body(route)
         if body is not None:
             operation["requestBody"] = body
@@ -206,6 +211,9 @@ class _Builder:
                 param: Schema = {"name": name, "in": "query", "schema": self.field(field)}
                 if _rules(field).required:
                     param["required"] = True
+                note = _required_when(message, field)
+                if note:
+                    param["description"] = note
                 out.append(param)
 
         walk(route.method.input_type, "", (), 0)
@@ -272,6 +280,12 @@ class _Builder:
             required: list[str] = []
             for field in descriptor.fields:
                 properties[field.json_name] = self.field(field)
+                note = _required_when(descriptor, field)
+                if note:
+                    properties[field.json_name] = {
+                        **properties[field.json_name],
+                        "description": note,
+                    }
                 if _rules(field).required:
                     required.append(field.json_name)
             schema: Schema = {"type": "object"}
@@ -279,6 +293,9 @@ class _Builder:
                 schema["required"] = required
             schema["properties"] = properties
             schema["additionalProperties"] = False
+            rules = _message_rules(descriptor)
+            if rules:
+                schema["x-lucid-rules"] = rules
             self.schemas[name] = schema
         return _ref(name)
 
@@ -332,6 +349,33 @@ class _Builder:
 
 def _rules(field: FieldDescriptor) -> options_pb2.FieldRules:
     return field.GetOptions().Extensions[options_pb2.rules]
+
+
+def _message_rules(descriptor: Descriptor) -> list[Schema]:
+    """The message's cross-field rules, in JSON names and wire strings:
+    ``{"when": {"field": "loadBalance", "equals": "consistent-hash"}, "require": "hashKey"}``."""
+    out: list[Schema] = []
+    for rule in descriptor.GetOptions().Extensions[options_pb2.message_rules]:
+        when = descriptor.fields_by_name[rule.when_field]
+        require = descriptor.fields_by_name[rule.require]
+        equals: Any = rule.when_equals
+        if when.type == _F.TYPE_ENUM:
+            number = codec.enum_type(when).values_by_name[rule.when_equals].number
+            equals = codec.enum_wire(codec.enum_type(when)).encode(number)
+        out.append(
+            {"when": {"field": when.json_name, "equals": equals}, "require": require.json_name}
+        )
+    return out
+
+
+def _required_when(descriptor: Descriptor, field: FieldDescriptor) -> str:
+    """ "Required when loadBalance is consistent-hash." for a field a message rule requires."""
+    notes = [
+        f"{r['when']['field']} is {r['when']['equals']}"
+        for r in _message_rules(descriptor)
+        if r["require"] == field.json_name
+    ]
+    return f"Required when {' or '.join(notes)}." if notes else ""
 
 
 def _string_schema(rules: options_pb2.FieldRules) -> Schema:

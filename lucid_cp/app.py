@@ -25,7 +25,7 @@ from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.config import RateLimit, Settings
 from lucid_cp.discovery.module import DiscoverySystem
-from lucid_cp.rpc.interceptor import PolicyInterceptor
+from lucid_cp.rpc.interceptor import MAX_TOKEN_BYTES, PolicyInterceptor
 from lucid_cp.rpc.metrics import RpcMetrics
 from lucid_cp.rpc.policy import MethodPolicy, PolicyError, check_buckets, policies_from
 from lucid_cp.rpc.status import StatusTable
@@ -37,6 +37,10 @@ log = logging.getLogger("lucid_cp.app")
 
 # The systems this process serves, in start order (a system may use those before it).
 SYSTEMS: tuple[type[System], ...] = (DiscoverySystem,)
+# gRPC's limit on a request's headers (metadata): twice the largest token the interceptor accepts
+# (MAX_TOKEN_BYTES, 8 KiB), so a token over that is refused as UNAUTHENTICATED by the interceptor
+# rather than as RESOURCE_EXHAUSTED by grpc. Headers over this get grpc's own refusal (see README).
+MAX_METADATA_BYTES = 2 * MAX_TOKEN_BYTES
 
 S = TypeVar("S", bound=System)
 
@@ -143,6 +147,10 @@ async def start_control_plane(
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Soft and hard limit alike (no random refusals in between): room for a token
+                # up to the interceptor's MAX_TOKEN_BYTES plus the other headers.
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ],
         )
         for system in env.systems.values():

@@ -1,10 +1,15 @@
 """Descriptor-driven request validation and defaults.
 
 Constraints are declared once, next to each field, as ``(lucid.common.v1.rules)`` options in
-proto/. ``normalize(message)`` applies ``default_json`` defaults to absent fields and then checks
-every rule, recursively, returning field violations named by their JSON paths
-("registration.endpoint.port"). It is called for every request by the gRPC server; no servicer
-re-implements these checks. Plans are compiled once per message type and cached.
+proto/, and cross-field rules on the message as ``(lucid.common.v1.message_rules)`` ("when
+loadBalance is consistent-hash, hashKey is required"). ``normalize(message)`` applies
+``default_json`` defaults to absent fields and then checks every rule, recursively, returning
+field violations named by their JSON paths ("registration.endpoint.port"). It is called for every
+request by the gRPC server; no servicer re-implements these checks. Plans are compiled once per
+message type and cached.
+
+Every free-form field (google.protobuf.Struct, Value or ListValue, wherever it sits in a
+request, declared rules or not) is capped at ``MAX_STRUCT_DEPTH`` levels of JSON nesting.
 """
 
 from __future__ import annotations
@@ -30,6 +35,22 @@ _UUID_RE = re.compile(
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _WELL_KNOWN = ("google.protobuf.",)
 _STRUCT = "google.protobuf.Struct"
+_VALUE = "google.protobuf.Value"
+_LIST_VALUE = "google.protobuf.ListValue"
+_FREE_FORM = frozenset({_STRUCT, _VALUE, _LIST_VALUE})
+
+# The cap on JSON nesting of every free-form field in a request: {} and [] are one level each,
+# {"a": {"b": [1]}} is three. Why: a stored value is sent back deeper than it came in (e.g.
+# WatchResponse > snapshot > instances > health > details), and protobuf parsers refuse messages
+# nested deeper than PROTOBUF_RECURSION_LIMIT (upb, C++ and Java: 100), so an accepted value must
+# leave room for the deepest response that carries it, or every list and watch holding it fails
+# to decode. One JSON level costs at most 3 protobuf levels (Struct > fields entry > Value), so
+# a free-form field at protobuf depth k (the response itself is 1) carrying MAX_STRUCT_DEPTH
+# levels reaches k + 3 * MAX_STRUCT_DEPTH. Discovery's deepest is k = 5 (WatchResponse's
+# snapshot details): 65 <= 100, 35 levels to spare. tests/test_validation.py checks this margin
+# for every response of every system.
+MAX_STRUCT_DEPTH = 20
+PROTOBUF_RECURSION_LIMIT = 100
 
 _F = FieldDescriptor
 _NUMERIC = {
@@ -78,7 +99,8 @@ class _FieldPlan:
     rules: options_pb2.FieldRules | None
     pattern: re.Pattern[str] | None
     set_default: Callable[[Message], None] | None  # applies default_json, compiled once
-    recurse: bool  # a message field (or repeated message) of a project type
+    recurse: bool  # a message field (or repeated message, or map value) of a project type
+    free_form: bool  # a Struct / Value / ListValue field (or repeated, or map value)
 
 
 def _default_setter(field: FieldDescriptor, default_json: str) -> Callable[[Message], None]:
@@ -109,25 +131,92 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
+def _item_type(field: FieldDescriptor) -> Descriptor | None:
+    """The message type of the field's values (of a map's values, for a map)."""
+    if field.message_type is None:
+        return None
+    if _is_map(field):
+        return field.message_type.fields_by_name["value"].message_type
+    return field.message_type
+
+
 @cache
 def _plan(descriptor: Descriptor) -> tuple[_FieldPlan, ...]:
     plans = []
     for field in descriptor.fields:
         rules = field_rules(field)
-        recurse = (
-            field.message_type is not None
-            and not _is_map(field)
-            and not field.message_type.full_name.startswith(_WELL_KNOWN)
-        )
+        item = _item_type(field)
+        recurse = item is not None and not item.full_name.startswith(_WELL_KNOWN)
+        free_form = item is not None and item.full_name in _FREE_FORM
         is_enum = field.enum_type is not None
-        if rules is None and not recurse and not is_enum:
+        if rules is None and not recurse and not free_form and not is_enum:
             continue
         pattern = re.compile(rules.pattern) if rules is not None and rules.pattern else None
         setter = (
             _default_setter(field, rules.default_json) if rules and rules.default_json else None
         )
-        plans.append(_FieldPlan(field, rules, pattern, setter, recurse))
+        plans.append(_FieldPlan(field, rules, pattern, setter, recurse, free_form))
     return tuple(plans)
+
+
+@dataclass(frozen=True, slots=True)
+class _MessageRule:
+    when: FieldDescriptor
+    equals: object  # the value of ``when`` that triggers the rule, as getattr returns it
+    require: FieldDescriptor
+    description: str
+
+
+@cache
+def _message_rules(descriptor: Descriptor) -> tuple[_MessageRule, ...]:
+    """The message's ``(lucid.common.v1.message_rules)``, compiled; a rule naming a field the
+    message lacks, or an enum value its enum lacks, raises ValueError (a declaration bug)."""
+    compiled = []
+    for rule in descriptor.GetOptions().Extensions[options_pb2.message_rules]:
+        when = descriptor.fields_by_name.get(rule.when_field)
+        require = descriptor.fields_by_name.get(rule.require)
+        if when is None or require is None or when.is_repeated:
+            raise ValueError(f"{descriptor.full_name}: bad message rule {rule}")
+        equals, shown = _rule_value(when, rule.when_equals)
+        compiled.append(
+            _MessageRule(when, equals, require, f"is required when {when.json_name} is {shown}")
+        )
+    return tuple(compiled)
+
+
+def _rule_value(field: FieldDescriptor, text: str) -> tuple[object, str]:
+    """(the value ``text`` denotes for ``field``, how to show it: an enum's wire string)."""
+    if field.enum_type is not None:
+        value = field.enum_type.values_by_name.get(text)
+        if value is None:
+            raise ValueError(f"{field.full_name}: no enum value {text!r}")
+        opts = value.GetOptions()
+        wire = opts.Extensions[options_pb2.wire] if opts.HasExtension(options_pb2.wire) else text
+        return value.number, wire
+    if field.type == _F.TYPE_BOOL:
+        if text not in ("true", "false"):
+            raise ValueError(f"{field.full_name}: {text!r} is not a bool")
+        return text == "true", text
+    if field.type in _NUMERIC:
+        return float(text), text
+    if field.type == _F.TYPE_STRING:
+        return text, text
+    raise ValueError(f"{field.full_name}: message rules compare scalars only")
+
+
+def check_declarations(descriptor: Descriptor) -> None:
+    """Compiles the rules of ``descriptor`` and every message it contains; raises ValueError on a
+    declaration bug (so tests and start-up can fail fast instead of the first request)."""
+    seen: set[str] = set()
+    stack = [descriptor]
+    while stack:
+        message = stack.pop()
+        if message.full_name in seen or message.full_name.startswith(_WELL_KNOWN):
+            continue
+        seen.add(message.full_name)
+        _plan(message)
+        _message_rules(message)
+        stack.extend(f.message_type for f in message.fields if f.message_type is not None)
 
 
 def _present(message: Message, field: FieldDescriptor) -> bool:
@@ -146,7 +235,8 @@ def normalize(message: Message) -> list[FieldViolation]:
 
 
 def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
-    for plan in _plan(message.DESCRIPTOR):
+    descriptor = message.DESCRIPTOR
+    for plan in _plan(descriptor):
         field = plan.field
         path = f"{prefix}{field.json_name}"
         present = _present(message, field)
@@ -163,12 +253,18 @@ def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
             _check_items(plan, path, value, out)
             continue
         if field.message_type is not None:
-            if field.message_type.full_name == _STRUCT and rules is not None:
-                _check_struct(rules, path, value, out)
+            if plan.free_form:
+                if _too_deep(value, path, out):
+                    continue
+                if field.message_type.full_name == _STRUCT and rules is not None:
+                    _check_struct(rules, path, value, out)
             elif plan.recurse:
                 _walk(value, f"{path}.", out)
             continue
         _check_scalar(plan, path, value, out)
+    for rule in _message_rules(descriptor):
+        if getattr(message, rule.when.name) == rule.equals and not _present(message, rule.require):
+            out.append(FieldViolation(f"{prefix}{rule.require.json_name}", rule.description))
 
 
 def _check_items(plan: _FieldPlan, path: str, items: object, out: list[FieldViolation]) -> None:
@@ -181,14 +277,65 @@ def _check_items(plan: _FieldPlan, path: str, items: object, out: list[FieldViol
             out.append(FieldViolation(path, f"must have at most {rules.max_items} items"))
             return
     if _is_map(plan.field):
+        if plan.free_form or plan.recurse:
+            values = items  # a map: check its message values
+            for key in seq:
+                _check_item(plan, f"{path}.{key}", values[key], out)  # type: ignore[index]
         return
     for i, item in enumerate(seq):
         item_path = f"{path}[{i}]"
         if plan.field.message_type is not None:
-            if plan.recurse:
-                _walk(item, f"{item_path}.", out)
+            _check_item(plan, item_path, item, out)
         else:
             _check_scalar(plan, item_path, item, out)
+
+
+def _check_item(plan: _FieldPlan, path: str, item: Message, out: list[FieldViolation]) -> None:
+    if plan.free_form:
+        _too_deep(item, path, out)
+    elif plan.recurse:
+        _walk(item, f"{path}.", out)
+
+
+def json_depth(message: Message) -> int:
+    """Levels of JSON nesting of a Struct, Value or ListValue: {} and [] count one level each,
+    scalars none."""
+    name = message.DESCRIPTOR.full_name
+    if name == _STRUCT:
+        return 1 + max((json_depth(v) for v in message.fields.values()), default=0)  # type: ignore[attr-defined]
+    if name == _LIST_VALUE:
+        return 1 + max((json_depth(v) for v in message.values), default=0)  # type: ignore[attr-defined]
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value" or kind == "list_value":
+        return json_depth(getattr(message, kind))
+    return 0
+
+
+def _too_deep(value: Message, path: str, out: list[FieldViolation]) -> bool:
+    if json_depth(value) <= MAX_STRUCT_DEPTH:
+        return False
+    out.append(FieldViolation(path, f"must be nested at most {MAX_STRUCT_DEPTH} levels deep"))
+    return True
+
+
+def deepest_free_form(descriptor: Descriptor, depth: int = 1) -> int:
+    """The protobuf depth of the deepest free-form field in messages of type ``descriptor``
+    (itself at ``depth``), 0 if none: where a response can carry a request's Struct."""
+    deepest = 0
+    stack = [(descriptor, depth, frozenset[str]())]
+    while stack:
+        message, level, path = stack.pop()
+        for field in message.fields:
+            item = _item_type(field)
+            if item is None:
+                continue
+            # A map value sits one level below its map entry.
+            at = level + 1 + (1 if _is_map(field) else 0)
+            if item.full_name in _FREE_FORM:
+                deepest = max(deepest, at)
+            elif not item.full_name.startswith(_WELL_KNOWN) and item.full_name not in path:
+                stack.append((item, at, path | {item.full_name}))
+    return deepest
 
 
 def _check_scalar(plan: _FieldPlan, path: str, value: object, out: list[FieldViolation]) -> None:

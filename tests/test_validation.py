@@ -4,11 +4,23 @@ proto/lucid/discovery/v1/discovery.proto, the defaults, and the JSON paths of vi
 from __future__ import annotations
 
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import DecodeError
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.api.lucid.discovery.v1 import storage_pb2
+from lucid_cp.app import SYSTEMS
 from lucid_cp.errors import FieldViolation
-from lucid_cp.validation import is_hostname_or_ip, is_uuid, normalize
+from lucid_cp.validation import (
+    MAX_STRUCT_DEPTH,
+    PROTOBUF_RECURSION_LIMIT,
+    check_declarations,
+    deepest_free_form,
+    is_hostname_or_ip,
+    is_uuid,
+    json_depth,
+    normalize,
+)
 
 UUID = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -475,3 +487,126 @@ def test_paths_use_lower_camel_case_json_names_at_every_depth() -> None:
         "registration.healthCheck.grpcCheck.timeout",
         "registration.healthCheck.successThreshold",
     ]
+
+
+# --- free-form nesting depth (every Struct / Value / ListValue, declared rules or not) ------
+
+
+def nested(depth: int) -> struct_pb2.Struct:
+    """A Struct of exactly ``depth`` JSON levels: {"a": {"a": ... {"a": 1}}}."""
+    return json_format.ParseDict(nested_json(depth), struct_pb2.Struct())
+
+
+def nested_json(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"a": 1}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_json_depth_counts_objects_and_arrays() -> None:
+    assert json_depth(struct_pb2.Struct()) == 1
+    assert json_depth(nested(3)) == 3
+    value = json_format.ParseDict({"a": [[{"b": []}]], "c": 1}, struct_pb2.Struct())
+    assert json_depth(value) == 5  # {} [ [ {} [
+    assert json_depth(struct_pb2.Value(number_value=1)) == 0
+    assert json_depth(json_format.ParseDict([[1]], struct_pb2.ListValue())) == 2
+
+
+def test_metadata_at_the_depth_limit_passes_and_one_over_is_a_field_violation() -> None:
+    req = request()
+    req.registration.metadata.CopyFrom(nested(MAX_STRUCT_DEPTH))
+    assert normalize(req) == []
+    req.registration.metadata.CopyFrom(nested(MAX_STRUCT_DEPTH + 1))
+    violation = only(normalize(req))
+    assert violation.field == "registration.metadata"
+    assert str(MAX_STRUCT_DEPTH) in violation.description
+
+
+def test_depth_counts_arrays_too() -> None:
+    req = request()
+    too_deep: object = 1
+    for _ in range(MAX_STRUCT_DEPTH):
+        too_deep = [too_deep]
+    json_format.ParseDict({"tags": ["x"], "deep": too_deep}, req.registration.metadata)
+    assert fields(normalize(req)) == ["registration.metadata"]
+
+
+def test_a_struct_without_declared_rules_is_capped_too() -> None:
+    # HealthStatus.details declares no rules: the cap comes from its type, not from an option.
+    assert pb.HealthStatus.DESCRIPTOR.fields_by_name["details"].GetOptions().ByteSize() == 0
+    status = pb.HealthStatus(status=pb.HEALTH_STATE_HEALTHY)
+    status.details.CopyFrom(nested(MAX_STRUCT_DEPTH))
+    assert normalize(status) == []
+    status.details.CopyFrom(nested(MAX_STRUCT_DEPTH + 1))
+    assert fields(normalize(status)) == ["details"]
+
+
+def test_health_update_details_are_capped() -> None:
+    req = pb.UpdateHealthRequest(service_id=UUID)
+    req.update.status = pb.HEALTH_STATE_HEALTHY
+    req.update.details.CopyFrom(nested(MAX_STRUCT_DEPTH + 1))
+    assert fields(normalize(req)) == ["update.details"]
+
+
+def test_the_depth_limit_leaves_room_in_every_response_of_every_system() -> None:
+    """The margin: a free-form field at protobuf depth k carrying MAX_STRUCT_DEPTH JSON levels
+    reaches at most k + 3 * MAX_STRUCT_DEPTH levels (Struct > entry > Value per JSON level, plus
+    one for a Value field), which must stay within the parsers' recursion limit."""
+    deepest = {
+        method.full_name: deepest_free_form(method.output_type)
+        for system in SYSTEMS
+        for file in system.files
+        for service in file.services_by_name.values()
+        for method in service.methods
+    }
+    assert deepest["lucid.discovery.v1.DiscoveryService.Watch"] == 5  # snapshot > ... > details
+    for method, k in deepest.items():
+        assert k + 3 * MAX_STRUCT_DEPTH < PROTOBUF_RECURSION_LIMIT, method
+
+
+def test_the_deepest_response_at_the_limit_parses_and_the_old_attack_depth_did_not() -> None:
+    def watch_snapshot(depth: int) -> bytes:
+        response = pb.WatchResponse(type=pb.WATCH_EVENT_TYPE_SNAPSHOT)
+        response.snapshot.instances.add().health.details.CopyFrom(nested(depth))
+        return response.SerializeToString()
+
+    parsed = pb.WatchResponse.FromString(watch_snapshot(MAX_STRUCT_DEPTH))
+    assert json_depth(parsed.snapshot.instances[0].health.details) == MAX_STRUCT_DEPTH
+    # 33 levels fit in a request (UpdateHealthRequest > update > details) but not in this
+    # response: what poisoned every Discover page and Watch before the cap. 32 still parse here:
+    # the cap leaves 12 JSON levels (36 protobuf levels by the conservative count) to spare.
+    request_bytes = pb.UpdateHealthRequest(update=pb.HealthUpdate(details=nested(33)))
+    pb.UpdateHealthRequest.FromString(request_bytes.SerializeToString())
+    pb.WatchResponse.FromString(watch_snapshot(32))
+    with pytest.raises(DecodeError):
+        pb.WatchResponse.FromString(watch_snapshot(33))
+
+
+# --- cross-field rules: (lucid.common.v1.message_rules) ---------------------------------------
+
+
+def resolve(**kw: object) -> pb.ResolveRequest:
+    return pb.ResolveRequest(service_name="api-gateway", **kw)  # type: ignore[arg-type]
+
+
+def test_hash_key_is_required_with_consistent_hash() -> None:
+    violation = only(normalize(resolve(load_balance=pb.LOAD_BALANCE_CONSISTENT_HASH)))
+    assert violation == FieldViolation("hashKey", "is required when loadBalance is consistent-hash")
+    assert normalize(resolve(load_balance=pb.LOAD_BALANCE_CONSISTENT_HASH, hash_key="u-1")) == []
+
+
+def test_the_rule_does_not_fire_for_other_values_nor_the_default() -> None:
+    assert normalize(resolve(load_balance=pb.LOAD_BALANCE_RANDOM)) == []
+    defaulted = resolve()
+    assert normalize(defaulted) == []
+    assert defaulted.load_balance == pb.LOAD_BALANCE_ROUND_ROBIN
+
+
+def test_every_declared_rule_of_every_system_compiles() -> None:
+    for system in SYSTEMS:
+        for file in system.files:
+            for message in file.message_types_by_name.values():
+                check_declarations(message)
+    storage = storage_pb2.DESCRIPTOR.message_types_by_name["StoredInstance"]
+    check_declarations(storage)

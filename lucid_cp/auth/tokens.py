@@ -1,12 +1,15 @@
 """JWT verification and minting. HS256 only, explicit; exp, iat, iss, aud and sub required.
 
 A token's claims: ``sub`` (the service name, or an admin's name), ``roles`` (["service"] or
-["admin"]), ``iss`` and ``aud`` ("lucid-cp" by default), ``exp``, ``iat``.
+["admin"]), ``iss`` and ``aud`` ("lucid-cp" by default), ``exp``, ``iat`` and optionally ``nbf``.
+The time claims must be JSON numbers (NumericDate, RFC 7519 section 2); ``iat`` may not lie
+further in the future than the leeway, ``nbf`` is honoured, ``exp`` is enforced.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -53,13 +56,14 @@ class Principal:
 class _Verified:
     principal: Principal
     exp: float
-    nbf: float | None
+    not_before: float  # the later of iat and nbf: the token is not valid before it
 
 
 class TokenVerifier:
     """Verifies bearer tokens. Tokens whose signature and claims were verified once are kept in a
-    small LRU keyed by the exact token text; a hit still re-checks exp/nbf against the clock, so
-    caching never extends a token's life. Signature verification dominated per-call CPU."""
+    small LRU keyed by the exact token text; a hit still re-checks exp, iat and nbf against the
+    clock, so caching never extends a token's life nor starts it early. Signature verification
+    dominated per-call CPU."""
 
     CACHE_SIZE = 10_000
 
@@ -100,7 +104,7 @@ class TokenVerifier:
         now = self._clock.now()
         if now > verified.exp + self._leeway:
             raise Unauthenticated("token expired")
-        if verified.nbf is not None and now + self._leeway < verified.nbf:
+        if now + self._leeway < verified.not_before:
             raise Unauthenticated("token not yet valid")
         return verified.principal
 
@@ -124,17 +128,22 @@ class TokenVerifier:
             )
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from None
-        exp = claims.get("exp")
-        if not isinstance(exp, (int, float)):
-            raise Unauthenticated("token 'exp' must be a number")
-        nbf = claims.get("nbf")
+        exp = _numeric_date(claims, "exp")
+        iat = _numeric_date(claims, "iat")
+        nbf = _numeric_date(claims, "nbf") if "nbf" in claims else iat
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("token has no subject")
         principal = Principal(subject, _role_of(claims.get("roles")))
-        return _Verified(
-            principal, float(exp), float(nbf) if isinstance(nbf, (int, float)) else None
-        )
+        return _Verified(principal, exp, max(iat, nbf))
+
+
+def _numeric_date(claims: dict[str, object], name: str) -> float:
+    """A time claim: a finite JSON number (bool is not one, nor is a numeric string)."""
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Unauthenticated(f"token '{name}' must be a number")
+    return float(value)
 
 
 def _role_of(roles: object) -> Role:

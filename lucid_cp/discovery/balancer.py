@@ -7,7 +7,6 @@ import random
 from collections.abc import Callable, Sequence
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
-from lucid_cp.errors import InvalidArgument
 
 Instance = pb.ServiceInstance
 
@@ -41,11 +40,9 @@ class Balancer:
                 return None
             return self._rng.choices(weighted, weights=[c.weight for c in weighted])[0]
         if algorithm == pb.LOAD_BALANCE_CONSISTENT_HASH:
-            if not hash_key:
-                raise InvalidArgument(
-                    "hashKey is required with loadBalance=consistent-hash",
-                    details={"field": "hashKey"},
-                )
+            # ResolveRequest declares hashKey required with consistent-hash (a message rule that
+            # validation enforces at the boundary); reaching here without one is a bug.
+            assert hash_key, "consistent-hash without a hash key passed validation"
             return max(candidates, key=lambda c: _rendezvous(hash_key, c.service_id))
         if algorithm == pb.LOAD_BALANCE_LEAST_CONNECTIONS:
             loads = [connections(c.service_id) for c in candidates]

@@ -5,10 +5,10 @@ follows its watch; on compaction it re-lists and every open Watch gets a fresh s
 store outage it resumes from the last applied revision + 1, so instances deleted meanwhile
 (expired leases) are removed on reconnect. What stays here is what is discovery's own: which keys
 are instances and which are load counters, the (service name, service id) order, the by-name
-map, lease ids kept aside, TLS client key redaction, and the Watch wire messages.
+map, lease ids kept aside (from the store record, ``records.py``), and the Watch wire messages.
 
-Instances held here are immutable once inserted (replaced, never mutated) and carry no client
-TLS key (redacted on the way in); active-connection counts are kept beside them.
+Instances held here are immutable once inserted (replaced, never mutated); active-connection
+counts are kept beside them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
+from lucid_cp.discovery.records import decode_record
 from lucid_cp.store.base import EventType, KeyValue, WatchedPrefix, WatchEvent
 from lucid_cp.watchcache import Change as CacheChange
 from lucid_cp.watchcache import ChangeType, Handler, Reflector, Subscription
@@ -40,16 +41,10 @@ class Change:
     instance: pb.ServiceInstance
 
 
-def decode_instance(value: bytes, mod_revision: int) -> pb.ServiceInstance:
-    instance = pb.ServiceInstance.FromString(value)
-    instance.revision = mod_revision
-    return instance
-
-
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """A cached instance (lease id cleared, TLS client key redacted) and the lease kept aside:
-    the lease id is internal (and, as a 63-bit number, unsafe in JSON)."""
+    """A cached instance and the lease of its record, kept aside: the lease id is internal (and,
+    as a 63-bit number, unsafe in JSON)."""
 
     instance: pb.ServiceInstance
     lease: int
@@ -69,13 +64,9 @@ class _DiscoveryKeys(Handler[_Entry]):
         return parsed[1] if parsed is not None and parsed[0] == keys.INSTANCES else None
 
     def decode(self, key: str, kv: KeyValue) -> _Entry:
-        instance = decode_instance(kv.value, kv.mod_revision)
+        instance, lease = decode_record(kv.value, kv.mod_revision)
         if instance.service_id != key:
             raise ValueError(f"the record holds serviceId {instance.service_id!r}")
-        if instance.endpoint.tls.client_key:
-            instance.endpoint.tls.client_key = ""
-        lease = instance.lease_id
-        instance.ClearField("lease_id")
         return _Entry(instance, lease)
 
     def group(self, value: _Entry) -> str:
@@ -213,9 +204,11 @@ class InstanceIndex:
 
     def snapshot(self, match: Match, service_name: str = "") -> pb.WatchResponse:
         response = pb.WatchResponse(type=pb.WATCH_EVENT_TYPE_SNAPSHOT, revision=self.revision)
+        response.snapshot.SetInParent()  # an empty snapshot is still a snapshot
+        instances = response.snapshot.instances
         for instance in self.ordered(service_name):
             if match(instance):
-                added = response.instances.add()
+                added = instances.add()
                 added.CopyFrom(instance)
                 added.active_connections = self._keys.load.get(instance.service_id, 0)
         return response

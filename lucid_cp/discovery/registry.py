@@ -19,7 +19,8 @@ from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.balancer import Balancer
 from lucid_cp.discovery.errors import ServiceAlreadyRegistered, ServiceNotFound
-from lucid_cp.discovery.index import InstanceIndex, decode_instance
+from lucid_cp.discovery.index import InstanceIndex
+from lucid_cp.discovery.records import decode_record, encode_record
 from lucid_cp.errors import Conflict
 from lucid_cp.store.base import (
     Compare,
@@ -102,10 +103,9 @@ class Registry:
 
         key = keys.instance_key(reg.service_id)
         lease = await self._store.grant_lease(reg.ttl)
-        instance.lease_id = lease.id
-        result = await self._store.txn(
-            [key_missing(key)], [Put(key, instance.SerializeToString(), lease.id)], [Get(key)]
-        )
+        # encode_record drops the TLS client key: it is never stored, hence never returned.
+        record = encode_record(instance, lease.id)
+        result = await self._store.txn([key_missing(key)], [Put(key, record, lease.id)], [Get(key)])
         if not result.succeeded:
             await self._revoke_quietly(lease.id)
             existing = result.responses[0]
@@ -120,7 +120,7 @@ class Registry:
             status=pb.REGISTRATION_STATUS_REGISTERED, revision=result.revision
         )
         _copy_identity(reg, response)
-        response.endpoint.tls.client_key = ""
+        response.endpoint.tls.client_key = ""  # the response echoes the request, not the record
         if not response.endpoint.tls.ByteSize():
             response.endpoint.ClearField("tls")
         response.registered_at.CopyFrom(now)
@@ -146,19 +146,20 @@ class Registry:
         except LeaseNotFoundError:
             pass
 
-    async def _read(self, service_id: str) -> tuple[KeyValue, pb.ServiceInstance]:
+    async def _read(self, service_id: str) -> tuple[KeyValue, pb.ServiceInstance, int]:
+        """(the record, its instance, its lease id)."""
         kv = await self._store.get(keys.instance_key(service_id))
         if kv is None:
             raise _not_found(service_id)
-        return kv, decode_instance(kv.value, kv.mod_revision)
+        return (kv, *decode_record(kv.value, kv.mod_revision))
 
     async def deregister(self, principal: Principal, service_id: str) -> int:
         """Deletes the instance and everything under its lease, at once and for good: the lease
         is revoked, so no heartbeat or health update can bring the instance back."""
-        _, instance = await self._read(service_id)
+        _, instance, lease_id = await self._read(service_id)
         principal.require_acts_as(instance.service_name)
         try:
-            revision = await self._store.revoke_lease(instance.lease_id)
+            revision = await self._store.revoke_lease(lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
         await self._read_your_write(revision)
@@ -176,8 +177,8 @@ class Registry:
             instance.last_health_check.CopyFrom(health.last_check)
             return True
 
-        instance, revision = await self._modify(principal, service_id, apply)
-        await self._keepalive(service_id, instance.lease_id)
+        instance, lease_id, revision = await self._modify(principal, service_id, apply)
+        await self._keepalive(service_id, lease_id)
         await self._read_your_write(revision)
         return instance.health, revision
 
@@ -190,7 +191,7 @@ class Registry:
             instance.draining = True
             return True
 
-        _, revision = await self._modify(principal, service_id, apply)
+        _, _, revision = await self._modify(principal, service_id, apply)
         await self._read_your_write(revision)
         return revision
 
@@ -199,25 +200,25 @@ class Registry:
         principal: Principal,
         service_id: str,
         apply: Callable[[pb.ServiceInstance], bool],
-    ) -> tuple[pb.ServiceInstance, int]:
+    ) -> tuple[pb.ServiceInstance, int, int]:
         """Read, ``apply`` (False: nothing to write), compare-and-swap on the record's
-        mod_revision under its own lease; retried on a lost race. Returns (instance, revision)."""
+        mod_revision under its own lease; retried on a lost race.
+        Returns (instance, lease id, revision)."""
         key = keys.instance_key(service_id)
         for _ in range(CAS_ATTEMPTS):
-            kv, instance = await self._read(service_id)
+            kv, instance, lease_id = await self._read(service_id)
             principal.require_acts_as(instance.service_name)
             if not apply(instance):
-                return instance, kv.mod_revision
-            instance.revision = 0
+                return instance, lease_id, kv.mod_revision
             try:
                 result = await self._store.txn(
                     [mod_revision_is(key, kv.mod_revision)],
-                    [Put(key, instance.SerializeToString(), instance.lease_id)],
+                    [Put(key, encode_record(instance, lease_id), lease_id)],
                 )
             except LeaseNotFoundError:
                 raise _not_found(service_id) from None
             if result.succeeded:
-                return instance, result.revision
+                return instance, lease_id, result.revision
         raise Conflict(
             f"service instance {service_id} changed concurrently; retry",
             details={"key": key.decode()},
@@ -254,8 +255,7 @@ class Registry:
         instance = self._index.get(service_id)
         lease_id = self._index.lease_of(service_id)
         if instance is None:
-            _, instance = await self._read(service_id)
-            lease_id = instance.lease_id
+            _, instance, lease_id = await self._read(service_id)
         principal.require_acts_as(instance.service_name)
         ttl = await self._keepalive(service_id, lease_id)
         revision = self._index.revision
@@ -277,6 +277,16 @@ class Registry:
         return ttl, revision
 
     # -- reads (index only) -----------------------------------------------------------------
+
+    def get_instance(self, service_id: str) -> pb.ServiceInstance:
+        """One instance, as the index holds it, with its active connections."""
+        cached = self._index.get(service_id)
+        if cached is None:
+            raise _not_found(service_id)
+        instance = pb.ServiceInstance()
+        instance.CopyFrom(cached)  # the cached one is shared and immutable
+        instance.active_connections = self._index.active_connections(service_id)
+        return instance
 
     def discover(self, request: pb.DiscoverRequest) -> pb.DiscoverResponse:
         response = pb.DiscoverResponse(

@@ -43,6 +43,11 @@ class DiscoveryServicer:
         )
         return pb.HeartbeatResponse(ttl=ttl, revision=revision)
 
+    async def GetInstance(
+        self, request: pb.GetInstanceRequest, call: Call
+    ) -> pb.GetInstanceResponse:
+        return pb.GetInstanceResponse(instance=self._registry.get_instance(request.service_id))
+
     async def Discover(self, request: pb.DiscoverRequest, call: Call) -> pb.DiscoverResponse:
         return self._registry.discover(request)
 

@@ -26,7 +26,7 @@ from google.rpc import status_pb2
 from lucid_cp.auth.ratelimit import RateLimiter
 from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.call import Call
-from lucid_cp.errors import LucidError, MalformedRequest, MethodNotAllowed
+from lucid_cp.errors import LucidError, MalformedRequest, MethodNotAllowed, Unauthenticated
 from lucid_cp.rpc.metrics import RpcMetrics
 from lucid_cp.rpc.policy import PUBLIC_SERVICES, MethodPolicy
 from lucid_cp.rpc.status import StatusTable
@@ -35,6 +35,10 @@ from lucid_cp.validation import normalize
 log = logging.getLogger("lucid_cp.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+# The largest `authorization` value accepted (bytes); larger ones are refused as UNAUTHENTICATED
+# before any token work. The server's metadata limit (app.py, MAX_METADATA_BYTES) is above it,
+# so an oversized token reaches this check instead of grpc's own RESOURCE_EXHAUSTED.
+MAX_TOKEN_BYTES = 8192
 _READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER})
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _CODE_NAMES = {number: c.name for number, c in _CODES.items()}
@@ -134,7 +138,10 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
                 f"{attempt.method} declares no policy and is refused",
                 details={"method": attempt.method},
             )
-        principal = self._verifier.verify(attempt.md.get("authorization"))
+        authorization = attempt.md.get("authorization")
+        if authorization is not None and len(authorization.encode()) > MAX_TOKEN_BYTES:
+            raise Unauthenticated(f"authorization is too large (at most {MAX_TOKEN_BYTES} bytes)")
+        principal = self._verifier.verify(authorization)
         if policy.admin_only:
             principal.require_admin()
         if self._limiter is not None:

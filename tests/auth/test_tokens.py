@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jwt
 import pytest
 
 from lucid_cp.auth.tokens import Role, TokenVerifier, mint_token
@@ -44,3 +45,54 @@ def test_the_cache_is_bounded() -> None:
 def test_short_secrets_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         TokenVerifier(b"short", FakeClock())
+
+
+NOW = 1_800_000_000
+
+
+def signed(**overrides: object) -> str:
+    claims: dict[str, object] = {
+        "sub": "api-gateway",
+        "roles": ["service"],
+        "iss": "lucid-cp",
+        "aud": "lucid-cp",
+        "iat": NOW,
+        "exp": NOW + 60,
+    }
+    claims.update(overrides)
+    return "Bearer " + jwt.encode({k: v for k, v in claims.items() if v is not None}, SECRET)
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", ["1800000000", "soon", True, [NOW], {"t": NOW}])
+def test_time_claims_must_be_numbers(claim: str, value: object) -> None:
+    verifier = TokenVerifier(SECRET, FakeClock(now=float(NOW)))
+    with pytest.raises(Unauthenticated, match=f"'{claim}' must be a number"):
+        verifier.verify(signed(**{claim: value}))
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_exp_and_iat_are_required(claim: str) -> None:
+    verifier = TokenVerifier(SECRET, FakeClock(now=float(NOW)))
+    with pytest.raises(Unauthenticated, match=claim):
+        verifier.verify(signed(**{claim: None}))
+
+
+def test_a_non_numeric_nbf_no_longer_hides_a_not_yet_valid_token() -> None:
+    verifier = TokenVerifier(SECRET, FakeClock(now=float(NOW)))
+    with pytest.raises(Unauthenticated):
+        verifier.verify(signed(nbf=str(NOW + 3600)))
+    with pytest.raises(Unauthenticated, match="not yet valid"):
+        verifier.verify(signed(nbf=NOW + 3600))
+
+
+def test_an_iat_beyond_the_leeway_in_the_future_is_refused_until_its_time_comes() -> None:
+    clock = FakeClock(now=float(NOW))
+    verifier = TokenVerifier(SECRET, clock)
+    assert verifier.verify(signed(iat=NOW + 5)).subject == "api-gateway"  # within the leeway
+    future = signed(iat=NOW + 30, exp=NOW + 90)
+    for _ in range(2):  # the second time from the cache: still refused
+        with pytest.raises(Unauthenticated, match="not yet valid"):
+            verifier.verify(future)
+    clock.advance(25)  # iat is now within the leeway: the cached verification serves it
+    assert verifier.verify(future).subject == "api-gateway"

@@ -9,7 +9,6 @@ import pytest
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.discovery.balancer import Balancer
-from lucid_cp.errors import InvalidArgument
 
 ALGORITHMS = [v.number for v in pb.LoadBalance.DESCRIPTOR.values]
 
@@ -225,7 +224,7 @@ def test_removing_an_instance_moves_only_its_keys() -> None:
     assert moved == {k for k in KEYS if before[k] == "c"}
 
 
-def test_consistent_hash_without_a_key_is_an_invalid_argument() -> None:
-    with pytest.raises(InvalidArgument) as err:
+def test_consistent_hash_without_a_key_is_a_bug_caught_by_an_assertion() -> None:
+    # Requests never get here without one: validation enforces ResolveRequest's message rule.
+    with pytest.raises(AssertionError):
         Balancer().pick(pb.LOAD_BALANCE_CONSISTENT_HASH, instances("a"), cursor_key="s")
-    assert err.value.details == {"field": "hashKey"}

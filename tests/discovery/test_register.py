@@ -8,6 +8,8 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.api.lucid.discovery.v1 import storage_pb2
+from lucid_cp.discovery import keys
 
 from .conftest import ADMIN, auth, detail_of, error_info, register, registration, set_health
 
@@ -216,10 +218,26 @@ async def test_tls_client_key_is_never_returned(stub) -> None:
     assert resolved.tls.enabled and not resolved.tls.client_key
 
 
-async def test_the_internal_lease_id_is_not_exposed(stub) -> None:
+async def test_tls_client_key_is_never_stored(stub, control_plane) -> None:
+    reg = registration()
+    reg.endpoint.tls.enabled = True
+    reg.endpoint.tls.client_cert = "CERT"
+    reg.endpoint.tls.client_key = "SECRET-KEY"
+    await register(stub, reg)
+    await set_health(stub, reg.service_id, pb.HEALTH_STATE_HEALTHY)  # a rewrite of the record
+    kv = await control_plane.store.get(keys.instance_key(reg.service_id))
+    assert kv is not None and b"SECRET-KEY" not in kv.value
+    record = storage_pb2.StoredInstance.FromString(kv.value)
+    assert record.instance.endpoint.tls.client_cert == "CERT"
+    assert not record.instance.endpoint.tls.client_key
+
+
+async def test_the_internal_lease_id_is_not_exposed(stub, control_plane) -> None:
+    # The lease lives in the store record beside the instance, not in the public message.
+    assert "lease_id" not in pb.ServiceInstance.DESCRIPTOR.fields_by_name
     reg = registration()
     await register(stub, reg)
-    [instance] = (await stub.Discover(pb.DiscoverRequest(), metadata=ADMIN)).services
-    assert instance.lease_id == 0  # kept by the server; a 63-bit id would not survive JSON
+    kv = await control_plane.store.get(keys.instance_key(reg.service_id))
+    assert kv is not None and storage_pb2.StoredInstance.FromString(kv.value).lease_id > 0
     beat = await stub.Heartbeat(pb.HeartbeatRequest(service_id=reg.service_id), metadata=auth())
     assert beat.ttl == 300

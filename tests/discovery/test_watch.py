@@ -19,6 +19,7 @@ from lucid_cp.clock import FakeClock, SystemClock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.index import InstanceIndex
 from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.discovery.records import encode_record
 from lucid_cp.discovery.settings import DiscoverySettings
 from lucid_cp.store import MemoryStore, StoreUnavailableError, WatchBatch
 
@@ -44,7 +45,7 @@ async def test_snapshot_then_changes(stub) -> None:
     call = stub.Watch(pb.WatchRequest(), metadata=ADMIN)
     snapshot = await next_event(call)
     assert snapshot.type == SNAPSHOT
-    assert [i.service_id for i in snapshot.instances] == [existing.service_id]
+    assert [i.service_id for i in snapshot.snapshot.instances] == [existing.service_id]
 
     added = registration("blockchain-core")
     reg_response = await register(stub, added)
@@ -69,8 +70,8 @@ async def test_snapshot_then_changes(stub) -> None:
 async def test_filters_by_service_and_plane(stub) -> None:
     by_name = stub.Watch(pb.WatchRequest(service_name="tron-payment"), metadata=ADMIN)
     by_plane = stub.Watch(pb.WatchRequest(plane=pb.PLANE_WALLET), metadata=ADMIN)
-    assert not (await next_event(by_name)).instances
-    assert not (await next_event(by_plane)).instances
+    assert not (await next_event(by_name)).snapshot.instances
+    assert not (await next_event(by_plane)).snapshot.instances
     await register(stub, registration("api-gateway"))
     wallet = registration("tron-payment", cluster=pb.CLUSTER_TRON_PAYMENT, plane=pb.PLANE_WALLET)
     await register(stub, wallet)
@@ -105,7 +106,7 @@ async def test_resume_from_forgotten_history_gets_a_fresh_snapshot(stub) -> None
         await register(stub, registration())
     call = stub.Watch(pb.WatchRequest(start_revision=first.revision), metadata=ADMIN)
     snapshot = await next_event(call)
-    assert snapshot.type == SNAPSHOT and len(snapshot.instances) == 4
+    assert snapshot.type == SNAPSHOT and len(snapshot.snapshot.instances) == 4
     call.cancel()
 
 
@@ -123,7 +124,7 @@ async def test_lease_expiry_removes_the_instance_and_tells_watchers() -> None:
             await register(stub, short, md)
             await register(stub, kept, md)
             call = stub.Watch(pb.WatchRequest(), metadata=md)
-            assert len((await next_event(call)).instances) == 2
+            assert len((await next_event(call)).snapshot.instances) == 2
             clock.advance(20)
             await stub.Heartbeat(pb.HeartbeatRequest(service_id=kept.service_id), metadata=md)
             clock.advance(11)  # short: 31 s without a heartbeat > ttl 30
@@ -186,7 +187,7 @@ async def test_reconnect_after_compaction_resyncs_watchers_with_a_snapshot() -> 
             await register(stub, gone)
             await register(stub, stays)
             call = stub.Watch(pb.WatchRequest(), metadata=ADMIN)
-            assert len((await next_event(call)).instances) == 2
+            assert len((await next_event(call)).snapshot.instances) == 2
             resyncs = plane.system(DiscoverySystem).index.resyncs
 
             store.healed.clear()
@@ -203,7 +204,7 @@ async def test_reconnect_after_compaction_resyncs_watchers_with_a_snapshot() -> 
 
             snapshot = await next_event(call)
             assert snapshot.type == SNAPSHOT
-            assert [i.service_id for i in snapshot.instances] == [stays.service_id]
+            assert [i.service_id for i in snapshot.snapshot.instances] == [stays.service_id]
             assert plane.system(DiscoverySystem).index.resyncs == resyncs + 1
             assert plane.system(DiscoverySystem).index.get(gone.service_id) is None
             call.cancel()
@@ -249,11 +250,11 @@ async def test_a_slow_watcher_is_resynced_not_silently_skipped() -> None:
             reg = registration()
             instance = pb.ServiceInstance(service_id=reg.service_id, service_name=reg.service_name)
             revision = await store.put(
-                keys.instance_key(reg.service_id), instance.SerializeToString()
+                keys.instance_key(reg.service_id), encode_record(instance, 0)
             )
             assert await index.wait_for(revision, 5)
         resync = await asyncio.wait_for(anext(sub), 5)
-        assert resync.type == SNAPSHOT and len(resync.instances) == 5
+        assert resync.type == SNAPSHOT and len(resync.snapshot.instances) == 5
         sub.close()
         assert index.watchers == 0
     finally:
@@ -277,7 +278,7 @@ async def test_a_bad_record_in_the_store_never_stalls_the_index(control_plane, s
     store = control_plane.store
     await store.put(keys.instance_key("garbage"), b"\xff\xff not a protobuf")
     mismatched = pb.ServiceInstance(service_id="someone-else", service_name="api-gateway")
-    await store.put(keys.instance_key("mismatch"), mismatched.SerializeToString())
+    await store.put(keys.instance_key("mismatch"), encode_record(mismatched, 0))
     reg = registration()
     response = await register(stub, reg)
     assert control_plane.system(DiscoverySystem).index.revision >= response.revision
@@ -290,7 +291,7 @@ async def test_the_index_lists_a_large_registry_in_pages() -> None:
     ids = sorted(registration().service_id for _ in range(7))
     for service_id in ids:
         instance = pb.ServiceInstance(service_id=service_id, service_name="api-gateway")
-        await store.put(keys.instance_key(service_id), instance.SerializeToString())
+        await store.put(keys.instance_key(service_id), encode_record(instance, 0))
     index = InstanceIndex(store, clock=SystemClock(), list_page=3)
     await index.start()
     try:

@@ -172,12 +172,16 @@ async def test_watch_streams_ndjson_events(live: httpx.AsyncClient) -> None:
         lines = rsp.aiter_lines()
         snapshot = json.loads(await asyncio.wait_for(lines.__anext__(), WAIT))
         assert snapshot["type"] == "snapshot"
-        assert [i["serviceId"] for i in snapshot["instances"]] == [first["serviceId"]]
+        assert [i["serviceId"] for i in snapshot["snapshot"]["instances"]] == [first["serviceId"]]
+        assert "instance" not in snapshot
         second = registration()
         assert (await register(live, second)).status_code == 201
         added = json.loads(await asyncio.wait_for(lines.__anext__(), WAIT))
         assert added["type"] == "added"
         assert added["instance"]["serviceId"] == second["serviceId"]
+        # A change carries only its instance: no (empty) snapshot list, no lease id.
+        assert "snapshot" not in added and "instances" not in added
+        assert "leaseId" not in added["instance"]
         assert added["revision"] > snapshot["revision"]
     error(await live.get(f"{BASE}/watch"), 401, "LUCID_ERR_1901")
 

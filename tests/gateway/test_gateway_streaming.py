@@ -30,13 +30,19 @@ async def test_each_message_is_one_line_flushed_as_it_arrives(
     client: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     queue = backend.script.watch_queue
-    queue.put_nowait(pb.WatchResponse(type=pb.WATCH_EVENT_TYPE_SNAPSHOT, revision=1))
+    queue.put_nowait(
+        pb.WatchResponse(type=pb.WATCH_EVENT_TYPE_SNAPSHOT, snapshot=pb.WatchSnapshot(), revision=1)
+    )
     async with client.stream("GET", f"{WATCH}?serviceName=api-gateway&cluster=api-gateway") as rsp:
         assert rsp.status_code == 200
         assert rsp.headers["content-type"] == "application/x-ndjson"
         assert rsp.headers["x-request-id"]
         lines = rsp.aiter_lines()
-        assert await next_line(lines) == {"type": "snapshot", "instances": [], "revision": 1}
+        assert await next_line(lines) == {
+            "type": "snapshot",
+            "snapshot": {"instances": []},
+            "revision": 1,
+        }
         # The next event is only produced after the first line was received: it was flushed.
         queue.put_nowait(event(pb.WATCH_EVENT_TYPE_ADDED, "api-gateway", 2))
         added = await next_line(lines)

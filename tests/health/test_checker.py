@@ -13,6 +13,7 @@ import pytest
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.discovery import keys
+from lucid_cp.discovery.records import decode_record
 
 from .conftest import SPEED, registration
 from .harness import ADMIN, Harness, running_checker
@@ -131,7 +132,7 @@ async def test_a_store_outage_pauses_writes_and_the_latest_status_lands_after(
 
     await wait_until(pending_unhealthy, 5, "a pending unhealthy write")
     kv = await h.store.inner.get(keys.instance_key(sid))
-    assert kv is not None and pb.ServiceInstance.FromString(kv.value).status == HEALTHY
+    assert kv is not None and decode_record(kv.value, kv.mod_revision)[0].status == HEALTHY
     since = time.monotonic()
     await wait_until(lambda: len(http_target.hits("/health", since)) >= 3, 5, "checks go on")
     assert h.checker.writer.failures >= 1

@@ -10,6 +10,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.clock import SystemClock
 from lucid_cp.discovery import keys
 from lucid_cp.discovery.health.writer import StatusWriter, WriteOutcome
+from lucid_cp.discovery.records import decode_record, encode_record
 from lucid_cp.store.base import Compare, TxnOp, TxnResult
 from lucid_cp.store.memory import MemoryStore
 
@@ -47,19 +48,24 @@ async def put_instance(store: Store, n: int) -> tuple[str, pb.ServiceInstance]:
     lease = await store.grant_lease(300)
     instance = pb.ServiceInstance(
         service_id=f"00000000-0000-4000-8000-{n:012d}",
-        lease_id=lease.id,
         status=pb.HEALTH_STATE_UNKNOWN,
     )
     instance.health.status = pb.HEALTH_STATE_UNKNOWN
     await store.put(
-        keys.instance_key(instance.service_id), instance.SerializeToString(), lease=lease.id
+        keys.instance_key(instance.service_id), encode_record(instance, lease.id), lease=lease.id
     )
     return instance.service_id, instance
 
 
+async def lease_of(store: Store, service_id: str) -> int:
+    kv = await store.get(keys.instance_key(service_id))
+    assert kv is not None
+    return decode_record(kv.value, kv.mod_revision)[1]
+
+
 async def read(store: Store, service_id: str) -> pb.ServiceInstance | None:
     kv = await store.get(keys.instance_key(service_id))
-    return pb.ServiceInstance.FromString(kv.value) if kv is not None else None
+    return decode_record(kv.value, kv.mod_revision)[0] if kv is not None else None
 
 
 async def test_a_batch_is_one_txn_and_a_raced_record_only_costs_itself(store: Store) -> None:
@@ -76,7 +82,8 @@ async def test_a_batch_is_one_txn_and_a_raced_record_only_costs_itself(store: St
         updated.health.status = UNHEALTHY
         updated.health.source = pb.HEALTH_SOURCE_MANUAL
         key = keys.instance_key(raced_id)
-        await store.inner.put(key, updated.SerializeToString(), lease=raced.lease_id)
+        lease = await lease_of(store, raced_id)
+        await store.inner.put(key, encode_record(updated, lease), lease=lease)
 
     store.after_read = manual_update
     for service_id, instance in instances:
@@ -103,10 +110,10 @@ async def test_a_record_deregistered_mid_batch_is_never_recreated(store: Store) 
     writer = StatusWriter(
         store, lambda s, o, r: outcomes.__setitem__(s, o), SystemClock(), concurrency=1
     )
-    gone_id, gone = instances[1]
+    gone_id, _ = instances[1]
 
     async def deregister() -> None:
-        await store.inner.revoke_lease(gone.lease_id)
+        await store.inner.revoke_lease(await lease_of(store, gone_id))
 
     store.after_read = deregister
     for service_id, instance in instances:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
-from lucid_cp.discovery.index import decode_instance
+from lucid_cp.discovery.records import decode_record, encode_record
 from lucid_cp.store.base import (
     MAX_TXN_OPS,
     Compare,
@@ -169,7 +169,7 @@ class StatusWriter:
             if not isinstance(kv, KeyValue):
                 self._finish(service_id, entry, WriteOutcome.GONE, None)
                 continue
-            record = decode_instance(kv.value, kv.mod_revision)
+            record, lease_id = decode_record(kv.value, kv.mod_revision)
             if record.health != entry.base:
                 self._finish(service_id, entry, WriteOutcome.SUPERSEDED, record)
                 continue
@@ -180,10 +180,9 @@ class StatusWriter:
             record.health.CopyFrom(desired)
             record.status = desired.status
             record.last_health_check.CopyFrom(desired.last_check)
-            record.revision = 0
             key = keys.instance_key(service_id)
             compares.append(mod_revision_is(key, kv.mod_revision))
-            puts.append(Put(key, record.SerializeToString(), record.lease_id))
+            puts.append(Put(key, encode_record(record, lease_id), lease_id))
             sent.append((service_id, record, desired))
             self._inflight[service_id] = desired
         if not sent:

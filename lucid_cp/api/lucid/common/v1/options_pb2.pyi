@@ -200,6 +200,42 @@ class FieldRules(_message.Message):
 Global___FieldRules: _TypeAlias = FieldRules  # noqa: Y015
 
 @_typing.final
+class MessageRule(_message.Message):
+    """A cross-field rule of a message, declared on the message with
+    `option (lucid.common.v1.message_rules) = {when_field: ..., when_equals: ..., require: ...}`
+    (repeat the option for several rules). Enforced by lucid_cp/validation.py after defaults are
+    applied, documented by the OpenAPI generator (`x-lucid-rules`). A violation names `require`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WHEN_FIELD_FIELD_NUMBER: _builtins.int
+    WHEN_EQUALS_FIELD_NUMBER: _builtins.int
+    REQUIRE_FIELD_NUMBER: _builtins.int
+    when_field: _builtins.str
+    """Name of a field of this message (proto name, e.g. "load_balance")."""
+    when_equals: _builtins.str
+    """The value that triggers the rule, as text: an enum value's proto name
+    ("LOAD_BALANCE_CONSISTENT_HASH"), "true"/"false", a decimal number, or a string.
+    """
+    require: _builtins.str
+    """Name of a field of this message that must then be set (presence as for FieldRules.required)."""
+    def __init__(
+        self,
+        *,
+        when_field: _builtins.str = ...,
+        when_equals: _builtins.str = ...,
+        require: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["require", b"require", "when_equals", b"when_equals", "when_field", b"when_field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageRule: _TypeAlias = MessageRule  # noqa: Y015
+
+@_typing.final
 class HttpOptions(_message.Message):
     """How a method is exposed over REST (read by the gateway and the OpenAPI generator)."""
 
@@ -255,10 +291,12 @@ Global___MethodPolicy: _TypeAlias = MethodPolicy  # noqa: Y015
 
 WIRE_FIELD_NUMBER: _builtins.int
 RULES_FIELD_NUMBER: _builtins.int
+MESSAGE_RULES_FIELD_NUMBER: _builtins.int
 HTTP_OPTIONS_FIELD_NUMBER: _builtins.int
 POLICY_FIELD_NUMBER: _builtins.int
 wire: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.str]
 """The value's string on the REST/JSON surface, e.g. "api-gateway", "round-robin"."""
 rules: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldRules]
+message_rules: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _containers.RepeatedCompositeFieldContainer[Global___MessageRule]]
 http_options: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___HttpOptions]
 policy: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___MethodPolicy]

@@ -251,7 +251,9 @@ class TlsConfig(_message.Message):
     cert_authority: _builtins.str
     client_cert: _builtins.str
     client_key: _builtins.str
-    """Accepted for compatibility with the seed but never returned by reads (redacted)."""
+    """Accepted for compatibility with the seed, but never stored nor returned: the registry drops
+    it before writing the record.
+    """
     def __init__(
         self,
         *,
@@ -647,7 +649,6 @@ class ServiceInstance(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
-    LEASE_ID_FIELD_NUMBER: _builtins.int
     ACTIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
@@ -661,8 +662,6 @@ class ServiceInstance(_message.Message):
     status: Global___HealthState.ValueType
     revision: _builtins.int
     """Store revision of this record's last write."""
-    lease_id: _builtins.int
-    """The lease the record lives under. Stored, never returned by reads (always 0 there)."""
     active_connections: _builtins.int
     """Last active-connection count reported by Heartbeat (least-connections balancing)."""
     draining: _builtins.bool
@@ -700,13 +699,12 @@ class ServiceInstance(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         health: Global___HealthStatus | None = ...,
         revision: _builtins.int = ...,
-        lease_id: _builtins.int = ...,
         active_connections: _builtins.int = ...,
         draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "health", b"health", "health_check", b"health_check", "last_health_check", b"last_health_check", "metadata", b"metadata", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "cluster", b"cluster", "draining", b"draining", "endpoint", b"endpoint", "health", b"health", "health_check", b"health_check", "instance_id", b"instance_id", "last_health_check", b"last_health_check", "lease_id", b"lease_id", "metadata", b"metadata", "plane", b"plane", "registered_at", b"registered_at", "revision", b"revision", "service_id", b"service_id", "service_name", b"service_name", "status", b"status", "ttl", b"ttl", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "cluster", b"cluster", "draining", b"draining", "endpoint", b"endpoint", "health", b"health", "health_check", b"health_check", "instance_id", b"instance_id", "last_health_check", b"last_health_check", "metadata", b"metadata", "plane", b"plane", "registered_at", b"registered_at", "revision", b"revision", "service_id", b"service_id", "service_name", b"service_name", "status", b"status", "ttl", b"ttl", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1010,7 +1008,7 @@ class ResolveRequest(_message.Message):
     """Exact version to resolve ("" = any)."""
     load_balance: Global___LoadBalance.ValueType
     hash_key: _builtins.str
-    """Key for consistent-hash (required with it)."""
+    """Key for consistent-hash (required with it: the message rule above)."""
     include_unhealthy: _builtins.bool
     """Resolve picks among healthy instances, else among degraded ones; draining instances never.
     When neither exists the answer is NOT_FOUND, unless include_unhealthy is set: then it picks
@@ -1159,12 +1157,38 @@ class WatchRequest(_message.Message):
 Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 
 @_typing.final
+class WatchSnapshot(_message.Message):
+    """The full set of instances matching a watch, at one revision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceInstance]: ...
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[Global___ServiceInstance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSnapshot: _TypeAlias = WatchSnapshot  # noqa: Y015
+
+@_typing.final
 class WatchResponse(_message.Message):
+    """One event of a watch: exactly one of `snapshot` (type snapshot) or `instance` (added, updated,
+    removed) is set, so the JSON of an event carries only the member that belongs to its type.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
-    INSTANCES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     type: Global___WatchEventType.ValueType
     revision: _builtins.int
@@ -1174,21 +1198,66 @@ class WatchResponse(_message.Message):
         """For added / updated / removed (removed carries the last known state)."""
 
     @_builtins.property
-    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceInstance]:
-        """For snapshot."""
+    def snapshot(self) -> Global___WatchSnapshot:
+        """For snapshot: replaces everything the client held."""
 
     def __init__(
         self,
         *,
         type: Global___WatchEventType.ValueType = ...,
         instance: Global___ServiceInstance | None = ...,
-        instances: _abc.Iterable[Global___ServiceInstance] | None = ...,
+        snapshot: Global___WatchSnapshot | None = ...,
         revision: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "instance", b"instance", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "instances", b"instances", "revision", b"revision", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "instance", b"instance", "revision", b"revision", "snapshot", b"snapshot", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["instance", "snapshot"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015
+
+@_typing.final
+class GetInstanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_id", b"service_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015
+Global___GetInstanceRequest: _TypeAlias = GetInstanceRequest  # noqa: Y015
+
+@_typing.final
+class GetInstanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instance(self) -> Global___ServiceInstance:
+        """The instance as the index holds it, with the revision of its last write and its last
+        reported active connections.
+        """
+
+    def __init__(
+        self,
+        *,
+        instance: Global___ServiceInstance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInstanceResponse: _TypeAlias = GetInstanceResponse  # noqa: Y015

@@ -62,6 +62,11 @@ class DiscoveryServiceStub:
                 request_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.GetInstance = channel.unary_unary(
+                '/lucid.discovery.v1.DiscoveryService/GetInstance',
+                request_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.GetInstanceRequest.SerializeToString,
+                response_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.GetInstanceResponse.FromString,
+                _registered_method=True)
         self.Discover = channel.unary_unary(
                 '/lucid.discovery.v1.DiscoveryService/Discover',
                 request_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.DiscoverRequest.SerializeToString,
@@ -117,6 +122,13 @@ class DiscoveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInstance(self, request, context):
+        """One instance by serviceId (NOT_FOUND, LUCID_ERR_1002, when it is not registered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Discover(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -162,6 +174,11 @@ def add_DiscoveryServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.HeartbeatRequest.FromString,
                     response_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'GetInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInstance,
+                    request_deserializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.GetInstanceRequest.FromString,
+                    response_serializer=lucid_dot_discovery_dot_v1_dot_discovery__pb2.GetInstanceResponse.SerializeToString,
             ),
             'Discover': grpc.unary_unary_rpc_method_handler(
                     servicer.Discover,
@@ -316,6 +333,33 @@ class DiscoveryService:
             '/lucid.discovery.v1.DiscoveryService/Heartbeat',
             lucid_dot_discovery_dot_v1_dot_discovery__pb2.HeartbeatRequest.SerializeToString,
             lucid_dot_discovery_dot_v1_dot_discovery__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.discovery.v1.DiscoveryService/GetInstance',
+            lucid_dot_discovery_dot_v1_dot_discovery__pb2.GetInstanceRequest.SerializeToString,
+            lucid_dot_discovery_dot_v1_dot_discovery__pb2.GetInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,8 @@ class DiscoveryServiceStub:
     drain only its own service.
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.HeartbeatRequest, _discovery_pb2.HeartbeatResponse]
+    GetInstance: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.GetInstanceRequest, _discovery_pb2.GetInstanceResponse]
+    """One instance by serviceId (NOT_FOUND, LUCID_ERR_1002, when it is not registered)."""
     Discover: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.DiscoverRequest, _discovery_pb2.DiscoverResponse]
     Resolve: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.ResolveRequest, _discovery_pb2.ResolveResponse]
     Watch: _grpc.UnaryStreamMultiCallable[_discovery_pb2.WatchRequest, _discovery_pb2.WatchResponse]
@@ -61,6 +63,8 @@ class DiscoveryServiceAsyncStub(DiscoveryServiceStub):
     drain only its own service.
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_discovery_pb2.HeartbeatRequest, _discovery_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    GetInstance: _aio.UnaryUnaryMultiCallable[_discovery_pb2.GetInstanceRequest, _discovery_pb2.GetInstanceResponse]  # type: ignore[assignment]
+    """One instance by serviceId (NOT_FOUND, LUCID_ERR_1002, when it is not registered)."""
     Discover: _aio.UnaryUnaryMultiCallable[_discovery_pb2.DiscoverRequest, _discovery_pb2.DiscoverResponse]  # type: ignore[assignment]
     Resolve: _aio.UnaryUnaryMultiCallable[_discovery_pb2.ResolveRequest, _discovery_pb2.ResolveResponse]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_discovery_pb2.WatchRequest, _discovery_pb2.WatchResponse]  # type: ignore[assignment]
@@ -106,6 +110,14 @@ class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _discovery_pb2.HeartbeatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_discovery_pb2.HeartbeatResponse, _abc.Awaitable[_discovery_pb2.HeartbeatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetInstance(
+        self,
+        request: _discovery_pb2.GetInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_discovery_pb2.GetInstanceResponse, _abc.Awaitable[_discovery_pb2.GetInstanceResponse]]:
+        """One instance by serviceId (NOT_FOUND, LUCID_ERR_1002, when it is not registered)."""
 
     @_abc_1.abstractmethod
     def Discover(
