@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.backend import Backend
 from gateway.errors import ApiError, from_grpc, gateway_error, internal_error, unauthenticated
+from gateway.marker import MALFORMED_HEADER, encode_marker
 from gateway.openapi import build_openapi
 from gateway.routes import MethodNotAllowed, NoRoute, Route, RouteTable, compile_routes
 from gateway.services import DEFAULT_PACKAGE, select_services
@@ -39,7 +40,6 @@ from gateway.transcode import (
 )
 from lucid_cp.api.lucid.common.v1 import errors_pb2
 from lucid_cp.clock import Clock, SystemClock
-from lucid_cp.rpc.malformed import MALFORMED_HEADER, encode_marker
 
 log = logging.getLogger("lucid.gateway")
 

@@ -1,4 +1,5 @@
-"""The REST gateway's "malformed request" marker: authentication before validation feedback.
+"""The REST gateway's "malformed request" marker, read here (written by gateway/marker.py):
+authentication before validation feedback.
 
 A REST request the gateway cannot transcode (bad JSON, unknown field or query parameter, a key
 given twice, an unknown enum string) is still sent to its method, with an empty request and
@@ -17,30 +18,13 @@ fail, after being authenticated: the marker can never make a call succeed or act
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 from lucid_cp.errors import FieldViolation, InvalidArgument, LucidError, MalformedRequest
 
 MALFORMED_HEADER = "x-lucid-malformed"
 MAX_MARKER_CHARS = 2048
 MAX_VIOLATIONS = 4
-_INVALID, _MALFORMED = "invalid", "malformed"
-
-
-def encode_marker(message: str, violations: Sequence[tuple[str, str]], *, invalid: bool) -> str:
-    """The marker for one request, shortened until it fits MAX_MARKER_CHARS."""
-    kept = list(violations)[:MAX_VIOLATIONS]
-    text = ""
-    for limit in (256, 64, 16):
-        doc = {
-            "k": _INVALID if invalid else _MALFORMED,
-            "m": message[: 4 * limit],
-            "v": [[field[:limit], description[:limit]] for field, description in kept],
-        }
-        text = json.dumps(doc, ensure_ascii=True, separators=(",", ":"))
-        if len(text) <= MAX_MARKER_CHARS:
-            break
-    return text
+_INVALID = "invalid"
 
 
 def error_from_marker(value: str, invalid: type[InvalidArgument]) -> LucidError:
