@@ -10,6 +10,8 @@ It is the proto3 JSON mapping with the project's REST conventions:
 * Timestamp is RFC 3339, Struct/Value/ListValue are free-form JSON, wrappers are their value;
 * output emits numbers and booleans even when zero, repeated fields and maps even when empty,
   and omits empty strings/bytes, zero enums, unset messages and unset ``optional`` fields;
+* a field named twice (by either name), a repeated object or map key, and strings with unpaired
+  surrogates (``"\\ud800"``, not encodable as UTF-8) are errors naming the field;
 * unknown fields, wrong JSON types and ``null`` (except for google.protobuf.Value and wrapper
   fields, where the OpenAPI document allows it) are errors (CodecError names the field path).
 """
