@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -20,7 +22,8 @@ from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
 from gateway.backend import Backend
-from gateway.errors import ApiError, from_grpc, gateway_error, internal_error
+from gateway.errors import ApiError, from_grpc, gateway_error, internal_error, unauthenticated
+from gateway.marker import MALFORMED_HEADER, encode_marker
 from gateway.openapi import build_openapi
 from gateway.routes import MethodNotAllowed, NoRoute, Route, RouteTable, compile_routes
 from gateway.services import DEFAULT_PACKAGE, select_services
@@ -45,6 +48,13 @@ HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 REQUEST_ID_HEADER = "X-Request-ID"
 JSON_TYPE = "application/json"
+# The longest Authorization header forwarded: a longer one is answered 401 at once (a Lucid
+# token is a few hundred bytes; gRPC would refuse a long one with a misleading
+# RESOURCE_EXHAUSTED). The control plane refuses tokens over the same size.
+MAX_AUTHORIZATION_BYTES = 8192
+# At most this much of any request (its path, an exception's text) goes into one log line.
+MAX_LOGGED_CHARS = 2048
+DEFAULT_BODY_TIMEOUT = 30.0
 
 _R = errors_pb2.ErrorReason
 
@@ -61,6 +71,7 @@ def create_app(
     timeout: float = 30.0,
     readiness_timeout: float = 1.0,
     max_message_bytes: int = 4 * 1024 * 1024,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     version: str | None = None,
     clock: Clock | None = None,
 ) -> Starlette:
@@ -69,7 +80,8 @@ def create_app(
     ``grpc_target`` is "host:port" (the app owns the channel, created in its event loop and
     closed at shutdown) or an existing grpc.aio channel (borrowed, never closed).
     ``services`` are full service names or descriptors; None exposes every service in
-    ``package``. ``clock`` stamps error timestamps. Raises ServiceNotFound / TemplateError at
+    ``package``. ``body_timeout`` bounds the reading of a request body (408 after it).
+    ``clock`` stamps error timestamps. Raises ServiceNotFound / TemplateError at
     once on bad configuration.
     """
     selected = select_services(services, package)
@@ -80,6 +92,7 @@ def create_app(
         openapi=build_openapi(table.routes, selected),
         timeout=timeout,
         readiness_timeout=readiness_timeout,
+        body_timeout=body_timeout,
         version=version or package_version(),
         clock=clock or SystemClock(),
     )
@@ -107,6 +120,7 @@ class Gateway:
         openapi: dict[str, Any],
         timeout: float,
         readiness_timeout: float,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
         version: str,
         clock: Clock,
     ) -> None:
@@ -115,6 +129,7 @@ class Gateway:
         self.openapi_body = dumps(openapi)
         self.timeout = timeout
         self.readiness_timeout = readiness_timeout
+        self.body_timeout = body_timeout
         self.version = version
         self.clock = clock
         self._streams: set[NdjsonStream] = set()
@@ -130,8 +145,14 @@ class Gateway:
             return await self._dispatch(request, request_id)
         except ApiError as error:
             return self.error_response(error, request_id)
-        except Exception:
-            log.exception("unhandled error in the REST gateway (request_id=%s)", request_id)
+        except Exception as exc:
+            log.error(
+                "unhandled error in the REST gateway (request_id=%s) %s %s: %s",
+                request_id,
+                request.method,
+                clip(request.scope["path"], MAX_LOGGED_CHARS // 8),
+                clip("".join(traceback.format_exception(exc)), MAX_LOGGED_CHARS),
+            )
             return self.error_response(internal_error(), request_id)
 
     async def _dispatch(self, request: Request, request_id: str) -> Response | NdjsonStream:
@@ -149,12 +170,18 @@ class Gateway:
             response.headers["Allow"] = ", ".join(exc.allowed)
             return response
         route = match.route
-        body = await _read_body(request) if route.body else b""
-        message = build_request(route, match.path_values, request.scope["query_string"], body)
-        call_metadata = [("x-request-id", request_id)]
-        authorization = request.headers.get("authorization")
-        if authorization is not None:
-            call_metadata.append(("authorization", authorization))
+        # Authentication before any feedback on the request itself: only the control plane
+        # can verify a token, so the gateway refuses what cannot be one and forwards the rest.
+        authorization = _authorization(request.headers.get("authorization"))
+        call_metadata = [("x-request-id", request_id), ("authorization", authorization)]
+        body = await _read_body(request, self.body_timeout) if route.body else b""
+        try:
+            message = build_request(route, match.path_values, request.scope["query_string"], body)
+        except ApiError as error:
+            # The control plane authenticates the call, then answers with this error.
+            message = route.request_class()
+            marker = encode_marker(error.message, error.violations(), invalid=error.invalid)
+            call_metadata.append((MALFORMED_HEADER, marker))
         if route.server_streaming:
             return self._stream(route, message, call_metadata, request_id)
         return await self._unary(route, message, call_metadata, request_id)
@@ -258,16 +285,39 @@ def _request_id(header: str | None) -> str:
     return str(uuid.uuid4())
 
 
-async def _read_body(request: Request) -> bytes:
+def clip(text: str, limit: int) -> str:
+    """``text`` with its middle elided to at most about ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...[{len(text) - 2 * half} characters elided]...{text[-half:]}"
+
+
+def _authorization(header: str | None) -> str:
+    """The Authorization header to forward, or ApiError 401 for one that cannot be a token."""
+    if header is None:
+        raise unauthenticated("missing bearer token (Authorization header)")
+    if len(header) > MAX_AUTHORIZATION_BYTES:
+        raise unauthenticated(f"invalid token: longer than {MAX_AUTHORIZATION_BYTES} bytes")
+    if not (header.isascii() and header.isprintable()):
+        raise unauthenticated("invalid token: the Authorization header must be printable ASCII")
+    return header
+
+
+async def _read_body(request: Request, timeout: float) -> bytes:
     check_body_size(request.headers.get("content-length"))
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise body_too_large()
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise body_too_large()
+                chunks.append(chunk)
     except ClientDisconnect:
         raise gateway_error(400, _R.MALFORMED_REQUEST, "client disconnected mid-body") from None
+    except TimeoutError:
+        message = f"request body not received within {timeout:g} s"
+        raise gateway_error(408, _R.MALFORMED_REQUEST, message) from None
     return b"".join(chunks)

@@ -10,6 +10,8 @@ It is the proto3 JSON mapping with the project's REST conventions:
 * Timestamp is RFC 3339, Struct/Value/ListValue are free-form JSON, wrappers are their value;
 * output emits numbers and booleans even when zero, repeated fields and maps even when empty,
   and omits empty strings/bytes, zero enums, unset messages and unset ``optional`` fields;
+* a field named twice (by either name), a repeated object or map key, and strings with unpaired
+  surrogates (``"\\ud800"``, not encodable as UTF-8) are errors naming the field;
 * unknown fields, wrong JSON types and ``null`` (except for google.protobuf.Value and wrapper
   fields, where the OpenAPI document allows it) are errors (CodecError names the field path).
 """
@@ -94,12 +96,67 @@ def url_descendable(message: Descriptor) -> bool:
 
 
 class CodecError(ValueError):
-    """A JSON value that does not fit the message; ``field`` is the JSON path."""
+    """A JSON value that does not fit the message; ``field`` is the JSON path.
+
+    The request is malformed (wrong type, unknown field, ...); ``invalid`` marks a well-formed
+    value the configuration does not allow (an unknown enum string), which the server reports
+    as its own invalid-request error."""
+
+    invalid = False
 
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"{field or '(body)'}: {description}")
         self.field = field
         self.description = description
+
+
+class InvalidValue(CodecError):
+    """A value of the right JSON type that names no allowed value (an unknown enum string)."""
+
+    invalid = True
+
+
+class DuplicateKeys(dict[str, Any]):
+    """A JSON object in which a key occurs more than once (see ``transcode.parse_json_body``):
+    ``duplicate`` is the first repeated key. Decoding it anywhere is an error naming that key."""
+
+    __slots__ = ("duplicate",)
+
+    def __init__(self, pairs: list[tuple[str, Any]], duplicate: str) -> None:
+        super().__init__(pairs)
+        self.duplicate = duplicate
+
+
+def object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: a plain dict, or DuplicateKeys when a key repeats."""
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return DuplicateKeys(pairs, key)
+        seen.add(key)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _object(value: JSON, path: str) -> dict[str, Any]:
+    """``value`` as a JSON object without repeated keys, or CodecError."""
+    if not isinstance(value, dict):
+        raise CodecError(path, "expected a JSON object")
+    if isinstance(value, DuplicateKeys):
+        raise CodecError(_join(path, value.duplicate), "key given more than once")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: str, path: str) -> str:
+    """A string that can be encoded as UTF-8 (JSON's \\uD800 escapes can make one that cannot)."""
+    if not value.isascii() and _SURROGATE.search(value):
+        raise CodecError(path, "invalid Unicode: unpaired surrogate")
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +192,7 @@ class EnumWire:
             number = self.from_wire.get(value)
             if number is not None:
                 return number
-        raise CodecError(path, f"must be one of: {', '.join(self.strings)}")
+        raise InvalidValue(path, f"must be one of: {', '.join(self.strings)}")
 
 
 _ENUMS: dict[str, EnumWire] = {}
@@ -328,15 +385,17 @@ def decode_message(value: JSON, message: Message, path: str = "") -> None:
     if special is not None:
         special(value, message, path)
         return
-    if not isinstance(value, dict):
-        raise CodecError(path, "expected a JSON object")
     fields = fields_by_any_name(descriptor_of(message))
     oneofs_set: dict[str, str] = {}
-    for key, item in value.items():
+    given: dict[int, str] = {}
+    for key, item in _object(value, path).items():
         field = fields.get(key)
-        sub = _join(path, key)
+        sub = _join(path, _text(key, path))
         if field is None:
             raise CodecError(sub, "unknown field")
+        if field.number in given:  # "serviceName" and "service_name" name one field
+            raise CodecError(sub, f"field given twice (as '{given[field.number]}' and '{key}')")
+        given[field.number] = key
         if item is None:
             if _is_wrapper(field):
                 continue  # a null wrapper is an absent one
@@ -353,14 +412,14 @@ def decode_message(value: JSON, message: Message, path: str = "") -> None:
 def decode_field(message: Message, field: FieldDescriptor, value: JSON, path: str) -> None:
     """Sets (or, for repeated fields, extends) ``field`` of ``message`` from JSON ``value``."""
     if _is_map(field):
-        if not isinstance(value, dict):
-            raise CodecError(path, "expected a JSON object")
         key_field = message_type(field).fields_by_name["key"]
         value_field = message_type(field).fields_by_name["value"]
         target = getattr(message, field.name)
-        for key, item in value.items():
-            sub = _join(path, key)
+        for key, item in _object(value, path).items():
+            sub = _join(path, _text(key, path))
             map_key = _map_key(key_field, key, sub)
+            if map_key in target:  # "1" and "01" are one int key
+                raise CodecError(sub, "map key given more than once")
             if value_field.type == _F.TYPE_MESSAGE:
                 decode_message(item, target[map_key], sub)
             else:
@@ -458,7 +517,7 @@ def _scalar(field: FieldDescriptor, value: JSON, path: str) -> Any:
         return _integer(value, bounds, path)
     if kind == _F.TYPE_STRING:
         if isinstance(value, str):
-            return value
+            return _text(value, path)
         raise CodecError(path, "expected a string")
     if kind == _F.TYPE_ENUM:
         return enum_wire(enum_type(field)).decode(value, path)
@@ -553,7 +612,7 @@ def _decode_value(value: JSON, message: Any, path: str) -> None:
             raise CodecError(path, "numbers must be finite")
         message.number_value = value
     elif isinstance(value, str):
-        message.string_value = value
+        message.string_value = _text(value, path)
     elif isinstance(value, dict):
         message.struct_value.SetInParent()  # selects the oneof member even for {}
         _decode_struct(value, message.struct_value, path)
@@ -565,10 +624,9 @@ def _decode_value(value: JSON, message: Any, path: str) -> None:
 
 
 def _decode_struct(value: JSON, message: Any, path: str) -> None:
-    if not isinstance(value, dict):
-        raise CodecError(path, "expected a JSON object")
-    for key, item in value.items():
-        _decode_value(item, message.fields[key], _join(path, key))
+    for key, item in _object(value, path).items():
+        sub = _join(path, _text(key, path))
+        _decode_value(item, message.fields[key], sub)
 
 
 def _decode_list(value: JSON, message: Any, path: str) -> None:

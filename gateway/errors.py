@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway.codec import enum_wire
+from gateway.codec import encode_message, enum_wire
 from lucid_cp.api.lucid.common.v1 import errors_pb2
 
 SERVICE_NAME = "lucid-cp"
@@ -87,6 +88,9 @@ class ApiError(Exception):
     message: str
     details: dict[str, object] = field(default_factory=dict)
     retry_after: int | None = None  # seconds, for the Retry-After header
+    # A well-formed request the configuration does not allow (the system's invalid-request
+    # error, not MALFORMED_REQUEST, when the server reports it): an unknown enum string.
+    invalid: bool = False
 
     def body(self, request_id: str, timestamp: datetime, version: str) -> dict[str, object]:
         error: dict[str, object] = {
@@ -100,7 +104,18 @@ class ApiError(Exception):
         error["version"] = version
         return {"error": error}
 
+    def violations(self) -> list[tuple[str, str]]:
+        """The field violations in ``details``, as (field, description)."""
+        found = self.details.get("fieldViolations")
+        if not isinstance(found, list):
+            return []
+        return [(str(v["field"]), str(v["description"])) for v in found]
+
     def headers(self) -> dict[str, str]:
+        if self.status == 401:  # RFC 6750: every 401 names the scheme it wants
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status == 408:  # RFC 9110: the connection is closed after a 408
+            return {"Connection": "close"}
         if self.retry_after is None:
             return {}
         return {"Retry-After": str(self.retry_after)}
@@ -133,6 +148,10 @@ def malformed(message: str, violations: Sequence[tuple[str, str]] = ()) -> ApiEr
     return gateway_error(400, _R.MALFORMED_REQUEST, message, violations=violations)
 
 
+def unauthenticated(message: str) -> ApiError:
+    return gateway_error(401, _R.UNAUTHENTICATED, message)
+
+
 def internal_error() -> ApiError:
     return gateway_error(500, _R.INTERNAL, "internal error; quote the request id when reporting it")
 
@@ -151,13 +170,21 @@ def from_grpc(
     code_string = reason_code(_FALLBACK_REASON.get(code, _R.INTERNAL))
     details: dict[str, object] = {}
     retry_after: int | None = None
+    typed = _typed_details(status)
+    lucid = False  # the error carries Lucid's ErrorInfo (else: grpc's own, or a proxy's)
     for any_detail in status.details if status is not None else ():
         if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             any_detail.Unpack(info)
+            lucid = lucid or info.domain == "lucid"
             if info.reason:
                 code_string = info.reason
-            details.update({k: v for k, v in info.metadata.items() if k != "request_id"})
+            # The Struct detail has the same values with their JSON types (2, not "2").
+            details.update(
+                typed
+                if typed is not None
+                else {k: v for k, v in info.metadata.items() if k != "request_id"}
+            )
         elif any_detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             any_detail.Unpack(bad)
@@ -178,9 +205,26 @@ def from_grpc(
                 {"type": v.type, "subject": v.subject, "description": v.description}
                 for v in failure.violations
             ]
+    if code == _C.RESOURCE_EXHAUSTED and not lucid:
+        # grpc's own limit (metadata or message size), not Lucid's rate limiter: retrying the
+        # same request cannot help, and its message would expose internal sizes.
+        return ApiError(400, reason_code(_R.LIMIT_EXCEEDED), _TRANSPORT_LIMIT)
     if code == _C.RESOURCE_EXHAUSTED and retry_after is None:
         retry_after = 1  # 429 always tells the client when to come back
     return ApiError(http_status_of(code), code_string, text, details, retry_after)
+
+
+_TRANSPORT_LIMIT = "the request exceeds a size limit between the gateway and the control plane"
+
+
+def _typed_details(status: status_pb2.Status | None) -> dict[str, object] | None:
+    """The error's details as the server packed them in a google.protobuf.Struct, if it did."""
+    for any_detail in status.details if status is not None else ():
+        if any_detail.Is(struct_pb2.Struct.DESCRIPTOR):
+            typed = struct_pb2.Struct()
+            any_detail.Unpack(typed)
+            return encode_message(typed)
+    return None
 
 
 def _strip(path: str, prefix: str) -> str:

@@ -239,7 +239,10 @@ class _Builder:
                 schema = inline
         else:
             return None
-        return {"required": True, "content": {"application/json": {"schema": schema}}}
+        return {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": schema}},
+        }
 
     def _responses(self, route: Route) -> dict[str, Any]:
         status = str(route.success_status)

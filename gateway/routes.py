@@ -45,6 +45,20 @@ class Route:
         return self.binding.body
 
     @property
+    def body_required(self) -> bool:
+        """Whether a request body must be sent: it carries a field the rules require (a body
+        whose fields are all optional may be omitted, and then means ``{}``)."""
+        if self.body_field is not None:
+            nested = self.body_field.message_type
+            return nested is None or _rules(self.body_field).required or _any_required(nested)
+        if self.body == "*":
+            in_path = {chain[0].number for chain in self.path_fields.values() if len(chain) == 1}
+            return any(
+                _rules(f).required for f in self.method.input_type.fields if f.number not in in_path
+            )
+        return False
+
+    @property
     def path_param_names(self) -> dict[tuple[str, ...], str]:
         """Path variables by their REST name: the fields' JSON names joined with '.'."""
         return {
@@ -177,6 +191,14 @@ def _route(
         body_field=body_field,
         response_field=response_field,
     )
+
+
+def _rules(field: FieldDescriptor) -> options_pb2.FieldRules:
+    return field.GetOptions().Extensions[options_pb2.rules]
+
+
+def _any_required(message: Descriptor) -> bool:
+    return any(_rules(f).required for f in message.fields)
 
 
 def _top_level_field(message: Descriptor, name: str, what: str) -> FieldDescriptor:

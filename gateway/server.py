@@ -14,6 +14,7 @@ import grpc
 import uvicorn
 
 from gateway.app import create_app
+from gateway.limits import HttpLimits, header_deadline_protocol
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 
@@ -94,8 +95,8 @@ class GatewayHandle:
         await self._task
 
 
-def _server(grpc_target: str | grpc.aio.Channel, **options: Any) -> _Server:
-    app = create_app(grpc_target, **options)
+def _server(grpc_target: str | grpc.aio.Channel, limits: HttpLimits, **options: Any) -> _Server:
+    app = create_app(grpc_target, body_timeout=limits.body_timeout, **options)
     config = uvicorn.Config(
         app,
         lifespan="on",
@@ -103,6 +104,9 @@ def _server(grpc_target: str | grpc.aio.Channel, **options: Any) -> _Server:
         access_log=False,
         timeout_graceful_shutdown=5,
         server_header=False,
+        http=header_deadline_protocol(limits.header_timeout),
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
     )
     return _Server(config, on_shutdown=app.state.gateway.abort_streams)
 
@@ -110,14 +114,17 @@ def _server(grpc_target: str | grpc.aio.Channel, **options: Any) -> _Server:
 async def start_gateway(
     grpc_target: str | grpc.aio.Channel,
     http_addr: str = DEFAULT_HTTP_ADDR,
+    *,
+    limits: HttpLimits | None = None,
     **app_options: Any,
 ) -> GatewayHandle:
     """Starts the gateway in the running event loop and returns once it accepts connections.
 
     Raises OSError if ``http_addr`` cannot be bound, and ServiceNotFound/TemplateError for a
-    bad service configuration. ``app_options`` go to ``create_app``.
+    bad service configuration. ``limits`` bound slow clients and concurrency (defaults:
+    HttpLimits()); ``app_options`` go to ``create_app``.
     """
-    server = _server(grpc_target, **app_options)
+    server = _server(grpc_target, limits or HttpLimits(), **app_options)
     sock = bind_socket(http_addr)
     host, port = sock.getsockname()[:2]
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"lucid-gateway:{port}")
@@ -133,10 +140,12 @@ async def start_gateway(
     return GatewayHandle(host, port, server, task)
 
 
-def run_gateway(grpc_target: str, http_addr: str = DEFAULT_HTTP_ADDR) -> None:
+def run_gateway(
+    grpc_target: str, http_addr: str = DEFAULT_HTTP_ADDR, limits: HttpLimits | None = None
+) -> None:
     """Blocking entry point (``lucid-cp gateway``): serves until SIGINT/SIGTERM, then shuts
     down gracefully and returns (a second signal stops waiting for open connections)."""
-    server = _server(grpc_target)
+    server = _server(grpc_target, limits or HttpLimits())
     sock = bind_socket(http_addr)
 
     async def serve() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qsl
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -11,6 +12,7 @@ from google.protobuf.message import Message
 from gateway.codec import (
     JSON,
     CodecError,
+    InvalidValue,
     decode_field,
     decode_message,
     decode_text,
@@ -18,23 +20,52 @@ from gateway.codec import (
     encode_field,
     encode_message,
     fields_by_any_name,
+    object_pairs,
     url_descendable,
 )
 from gateway.errors import ApiError, malformed
 from gateway.routes import Route
 
 MAX_BODY_BYTES = 1024 * 1024
+# Nesting of JSON arrays and objects a request body may have, checked before parsing (the
+# parser and the codec recurse per level). Far above any legitimate request: the deepest
+# message is a few levels, and free-form Struct fields have their own, smaller, server cap.
+MAX_JSON_DEPTH = 64
+
+# A JSON string (skipped: brackets inside it do not nest) or one bracket.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_OPENERS = frozenset(b"[{")
 
 
 def _reject_constant(name: str) -> JSON:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if ``body`` nests arrays/objects deeper than ``limit`` (a linear scan, no parse)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for token in _JSON_TOKEN.finditer(body):
+        first = token.group()[0]
+        if first in _OPENERS:
+            depth += 1
+            if depth > limit:
+                return True
+        elif first != 0x22:  # a closing bracket, not a string
+            depth -= 1
+    return False
+
+
 def parse_json_body(body: bytes) -> JSON:
+    """The parsed body; objects with a repeated key come back as codec.DuplicateKeys, which the
+    codec rejects naming the key. Raises ApiError for invalid or too deeply nested JSON."""
+    if json_depth_exceeds(body):
+        raise malformed(f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise malformed(f"request body is not valid JSON: {exc}") from None
+        return json.loads(body, parse_constant=_reject_constant, object_pairs_hook=object_pairs)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise malformed(f"request body is not valid JSON: {str(exc)[:200]}") from None
 
 
 def build_request(
@@ -49,15 +80,20 @@ def build_request(
         if route.body == "*":
             decode_message(parse_json_body(body) if body.strip() else {}, request)
         elif route.body_field is not None:
-            if not body.strip():
+            if body.strip():
+                decode_field(request, route.body_field, parse_json_body(body), "")
+            elif route.body_required:  # the OpenAPI document says the same (Route.body_required)
                 raise malformed("a JSON request body is required")
-            decode_field(request, route.body_field, parse_json_body(body), "")
+            else:
+                decode_field(request, route.body_field, {}, "")
         names = route.path_param_names
         for key, text in path_values.items():
             _set_path(request, route.path_fields[key], text, names[key])
         _apply_query(route, request, query_string)
     except CodecError as exc:
-        raise malformed(f"invalid request: {exc}", [(exc.field, exc.description)]) from None
+        error = malformed(f"invalid request: {exc}", [(exc.field, exc.description)])
+        error.invalid = isinstance(exc, InvalidValue)
+        raise error from None
     return request
 
 
@@ -139,7 +175,10 @@ def encode_response_json(route: Route, response: Message) -> JSON:
 
 
 def dumps(value: JSON) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (echoed in an error): escape it instead
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 def field_prefix(route: Route) -> str:

@@ -9,12 +9,16 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lucid_cp import logs
 from lucid_cp.app import SYSTEMS
 from lucid_cp.auth.tokens import MIN_SECRET_BYTES, Role, mint_token
 from lucid_cp.clock import SystemClock
 from lucid_cp.config import RateLimit, Settings
+
+if TYPE_CHECKING:
+    from gateway.limits import HttpLimits
 
 DEV_SECRET_FILE = "dev-jwt-secret"
 ENV_SECRET = "LUCID_JWT_SECRET"
@@ -95,7 +99,47 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
     return settings, dev
 
 
-async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> None:
+def _add_http_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The REST gateway's slow-client and concurrency limits (gateway.limits.HttpLimits)."""
+    parser.add_argument(
+        "--http-header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request headers take longer (default 10)",
+    )
+    parser.add_argument(
+        "--http-body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="answer 408 to a request whose body takes longer (default 30)",
+    )
+    parser.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="connections served at once; above it requests get 503 (default 1000)",
+    )
+
+
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    from gateway.limits import HttpLimits
+
+    try:
+        return HttpLimits(
+            header_timeout=args.http_header_timeout,
+            body_timeout=args.http_body_timeout,
+            max_connections=args.http_max_connections,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"lucid-cp: {exc}") from None
+
+
+async def _serve(
+    settings: Settings, dev_secret: bool, with_gateway: bool, limits: HttpLimits | None = None
+) -> None:
     from lucid_cp.app import start_control_plane
     from lucid_cp.rpc.runtime import tune_gc
 
@@ -105,7 +149,7 @@ async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> No
     if with_gateway:
         from gateway.server import start_gateway
 
-        gateway = await start_gateway(plane.grpc_target, settings.http_addr)
+        gateway = await start_gateway(plane.grpc_target, settings.http_addr, limits=limits)
     print(f"lucid-cp: gRPC on {plane.grpc_target}, store {settings.store_url}", file=sys.stderr)
     if gateway is not None:
         print(
@@ -133,7 +177,8 @@ async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> No
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings, dev = _settings(args)
     logs.configure(settings.log_level)
-    asyncio.run(_serve(settings, dev, with_gateway=not args.no_gateway))
+    limits = None if args.no_gateway else _http_limits(args)
+    asyncio.run(_serve(settings, dev, with_gateway=not args.no_gateway, limits=limits))
     return 0
 
 
@@ -141,7 +186,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.server import run_gateway
 
     logs.configure(args.log_level)
-    run_gateway(args.grpc_target, args.http_addr)
+    run_gateway(args.grpc_target, args.http_addr, _http_limits(args))
     return 0
 
 
@@ -175,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jwt-secret-file", help="file holding the HS256 secret (or $LUCID_JWT_SECRET)"
     )
     serve.add_argument("--no-gateway", action="store_true", help="gRPC only")
+    _add_http_limit_arguments(serve)
     serve.add_argument(
         "--no-rate-limits", action="store_true", help="disable per-principal rate limits"
     )
@@ -195,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="run only the REST gateway in front of a control plane")
     gw.add_argument("--grpc-target", default="127.0.0.1:50051")
     gw.add_argument("--http-addr", default="127.0.0.1:8080")
+    _add_http_limit_arguments(gw)
     gw.add_argument("--log-level", default="INFO")
     gw.set_defaults(func=_cmd_gateway)
 

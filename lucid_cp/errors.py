@@ -36,7 +36,12 @@ class InvalidArgument(LucidError):
 
 
 class MalformedRequest(LucidError):
-    """The request could not be decoded at all (bad protobuf, bad JSON)."""
+    """The request could not be decoded at all (bad protobuf, bad JSON); ``violations`` name
+    the offending fields where known (the REST gateway's JSON decoding knows them)."""
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations = violations or []
 
 
 class NotFound(LucidError):

@@ -27,6 +27,7 @@ from lucid_cp.auth.ratelimit import RateLimiter
 from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.call import Call
 from lucid_cp.errors import LucidError, MalformedRequest, MethodNotAllowed, Unauthenticated
+from lucid_cp.rpc.malformed import MALFORMED_HEADER, error_from_marker
 from lucid_cp.rpc.metrics import RpcMetrics
 from lucid_cp.rpc.policy import PUBLIC_SERVICES, MethodPolicy
 from lucid_cp.rpc.status import StatusTable
@@ -39,7 +40,7 @@ REQUEST_ID_HEADER = "x-request-id"
 # before any token work. The server's metadata limit (app.py, MAX_METADATA_BYTES) is above it,
 # so an oversized token reaches this check instead of grpc's own RESOURCE_EXHAUSTED.
 MAX_TOKEN_BYTES = 8192
-_READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER})
+_READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER, MALFORMED_HEADER})
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _CODE_NAMES = {number: c.name for number, c in _CODES.items()}
 
@@ -59,7 +60,7 @@ class _Status(grpc.Status):
 
 
 def _metadata(context: Context) -> dict[str, str]:
-    """The two headers the interceptor reads (authorization, x-request-id)."""
+    """The headers the interceptor reads (authorization, x-request-id, the gateway's marker)."""
     out: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
         if key in _READ_HEADERS and isinstance(value, str):
@@ -146,6 +147,11 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             principal.require_admin()
         if self._limiter is not None:
             self._limiter.acquire(policy.bucket, principal.subject)
+        marker = attempt.md.get(MALFORMED_HEADER)
+        if (
+            marker is not None
+        ):  # the REST gateway could not transcode it: authenticated, now say why
+            raise error_from_marker(marker, policy.invalid)
 
         def on_done(callback: Callable[[], None]) -> None:
             context.add_done_callback(lambda _ctx: callback())  # type: ignore[arg-type]

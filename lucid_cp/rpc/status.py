@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -140,7 +140,10 @@ class StatusTable:
                 )
             )
         )
-        if isinstance(exc, InvalidArgument) and exc.violations:
+        typed = _typed(details)
+        if typed is not None:
+            status.details.append(_pack(typed))
+        if isinstance(exc, (InvalidArgument, MalformedRequest)) and exc.violations:
             bad = error_details_pb2.BadRequest()
             for v in exc.violations:
                 bad.field_violations.add(field=v.field, description=v.description)
@@ -157,6 +160,16 @@ class StatusTable:
             )
             status.details.append(_pack(failure))
         return status
+
+
+def _typed(details: Mapping[str, object]) -> struct_pb2.Struct | None:
+    """The details again, with their JSON types (ErrorInfo metadata values are strings only):
+    the REST gateway shows ``"registeredRevision": 2``, not ``"2"``."""
+    if not details:
+        return None
+    typed = struct_pb2.Struct()
+    typed.update(json.loads(json.dumps(details, default=str)))
+    return typed
 
 
 def _retry_after(exc: Exception) -> float | None:

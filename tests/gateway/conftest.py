@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from gw_dynamic_proto import echo_service
-from gw_fake_backend import FakeBackend, start_fake_backend
+from gw_fake_backend import FAKE_AUTH, FakeBackend, start_fake_backend
 from gw_live import Stack, start_stack
 
 from gateway.server import GatewayHandle, start_gateway
@@ -33,7 +33,7 @@ async def gateway(backend: FakeBackend) -> AsyncIterator[GatewayHandle]:
 
 @pytest.fixture
 async def client(gateway: GatewayHandle) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0) as http:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10.0, headers=FAKE_AUTH) as http:
         yield http
 
 
@@ -47,7 +47,7 @@ async def echo_client(backend: FakeBackend) -> AsyncIterator[httpx.AsyncClient]:
         timeout=0.5,
     )
     try:
-        async with httpx.AsyncClient(base_url=handle.url, timeout=10.0) as http:
+        async with httpx.AsyncClient(base_url=handle.url, timeout=10.0, headers=FAKE_AUTH) as http:
             yield http
     finally:
         await handle.stop()

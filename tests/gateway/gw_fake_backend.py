@@ -22,7 +22,12 @@ from gw_dynamic_proto import message_class
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+from lucid_cp.discovery.errors import STATUS_ROWS, InvalidServiceConfiguration
+from lucid_cp.rpc.malformed import MALFORMED_HEADER, error_from_marker
+from lucid_cp.rpc.status import StatusTable
 
+# The fake verifies no token; the gateway only requires that one is sent.
+FAKE_AUTH = {"Authorization": "Bearer fake.backend.token"}
 REGISTERED_AT = 1736536080  # 2025-01-10T19:08:00Z, the seed's example
 
 
@@ -103,12 +108,26 @@ class Script:
         )
 
 
+_STATUSES = StatusTable([STATUS_ROWS])
+
+
+async def refuse_marked(md: dict[str, str], context: grpc.aio.ServicerContext) -> None:
+    """What the control plane's interceptor does with the gateway's malformed-request marker
+    (after authentication, which the fake skips): the servicer never sees the call."""
+    marker = md.get(MALFORMED_HEADER)
+    if marker is not None:
+        error = error_from_marker(marker, InvalidServiceConfiguration)
+        status = _STATUSES.to_rpc_status(error, md.get("x-request-id", ""))
+        await context.abort_with_status(rpc_status.to_status(status))
+
+
 class FakeDiscovery(discovery_pb2_grpc.DiscoveryServiceServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
 
     async def _enter(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        await refuse_marked(md, context)
         self.script.calls.append(Seen(method, request, md))
         if method in self.script.crash:
             raise RuntimeError("scripted crash")
@@ -191,6 +210,7 @@ def echo_handler(script: Script) -> grpc.GenericRpcHandler:
 
     async def echo(request: Any, context: grpc.aio.ServicerContext) -> Any:
         md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        await refuse_marked(md, context)
         script.calls.append(Seen("Echo", request, md))
         return response_cls(
             name=request.name, kitchen=request.kitchen, count=request.count, tags=request.tags

@@ -67,10 +67,17 @@ async def test_validation_errors_are_400_with_field_violations(live: httpx.Async
     assert [v["field"] for v in err["details"]["fieldViolations"]] == ["serviceName"]
 
 
-async def test_gateway_rejects_wrong_types_before_the_backend(live: httpx.AsyncClient) -> None:
-    body = registration(cluster="nowhere")
-    err = error(await register(live, body), 400, "LUCID_ERR_1904")
-    assert err["details"]["fieldViolations"][0]["field"] == "cluster"
+async def test_unknown_enum_strings_are_invalid_configuration(live: httpx.AsyncClient) -> None:
+    """Issue 8: an unknown enum string is a field violation of the system's own invalid-config
+    error (1004), not a malformed request (1904), over the body and the query alike."""
+    for field, value in (("cluster", "mars"), ("plane", "control")):
+        err = error(await register(live, registration(**{field: value})), 400, "LUCID_ERR_1004")
+        assert [v["field"] for v in err["details"]["fieldViolations"]] == [field]
+    endpoint = {"host": "h.lucid.onion", "port": 1, "protocol": "ftp"}
+    err = error(await register(live, registration(endpoint=endpoint)), 400, "LUCID_ERR_1004")
+    assert [v["field"] for v in err["details"]["fieldViolations"]] == ["endpoint.protocol"]
+    bad = await live.get(f"{BASE}/services?status=sick", headers=ADMIN)
+    assert error(bad, 400, "LUCID_ERR_1004")["details"]["fieldViolations"][0]["field"] == "status"
 
 
 async def test_missing_or_bad_token_is_401(live: httpx.AsyncClient) -> None:
@@ -117,7 +124,7 @@ async def test_health_update_is_200_with_health_status(live: httpx.AsyncClient) 
     missing = f"{BASE}/services/{uuid.uuid4()}/health"
     error(await live.put(missing, json={"status": "healthy"}, headers=ADMIN), 404, "LUCID_ERR_1002")
     bad = await live.put(url, json={"status": "fine"}, headers=bearer())
-    error(bad, 400, "LUCID_ERR_1904")
+    error(bad, 400, "LUCID_ERR_1004")
 
 
 async def test_discover_filters_and_paginates(live: httpx.AsyncClient) -> None:
@@ -138,7 +145,7 @@ async def test_discover_filters_and_paginates(live: httpx.AsyncClient) -> None:
     empty = (await live.get(f"{BASE}/services?cluster=authentication", headers=ADMIN)).json()
     assert empty["services"] == [] and empty["total"] == 0 and empty["offset"] == 0
     error(await live.get(f"{BASE}/services?limit=0", headers=ADMIN), 400, "LUCID_ERR_1004")
-    error(await live.get(f"{BASE}/services?status=sick", headers=ADMIN), 400, "LUCID_ERR_1904")
+    error(await live.get(f"{BASE}/services?status=sick", headers=ADMIN), 400, "LUCID_ERR_1004")
 
 
 async def test_resolve_is_200_for_a_healthy_instance_and_404_otherwise(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway.errors import HTTP_STATUS, from_grpc, http_status_of, malformed, rfc3339
@@ -48,7 +48,8 @@ def trailer(code: int, message: str, *details: object) -> list[tuple[str, str | 
 )
 def test_status_table(code: grpc.StatusCode, http: int) -> None:
     assert http_status_of(code) == http
-    assert from_grpc(code, "x", None).status == http
+    info = error_details_pb2.ErrorInfo(reason="LUCID_ERR_1903", domain="lucid")
+    assert from_grpc(code, "x", trailer(code.value[0], "x", info)).status == http
 
 
 def test_every_grpc_code_maps_to_an_http_error() -> None:
@@ -63,7 +64,6 @@ def test_every_grpc_code_maps_to_an_http_error() -> None:
     [
         (C.UNAUTHENTICATED, "LUCID_ERR_1901"),
         (C.PERMISSION_DENIED, "LUCID_ERR_1902"),
-        (C.RESOURCE_EXHAUSTED, "LUCID_ERR_1903"),
         (C.INVALID_ARGUMENT, "LUCID_ERR_1904"),
         (C.UNAVAILABLE, "LUCID_ERR_1909"),  # no ErrorInfo: the control plane did not answer
         (C.ALREADY_EXISTS, "LUCID_ERR_1908"),
@@ -103,11 +103,16 @@ def test_bad_request_becomes_field_violations_in_body_terms() -> None:
     ]
 
 
+RATE_LIMITED = error_details_pb2.ErrorInfo(reason="LUCID_ERR_1903", domain="lucid")
+
+
 def test_retry_info_sets_retry_after_rounded_up() -> None:
     delay = duration_pb2.Duration(seconds=2, nanos=300_000_000)
     retry = error_details_pb2.RetryInfo(retry_delay=delay)
     error = from_grpc(
-        C.RESOURCE_EXHAUSTED, None, trailer(code_pb2.RESOURCE_EXHAUSTED, "slow", retry)
+        C.RESOURCE_EXHAUSTED,
+        None,
+        trailer(code_pb2.RESOURCE_EXHAUSTED, "slow", RATE_LIMITED, retry),
     )
     assert error.retry_after == 3
     assert error.headers() == {"Retry-After": "3"}
@@ -117,8 +122,35 @@ def test_retry_info_sets_retry_after_rounded_up() -> None:
 
 
 def test_429_without_retry_info_still_says_when_to_retry() -> None:
-    assert from_grpc(C.RESOURCE_EXHAUSTED, "x", None).headers() == {"Retry-After": "1"}
+    limited = trailer(code_pb2.RESOURCE_EXHAUSTED, "x", RATE_LIMITED)
+    assert from_grpc(C.RESOURCE_EXHAUSTED, "x", limited).headers() == {"Retry-After": "1"}
     assert from_grpc(C.UNAVAILABLE, "x", None).headers() == {}
+
+
+def test_grpc_own_resource_exhausted_is_not_a_rate_limit() -> None:
+    """Issue 8: grpc's metadata/message-size RESOURCE_EXHAUSTED (no Lucid ErrorInfo) was 429
+    "rate limited" with Retry-After (clients retried forever) and exposed internal sizes."""
+    message = "received metadata size exceeds soft limit (9013 vs. 8192)"
+    for given in (None, trailer(code_pb2.RESOURCE_EXHAUSTED, message)):
+        error = from_grpc(C.RESOURCE_EXHAUSTED, message, given)
+        assert (error.status, error.code, error.retry_after) == (400, "LUCID_ERR_1911", None)
+        assert "Retry-After" not in error.headers()
+        assert "8192" not in error.message and "9013" not in error.message
+
+
+def test_every_401_asks_for_a_bearer_token() -> None:
+    error = from_grpc(C.UNAUTHENTICATED, "expired", None)
+    assert (error.status, error.headers()) == (401, {"WWW-Authenticate": "Bearer"})
+
+
+def test_typed_details_show_numbers_as_numbers() -> None:
+    info = error_details_pb2.ErrorInfo(
+        reason="LUCID_ERR_1905", domain="lucid", metadata={"registeredRevision": "2"}
+    )
+    typed = struct_pb2.Struct()
+    typed.update({"registeredRevision": 2, "ratio": 0.5, "names": ["a"]})
+    error = from_grpc(C.ABORTED, "x", trailer(code_pb2.ABORTED, "x", info, typed))
+    assert error.details == {"registeredRevision": 2, "ratio": 0.5, "names": ["a"]}
 
 
 def test_precondition_failure_is_listed() -> None:

@@ -1,124 +1,312 @@
-"""Issue 8 through REST: real HTTP client -> real gateway -> real control plane. The nesting cap,
-the declared consistent-hash rule, GET one instance, oversized tokens; and the OpenAPI document
-describing the rule and the new route (generated, with no gateway change)."""
+"""Issue 8 (hardening), over the wire: a real gateway on 127.0.0.1:0 in front of the real
+control plane (or the scripted backend where a transport failure must be staged)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx
-from gw_live import ADMIN, BASE, bearer, registration
-from test_gateway_e2e import WAIT, error, register
-from test_gateway_openapi import document, operation, params, schema
+import pytest
+from gw_fake_backend import FAKE_AUTH, FakeBackend, plain_status
+from gw_live import ADMIN, BASE, Stack, bearer, registration, start_stack, without_rate_limits
 
-from lucid_cp.validation import MAX_STRUCT_DEPTH
+from gateway.app import MAX_AUTHORIZATION_BYTES, MAX_LOGGED_CHARS
+from gateway.limits import HttpLimits
+from gateway.marker import MALFORMED_HEADER as GATEWAY_HEADER
+from gateway.marker import encode_marker
+from gateway.server import start_gateway
+from gateway.transcode import MAX_JSON_DEPTH
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+from lucid_cp.discovery.errors import InvalidServiceConfiguration
+from lucid_cp.errors import MalformedRequest
+from lucid_cp.rpc.malformed import MALFORMED_HEADER, MAX_MARKER_CHARS, error_from_marker
 
-
-def nested(depth: int) -> dict[str, Any]:
-    value: dict[str, Any] = {"leaf": "x"}
-    for _ in range(depth - 1):
-        value = {"a": value}
-    return value
-
-
-def depth_of(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((depth_of(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((depth_of(v) for v in value), default=0)
-    return 0
+WAIT = 10.0
+JSON_HEADERS = {"content-type": "application/json"}
 
 
-async def test_structs_at_the_limit_round_trip_and_one_over_is_400(live: httpx.AsyncClient) -> None:
-    body = registration(metadata=nested(MAX_STRUCT_DEPTH))
-    assert (await register(live, body)).status_code == 201
-    one = f"{BASE}/services/{body['serviceId']}"
-    health = {"status": "healthy", "details": nested(MAX_STRUCT_DEPTH)}
-    response = await live.put(f"{one}/health", json=health, headers=bearer())
-    assert response.status_code == 200, response.text
-    got = (await live.get(one, headers=bearer())).json()
-    assert got["metadata"] == body["metadata"] and got["health"]["details"] == health["details"]
-    listed = (await live.get(f"{BASE}/services", headers=bearer())).json()
-    assert depth_of(listed["services"][0]["health"]["details"]) == MAX_STRUCT_DEPTH
-    async with live.stream("GET", f"{BASE}/watch", headers=ADMIN) as rsp:
-        line = await asyncio.wait_for(rsp.aiter_lines().__anext__(), WAIT)
-        [instance] = json.loads(line)["snapshot"]["instances"]
-        assert instance["health"]["details"] == health["details"]
-
-    too_deep = {"status": "healthy", "details": nested(MAX_STRUCT_DEPTH + 1)}
-    refused = error(
-        await live.put(f"{one}/health", json=too_deep, headers=bearer()), 400, "LUCID_ERR_1004"
-    )
-    assert (
-        refused["details"]["fieldViolations"][0]["field"] == "details"
-    )  # REST names fields in the body
-    assert (await live.get(one, headers=bearer())).json()["health"]["details"] == health["details"]
-
-    other = registration(metadata=nested(MAX_STRUCT_DEPTH + 1))
-    refused = error(await register(live, other), 400, "LUCID_ERR_1004")
-    assert refused["details"]["fieldViolations"][0]["field"] == "metadata"
-    error(
-        await live.get(f"{BASE}/services/{other['serviceId']}", headers=bearer()),
-        404,
-        "LUCID_ERR_1002",
-    )
+@pytest.fixture
+async def open_stack() -> AsyncIterator[Stack]:
+    live = await start_stack(without_rate_limits())
+    try:
+        yield live
+    finally:
+        await live.stop()
 
 
-async def test_get_one_instance(live: httpx.AsyncClient) -> None:
-    body = registration()
-    created = (await register(live, body)).json()
-    url = f"{BASE}/services/{body['serviceId']}"
-    response = await live.get(url, headers=bearer())
-    assert response.status_code == 200, response.text
-    got = response.json()
-    assert got["serviceId"] == body["serviceId"] and got["endpoint"] == body["endpoint"]
-    assert got["revision"] == created["revision"] and got["activeConnections"] == 0
-    assert "leaseId" not in got
-    error(
-        await live.get(f"{BASE}/services/{registration()['serviceId']}", headers=bearer()),
-        404,
-        "LUCID_ERR_1002",
-    )
+@pytest.fixture
+async def http(open_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=open_stack.gateway.url, timeout=WAIT) as client:
+        yield client
 
 
-async def test_consistent_hash_needs_hash_key_even_with_no_instances(
-    live: httpx.AsyncClient,
+def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["code"] == code, body
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert "retry-after" not in response.headers
+    return dict(body)
+
+
+# -- 1. nothing a client sends reaches an unhandled exception ------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HOSTILE_BODIES = [
+    (DEEP, ""),
+    (b'{"serviceName": "\\ud800"}', "serviceName"),
+    (b'{"metadata": {"\\udfff": 1}}', "metadata"),
+    (b'{"serviceName": "x", "bogus\\ud800": 1}', ""),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), HOSTILE_BODIES)
+async def test_hostile_bodies_are_400_or_401_never_500(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, body: bytes, field: str
 ) -> None:
-    url = f"{BASE}/services/nobody-here/resolve"
-    response = await live.get(url, params={"loadBalance": "consistent-hash"}, headers=bearer())
-    body = error(response, 400, "LUCID_ERR_1004")
-    assert body["details"]["fieldViolations"] == [
-        {"field": "hashKey", "description": "is required when loadBalance is consistent-hash"}
-    ]
-    keyed = {"loadBalance": "consistent-hash", "hashKey": "user-1"}
-    error(await live.get(url, params=keyed, headers=bearer()), 404, "LUCID_ERR_1002")
+    caplog.set_level(logging.DEBUG)
+    url = f"{BASE}/services"
+    error_of(await http.post(url, content=body, headers=JSON_HEADERS), 401, "LUCID_ERR_1901")
+    err = error_of(
+        await http.post(url, content=body, headers={**JSON_HEADERS, **bearer()}),
+        400,
+        "LUCID_ERR_1904",
+    )
+    if field:
+        assert err["details"]["fieldViolations"][0]["field"].startswith(field)
+    assert all(len(r.getMessage()) <= 2 * MAX_LOGGED_CHARS for r in caplog.records)
 
 
-async def test_an_oversized_token_is_401_not_429(live: httpx.AsyncClient) -> None:
-    headers = {"Authorization": "Bearer " + "A" * 8200}
-    body = error(await live.get(f"{BASE}/services", headers=headers), 401, "LUCID_ERR_1901")
-    assert "Retry-After" not in body
+async def test_json_nesting_is_capped_by_the_gateway(http: httpx.AsyncClient) -> None:
+    def nested(depth: int) -> bytes:
+        inner = b'{"a":' * (depth - 2) + b"1" + b"}" * (depth - 2)
+        return b'{"serviceName":"api-gateway","metadata":{"deep":' + inner + b"}}"
+
+    url = f"{BASE}/services"
+    headers = {**JSON_HEADERS, **bearer()}
+    too_deep = await http.post(url, content=nested(MAX_JSON_DEPTH + 1), headers=headers)
+    assert "deeper than 64" in error_of(too_deep, 400, "LUCID_ERR_1904")["message"]
+    # Within the gateway's cap the body is parsed and reaches the server's own rules.
+    allowed = await http.post(url, content=nested(MAX_JSON_DEPTH), headers=headers)
+    assert allowed.status_code == 400 and "deeper than" not in allowed.text
 
 
-def test_openapi_documents_the_cross_field_rule_and_get_one_instance() -> None:
-    doc = document()
-    resolve = operation(doc, "get", "/service-discovery/services/{serviceName}/resolve")
-    rule = {"when": {"field": "loadBalance", "equals": "consistent-hash"}, "require": "hashKey"}
-    assert resolve["x-lucid-rules"] == [rule]
-    hash_key = params(resolve)["hashKey"]
-    assert hash_key["description"] == "Required when loadBalance is consistent-hash."
-    assert "required" not in hash_key  # only conditionally
-    get_one = operation(doc, "get", "/service-discovery/services/{serviceId}")
-    assert get_one["x-grpc-method"] == "lucid.discovery.v1.DiscoveryService.GetInstance"
-    assert get_one["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/ServiceInstance"
-    }
-    assert "leaseId" not in schema(doc, "ServiceInstance")["properties"]
+async def test_non_ascii_authorization_is_401(http: httpx.AsyncClient) -> None:
+    for value in (b"Bearer \xff\xfe", "Bearer é".encode("latin-1"), b"Bearer \xe2\x98\x83"):
+        response = await http.get(f"{BASE}/services", headers={"authorization": value})
+        error_of(response, 401, "LUCID_ERR_1901")
 
 
-def test_openapi_watch_events_carry_one_member() -> None:
-    watch = schema(document(), "WatchResponse")
-    assert "instances" not in watch["properties"]
-    assert {"instance", "snapshot"} <= set(watch["properties"])
+# -- 2. oversized tokens are refused, not rate limited ---------------------------------------------
+
+
+async def test_oversized_token_is_401_without_internal_sizes(http: httpx.AsyncClient) -> None:
+    for size in (MAX_AUTHORIZATION_BYTES + 1, 20_000):
+        headers = {"authorization": "Bearer " + "a" * size}
+        err = error_of(await http.get(f"{BASE}/services", headers=headers), 401, "LUCID_ERR_1901")
+        assert "metadata" not in err["message"]
+
+
+async def test_grpc_own_resource_exhausted_is_not_429(
+    client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.script.errors["Discover"] = plain_status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "received metadata size exceeds soft limit (9000 vs. 8192)",
+    )
+    err = error_of(await client.get(f"{BASE}/services"), 400, "LUCID_ERR_1911")
+    assert "8192" not in err["message"] and "9000" not in err["message"]
+
+
+# -- 4. authentication before validation ------------------------------------------------------------
+
+
+async def test_credentials_are_checked_before_the_request(http: httpx.AsyncClient) -> None:
+    url = f"{BASE}/services?access_token=x"
+    error_of(await http.get(url), 401, "LUCID_ERR_1901")
+    bad = {"authorization": "Bearer not.a.jwt"}
+    error_of(await http.get(url, headers=bad), 401, "LUCID_ERR_1901")
+    error_of(await http.post(f"{BASE}/services", content=b"{", headers=bad), 401, "LUCID_ERR_1901")
+    err = error_of(await http.get(url, headers=ADMIN), 400, "LUCID_ERR_1904")
+    assert err["details"]["fieldViolations"][0]["field"] == "access_token"
+
+
+async def test_a_grpc_client_sending_the_marker_only_fails_its_own_call(open_stack: Stack) -> None:
+    marker = encode_marker("made up", [("serviceName", "nope")], invalid=True)
+    async with grpc.aio.insecure_channel(open_stack.plane.grpc_target) as channel:
+        stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await stub.Resolve(pb.ResolveRequest(), metadata=((MALFORMED_HEADER, marker),))
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        token = ADMIN["Authorization"]
+        md = (("authorization", token), (MALFORMED_HEADER, marker))
+        with pytest.raises(grpc.aio.AioRpcError) as marked:
+            await stub.Resolve(pb.ResolveRequest(service_name="api-gateway"), metadata=md)
+        assert marked.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_marker_round_trips_and_stays_bounded() -> None:
+    assert GATEWAY_HEADER == MALFORMED_HEADER
+    error = error_from_marker(
+        encode_marker("bad", [("cluster", "must be one of")], invalid=True),
+        InvalidServiceConfiguration,
+    )
+    assert isinstance(error, InvalidServiceConfiguration)
+    assert [(v.field, v.description) for v in error.violations] == [("cluster", "must be one of")]
+    huge = encode_marker("\u2603" * 10_000, [("\x00" * 5000, "\u00e9" * 5000)] * 10, invalid=False)
+    assert len(huge) <= MAX_MARKER_CHARS and huge.isascii()
+    assert isinstance(error_from_marker(huge, InvalidServiceConfiguration), MalformedRequest)
+    garbage = error_from_marker("{not json", InvalidServiceConfiguration)
+    assert isinstance(garbage, MalformedRequest)
+
+
+# -- 5. one field named twice -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'"serviceName": "api-gateway", "service_name": "other"', "service_name"),
+        (b'"serviceName": "api-gateway", "serviceName": "other"', "serviceName"),
+        (b'"endpoint": {"host": "h.lucid.onion", "port": 1, "port": 2}', "endpoint.port"),
+        (b'"metadata": {"a": 1, "a": 2}', "metadata.a"),
+    ],
+)
+async def test_a_field_or_key_given_twice_is_400(
+    http: httpx.AsyncClient, raw: bytes, field: str
+) -> None:
+    body = b"{" + raw + b', "version": "1.0.0"}'
+    response = await http.post(
+        f"{BASE}/services", content=body, headers={**JSON_HEADERS, **bearer()}
+    )
+    err = error_of(response, 400, "LUCID_ERR_1904")
+    assert [v["field"] for v in err["details"]["fieldViolations"]] == [field]
+
+
+# -- 7. numbers in error details are numbers ------------------------------------------------------------
+
+
+async def test_error_details_keep_their_json_types(http: httpx.AsyncClient) -> None:
+    body = registration()
+    headers = bearer(body["serviceName"])
+    assert (await http.post(f"{BASE}/services", json=body, headers=headers)).status_code == 201
+    again = await http.post(f"{BASE}/services", json=body, headers=headers)
+    details = error_of(again, 409, "LUCID_ERR_1003")["details"]
+    assert isinstance(details["registeredRevision"], int) and details["registeredRevision"] > 0
+    assert details["serviceId"] == body["serviceId"]
+
+
+# -- 8. Drain and Heartbeat bodies are optional, in the document and on the wire --------------------------
+
+
+async def test_optional_bodies_agree_with_the_openapi_document(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/api/v1/openapi.json")).json()
+    paths = document["paths"]
+    sid = "/service-discovery/services/{serviceId}"  # relative to the server URL /api/v1
+    assert paths[f"{sid}/drain"]["post"]["requestBody"]["required"] is False
+    assert paths[f"{sid}/heartbeat"]["post"]["requestBody"]["required"] is False
+    assert paths["/service-discovery/services"]["post"]["requestBody"]["required"] is True
+    body = registration()
+    headers = bearer(body["serviceName"])
+    assert (await http.post(f"{BASE}/services", json=body, headers=headers)).status_code == 201
+    for action in ("heartbeat", "drain"):
+        url = f"{BASE}/services/{body['serviceId']}/{action}"
+        assert (await http.post(url, headers=headers)).status_code < 300
+    missing = await http.post(f"{BASE}/services", headers=headers)
+    assert "body is required" in error_of(missing, 400, "LUCID_ERR_1904")["message"]
+
+
+# -- 3. slow clients --------------------------------------------------------------------------------------
+
+
+async def _open(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+PARTIAL_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+
+async def test_slow_headers_are_cut_off_and_others_are_served(backend: FakeBackend) -> None:
+    limits = HttpLimits(header_timeout=1.0, max_connections=200)
+    handle = await start_gateway(backend.target, "127.0.0.1:0", limits=limits)
+    slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        opened = time.monotonic()
+        slow = [await _open(handle.port, PARTIAL_HEADERS) for _ in range(50)]
+        async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
+            started = time.monotonic()
+            assert (await client.get("/healthz")).status_code == 200
+            assert time.monotonic() - started < 0.5
+            # Every slow connection is closed by the server (EOF) once its deadline passes.
+            for reader, _ in slow:
+                assert await asyncio.wait_for(reader.read(), WAIT) == b""
+            assert time.monotonic() - opened >= 0.9
+            # A kept-alive connection that starts its next request too slowly is cut off too.
+            reader, writer = await _open(handle.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200")
+            writer.write(PARTIAL_HEADERS)
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), WAIT)
+            assert reader.at_eof()
+            writer.close()
+    finally:
+        for _, writer in slow:
+            writer.close()
+        await handle.stop()
+
+
+async def test_slow_body_is_408_and_the_connection_closed(backend: FakeBackend) -> None:
+    handle = await start_gateway(backend.target, "127.0.0.1:0", limits=HttpLimits(body_timeout=0.5))
+    try:
+        head = (
+            f"POST {BASE}/services HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: {FAKE_AUTH['Authorization']}\r\nContent-Length: 100\r\n\r\n"
+        )
+        started = time.monotonic()
+        reader, writer = await _open(handle.port, head.encode() + b'{"servic')
+        answer = await asyncio.wait_for(reader.read(), WAIT)  # to EOF: the server closed it
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert b"LUCID_ERR_1904" in answer and b"connection: close" in answer.lower()
+        assert time.monotonic() - started >= 0.4
+        writer.close()
+        assert not [c for c in backend.script.calls if c.method == "Register"]
+    finally:
+        await handle.stop()
+
+
+async def test_connections_over_the_cap_are_refused_until_slow_ones_expire(
+    backend: FakeBackend,
+) -> None:
+    limits = HttpLimits(header_timeout=1.0, max_connections=5)
+    handle = await start_gateway(backend.target, "127.0.0.1:0", limits=limits)
+    slow = [await _open(handle.port, PARTIAL_HEADERS) for _ in range(5)]
+    try:
+        async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
+            assert (await client.get("/healthz")).status_code == 503
+            for reader, _ in slow:
+                assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        for _, writer in slow:
+            writer.close()
+        await handle.stop()
+
+
+def test_logged_request_text_is_capped() -> None:
+    from gateway.app import clip
+
+    long = "x" * 200_000 + "TAIL"
+    clipped = clip(long, MAX_LOGGED_CHARS)
+    assert len(clipped) < MAX_LOGGED_CHARS + 64 and clipped.endswith("TAIL")
+    assert clip("short", MAX_LOGGED_CHARS) == "short"

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from gw_fake_backend import FakeBackend
+from gw_fake_backend import FAKE_AUTH, FakeBackend
 
 from gateway.server import bind_socket, start_gateway
 from gateway.services import ServiceNotFound
@@ -50,7 +50,7 @@ async def test_busy_port_and_unknown_service_fail_at_startup(backend: FakeBacken
 async def test_borrowed_channel_is_shared_and_left_open(backend: FakeBackend) -> None:
     async with grpc.aio.insecure_channel(backend.target) as channel:
         handle = await start_gateway(channel, "127.0.0.1:0")
-        async with httpx.AsyncClient(base_url=handle.url) as http:
+        async with httpx.AsyncClient(base_url=handle.url, headers=FAKE_AUTH) as http:
             for _ in range(3):
                 response = await http.get("/api/v1/service-discovery/services")
                 assert response.status_code == 200
@@ -78,7 +78,9 @@ async def test_run_gateway_serves_until_sigterm(backend: FakeBackend) -> None:
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=ROOT, env=env)
     try:
         await _wait_healthy(f"http://127.0.0.1:{port}", process)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=FAKE_AUTH
+        ) as http:
             response = await http.get("/api/v1/service-discovery/services")
             assert response.status_code == 200
         process.send_signal(signal.SIGTERM)

@@ -7,7 +7,7 @@ import json
 
 import httpx
 from google.rpc import code_pb2
-from gw_fake_backend import FakeBackend, status
+from gw_fake_backend import FAKE_AUTH, FakeBackend, status
 
 from gateway.server import GatewayHandle
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
@@ -107,7 +107,7 @@ async def test_gateway_shutdown_ends_open_streams(
     gateway: GatewayHandle, backend: FakeBackend
 ) -> None:
     backend.script.watch_queue.put_nowait(pb.WatchResponse(type=pb.WATCH_EVENT_TYPE_SNAPSHOT))
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=WAIT) as http:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=WAIT, headers=FAKE_AUTH) as http:
         async with http.stream("GET", WATCH) as rsp:
             lines = rsp.aiter_lines()
             await next_line(lines)
