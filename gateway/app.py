@@ -15,6 +15,7 @@ from typing import Any, cast
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -47,6 +48,10 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 REQUEST_ID_HEADER = "X-Request-ID"
+# Dependencies the control plane reports through grpc.health.v1, by the name /readyz gives them
+# (the control plane's lucid_cp/readiness.py sets "lucid.store").
+READINESS_DEPENDENCIES = {"store": "lucid.store"}
+CONTROL_PLANE = "control-plane"
 JSON_TYPE = "application/json"
 # The longest Authorization header forwarded: a longer one is answered 401 at once (a Lucid
 # token is a few hundred bytes; gRPC would refuse a long one with a misleading
@@ -246,14 +251,43 @@ class Gateway:
             return Response(self.openapi_body, headers=headers, media_type=JSON_TYPE)
         if path == HEALTHZ_PATH:
             return Response(dumps({"status": "ok"}), headers=headers, media_type=JSON_TYPE)
-        if await self.backend.serving(self.readiness_timeout):
+        down = await self._down()
+        if not down:
             return Response(dumps({"status": "ready"}), headers=headers, media_type=JSON_TYPE)
         return Response(
-            dumps({"status": "unavailable", "reason": "gRPC backend is not serving"}),
+            dumps({"status": "unavailable", "down": down}),
             status_code=503,
             headers=headers,
             media_type=JSON_TYPE,
         )
+
+    async def _down(self) -> list[str]:
+        """What is down, by grpc.health.v1: the control plane if it does not answer or is not
+        SERVING for a reason it does not name; each dependency it reports NOT_SERVING. A
+        dependency the backend does not report (NOT_FOUND) is not counted."""
+        stub = health_pb2_grpc.HealthStub(self.backend.channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+
+        async def status(service: str) -> int | None:
+            request = health_pb2.HealthCheckRequest(service=service)
+            try:
+                reply = await stub.Check(request, timeout=self.readiness_timeout)
+            except grpc.aio.AioRpcError as exc:
+                if service and exc.code() is grpc.StatusCode.NOT_FOUND:
+                    return serving
+                return None
+            return int(reply.status)
+
+        names = list(READINESS_DEPENDENCIES)
+        overall, *dependencies = await asyncio.gather(
+            status(""), *(status(READINESS_DEPENDENCIES[n]) for n in names)
+        )
+        if overall is None:
+            return [CONTROL_PLANE]
+        down = [n for n, s in zip(names, dependencies, strict=True) if s != serving]
+        if overall != serving and not down:
+            down.append(CONTROL_PLANE)
+        return down
 
     def _error_body(self, error: ApiError, request_id: str) -> dict[str, object]:
         return error.body(request_id, datetime.fromtimestamp(self.clock.now(), UTC), self.version)

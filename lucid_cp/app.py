@@ -25,6 +25,7 @@ from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.config import RateLimit, Settings
 from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.readiness import StoreMonitor
 from lucid_cp.rpc.interceptor import MAX_TOKEN_BYTES, PolicyInterceptor
 from lucid_cp.rpc.metrics import RpcMetrics
 from lucid_cp.rpc.policy import MethodPolicy, PolicyError, check_buckets, policies_from
@@ -167,8 +168,10 @@ async def start_control_plane(
         port = server.add_insecure_port(settings.grpc_addr)
         await server.start()
         unwind.push_async_callback(server.stop, 0)
-        for name in ["", *service_names]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # Health follows the store from here on (readiness.py): SERVING while it answers.
+        monitor = StoreMonitor(store, health_servicer, service_names, clock)
+        await monitor.start()
+        unwind.push_async_callback(monitor.stop)
         if settings.metrics_addr:
             metrics_server = _start_metrics_server(settings.metrics_addr, registry)
             unwind.callback(metrics_server.server_close)  # releases the port

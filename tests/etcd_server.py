@@ -78,6 +78,13 @@ class EtcdProcess:
         while self.peer_port == self.client_port:
             self.peer_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
+        # Set by EtcdCluster for a member of a multi-member cluster: "name=peer-url,...".
+        self.initial_cluster: str | None = None
+        self.cluster_token = f"lucid-test-{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
@@ -105,9 +112,9 @@ class EtcdProcess:
             "--advertise-client-urls": client,
             "--listen-peer-urls": peer,
             "--initial-advertise-peer-urls": peer,
-            "--initial-cluster": f"{self.name}={peer}",
+            "--initial-cluster": self.initial_cluster or f"{self.name}={peer}",
             "--initial-cluster-state": "new",
-            "--initial-cluster-token": f"lucid-test-{self.client_port}",
+            "--initial-cluster-token": self.cluster_token,
             # Fast heartbeats; the election timeout is etcd's default, which keeps etcd's minimum
             # lease TTL (ceil(1.5 x election timeout)) at production's 2 s, MIN_LEASE_TTL.
             "--heartbeat-interval": "50",
@@ -120,10 +127,21 @@ class EtcdProcess:
     def start(self, timeout: float = 20.0) -> None:
         if self.running:
             return
+        self.spawn()
+        self.wait_healthy(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (members of a cluster start together)."""
+        if self.running:
+            return
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        """Wait until /health says true (for a cluster member: the cluster has a leader)."""
+        assert self._proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -209,3 +227,83 @@ class EtcdProcess:
             await rpc.KVStub(channel).DeleteRange(
                 rpc.DeleteRangeRequest(key=b"\x00", range_end=b"\x00"), timeout=5
             )
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster (same flags as EtcdProcess).
+
+    ``endpoints`` are every member's ``(host, port)``; ``leader()`` asks the members which one
+    leads and ``move_leader()`` hands leadership to another member with etcd's MoveLeader RPC,
+    a real raft leader transfer (what ``etcdctl move-leader`` does)."""
+
+    def __init__(self, base_dir: str | os.PathLike[str], size: int = 3) -> None:
+        base = Path(base_dir)
+        self.members = [EtcdProcess(data_dir=base / f"m{i}", name=f"m{i}") for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        token = f"lucid-test-cluster-{self.members[0].client_port}"
+        for member in self.members:
+            member.initial_cluster, member.cluster_token = initial, token
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [(LOOPBACK, m.client_port) for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for member in self.members:
+            member.spawn()
+        for member in self.members:
+            member.wait_healthy(timeout)
+
+    def cleanup(self) -> None:
+        for member in self.members:
+            member.cleanup()
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    async def _status(self, member: EtcdProcess) -> tuple[int, int]:
+        """(member id, leader id) as ``member`` sees them."""
+        import grpc
+        from aetcd import rpc
+
+        options = [("grpc.enable_http_proxy", 0)]
+        async with grpc.aio.insecure_channel(member.endpoint, options=options) as channel:
+            status = await rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(), timeout=5)
+        return int(status.header.member_id), int(status.leader)
+
+    async def leader(self) -> EtcdProcess:
+        ids = {}
+        leader_id = 0
+        for member in self.members:
+            ids[member], seen = await self._status(member)
+            leader_id = leader_id or seen
+        return next(m for m, i in ids.items() if i == leader_id)
+
+    async def move_leader(self) -> EtcdProcess:
+        """Transfer leadership from the current leader to the next member; returns the new
+        leader once the transfer is done (etcd answers MoveLeader only then)."""
+        import grpc
+        from aetcd import rpc
+
+        leader = await self.leader()
+        target = self.members[(self.members.index(leader) + 1) % len(self.members)]
+        target_id, _ = await self._status(target)
+        options = [("grpc.enable_http_proxy", 0)]
+        async with grpc.aio.insecure_channel(leader.endpoint, options=options) as channel:
+            await rpc.MaintenanceStub(channel).MoveLeader(
+                rpc.MoveLeaderRequest(targetID=target_id), timeout=10
+            )
+        return target

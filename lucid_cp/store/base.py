@@ -26,6 +26,36 @@ Rules every backend obeys (the contract test suite in tests/store/ proves them):
   carrying ``compact_revision``: the consumer must re-list. A watch never skips silently.
 * Any backend failure that is not one of the errors above is raised as :class:`StoreUnavailableError`.
 
+Faults (what matters on etcd; sqlite and memory fail only when closed or broken). Every operation
+has one request deadline (etcd backend: ``request_timeout``, 5 s; each attempt at most
+``attempt_timeout``, 2 s, since a proposal lost in a leader change is never answered). Within
+it, failed attempts are resent with backoff on the store's clock; StoreUnavailableError is
+raised only when the deadline is spent or a write's outcome cannot be determined.
+
+* Not applied (always resent): no connection to send on, or etcd refused before proposing
+  ("raft proposal dropped", "no leader", "too many requests").
+* Outcome unknown (the request may have reached the leader): DEADLINE_EXCEEDED, any other
+  UNAVAILABLE (connection lost mid-call, "leader changed", "request timed out"), CANCELLED,
+  UNKNOWN. Reads (get, range, current_revision, read-only txns) and idempotent requests
+  (keepalive; grant_lease, as etcd's own client does: a duplicate grant leaves an unused lease
+  that expires) are resent.
+* A put, or a txn whose success branch is only puts and whose failure branch only reads (every
+  create-only and compare-and-swap write here), resolves an unknown outcome itself: it reads its
+  keys back (linearizably) and counts as applied iff every key holds exactly its value and lease,
+  all at one mod_revision above a revision the store had seen before the first attempt; then
+  that revision is the answer (a txn: succeeded, ``responses`` one None per put). Otherwise it is
+  resent. A resent txn that then fails its compares is checked again the same way, because its
+  own earlier attempt, applying late, may be what failed them: so a create-only write never
+  reports "already exists" for itself. Limits: a write by someone else of the very same bytes and
+  lease in that window counts as this write (the keys then hold what it asked for); a guarded
+  txn (create-only, CAS on mod_revision) applies at most once, but a put or unguarded txn whose
+  earlier attempt is still in the raft log after the read-back (same leader, a slow commit, not
+  a leader change: a linearizable read after a new leader has committed sees every entry of the
+  old term that will ever apply) may apply twice: same value, one extra revision.
+* Other writes (delete, revoke_lease, compact, txns that delete or write in the failure branch)
+  are resent only when not applied; an unknown outcome raises StoreUnavailableError: it may or
+  may not have applied.
+
 etcd's limits (its defaults; every backend enforces them, so sqlite and memory refuse what a
 production etcd refuses, and the etcd backend checks them before sending too):
 
@@ -73,8 +103,10 @@ class RequestTooLargeError(StoreError):
 
 
 class StoreUnavailableError(StoreError):
-    """The backend could not be reached or failed; the operation may or may not have applied
-    only if it was a txn whose outcome is unknown (callers re-read before retrying)."""
+    """The backend could not be reached, or gave no usable answer within the request deadline
+    (see "Faults" in the module docstring). A write may or may not have applied: one whose
+    attempts all failed before reaching etcd did not, but the caller cannot tell which case
+    it is, so callers re-read before retrying."""
 
 
 class CompactedError(StoreError):

@@ -7,8 +7,14 @@ all of which the contract needs.
 Endpoints and failover: the store keeps one channel to one endpoint. Before each call it makes
 sure that channel is READY; if it does not become ready within ``connect_timeout`` the store
 tries the next endpoints in turn, and raises :class:`StoreUnavailableError` when none answers.
-Reads and lease keepalives that fail with UNAVAILABLE are retried on the next endpoint; writes
-are not retried once sent (their outcome is unknown), they raise StoreUnavailableError.
+
+Faults and retries (the rule is in :mod:`lucid_cp.store.base`, "Faults"; the error
+classification in ``_etcd_retry``): every operation has ``request_timeout`` in all, each attempt
+at most ``attempt_timeout`` (a proposal lost in a leader change is never answered, so waiting
+the whole deadline for it would leave no time to resend). Failed attempts are resent with
+backoff on the store's clock while the deadline lasts; UNAVAILABLE and an expired attempt also
+move to the next endpoint. A write whose outcome is unknown reads its keys back before it
+answers or resends (see ``_write``).
 
 Watches: each watch has its own gRPC stream. After a transient disconnect it reconnects (to any
 endpoint) and resumes from the last delivered revision + 1, so nothing is lost or repeated; if
@@ -26,6 +32,7 @@ from revision 1, which etcd answers with the compact revision at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -37,6 +44,7 @@ from aetcd import rpc
 
 from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.store._contract import check_put, check_txn, granted_ttl, prefix_end
+from lucid_cp.store._etcd_retry import Failure, OutcomeUnknown, classify, own_write_revision
 from lucid_cp.store.base import (
     CompactedError,
     Compare,
@@ -98,21 +106,16 @@ _COMPARE_TARGETS = {
     CompareTarget.LEASE: (rpc.Compare.LEASE, "lease"),
 }
 _PROBE_KEY = b"\x00lucid/probe"
+_BACKOFF_FIRST = 0.025
+_BACKOFF_MAX = 0.5
+# Failures after which the next attempt goes to the next endpoint.
+_MOVE_ON = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 def _key_range(prefix: bytes) -> tuple[bytes, bytes]:
     """etcd's [key, range_end) for a prefix; b"\\0" as range_end means "to the end"."""
     end = prefix_end(prefix)
     return (prefix or b"\x00"), (end if end is not None else b"\x00")
-
-
-def _never_sent(e: grpc.aio.AioRpcError) -> bool:
-    """gRPC failed the call for want of a connection, so the server never saw it."""
-    details = (e.details() or "").lower()
-    return any(
-        marker in details
-        for marker in ("failed to connect", "no address available", "no connection available")
-    )
 
 
 def _kv(kv: Any) -> KeyValue:
@@ -170,6 +173,13 @@ def _response(resp: Any) -> KeyValue | int | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """A write's earlier attempt turned out to have applied, at ``revision``."""
+
+    revision: int
+
+
 @dataclass(eq=False)
 class _Connection:
     index: int
@@ -204,8 +214,10 @@ class EtcdStore:
     """The store contract on etcd (see the module docstring).
 
     etcd keeps lease time itself; ``clock`` times this client's own waits: the connect timeout,
-    the watch's reconnect backoff and its give-up deadline. Per-call deadlines
-    (``request_timeout``) are gRPC deadlines that travel to etcd, so they stay in real time.
+    each operation's ``request_timeout`` deadline and the backoff between its attempts, the
+    watch's reconnect backoff and its give-up deadline. Each attempt's gRPC deadline
+    (``attempt_timeout``, at most what is left of ``request_timeout``) travels to etcd and
+    stays in real time. ``faults`` counts failed attempts and how unknown outcomes resolved.
     Channels are created lazily, on the event loop of first use.
     """
 
@@ -218,6 +230,7 @@ class EtcdStore:
         clock: Clock | None = None,
         connect_timeout: float = 2.0,
         request_timeout: float = 5.0,
+        attempt_timeout: float = 2.0,
         watch_retry_timeout: float = 30.0,
     ) -> None:
         if not endpoints:
@@ -226,6 +239,10 @@ class EtcdStore:
         self._clock: Clock = clock or SystemClock()
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
+        self._attempt_timeout = min(attempt_timeout, request_timeout)
+        self._seen_revision = 0  # the highest revision any answer carried (a floor for _write)
+        # Counts of failed attempts: resent, unknown outcomes, and how those were resolved.
+        self.faults: collections.Counter[str] = collections.Counter()
         self._watch_retry_timeout = watch_retry_timeout
         self._current = 0
         self._conn: _Connection | None = None
@@ -293,29 +310,123 @@ class EtcdStore:
             self._current = (conn.index + 1) % len(self._targets)
             self._retire(conn)
 
+    def _deadline(self) -> float:
+        return self._clock.monotonic() + self._request_timeout
+
     async def _call(
         self,
-        invoke: Callable[[_Connection], Awaitable[R]],
+        invoke: Callable[[_Connection, float], Awaitable[R]],
         *,
-        retry: bool,
+        idempotent: bool,
+        deadline: float | None = None,
         lease_ids: Sequence[int] = (),
     ) -> R:
-        """Run one RPC. On UNAVAILABLE the next attempt goes to the next endpoint; a call is
-        retried if ``retry`` says it is safe to repeat, or if it never left this process (no
-        connection), which is the rule etcd's own client uses for writes. Every endpoint gets a
-        try, the first one twice (its channel may only just have noticed a restart)."""
-        attempts = len(self._targets) + 1
+        """Run one RPC (``invoke(connection, attempt timeout)``) until it answers or the deadline
+        is spent. A failure that says the request was not applied is always resent; one whose
+        outcome is unknown is resent only if ``idempotent``, else it raises OutcomeUnknown for
+        the caller to resolve. Anything else is etcd's answer, translated."""
+        if deadline is None:
+            deadline = self._deadline()
+        backoff = _BACKOFF_FIRST
         while True:
             conn = await self._connection()
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                raise StoreUnavailableError(
+                    f"etcd {conn.target}: no answer within {self._request_timeout}s"
+                )
             try:
-                return await invoke(conn)
+                result = await invoke(conn, min(self._attempt_timeout, remaining))
             except grpc.aio.AioRpcError as e:
-                attempts -= 1
-                if e.code() is grpc.StatusCode.UNAVAILABLE:
+                failure = classify(e)
+                if failure is Failure.FINAL:
+                    raise await self._translate(e, conn, lease_ids) from e
+                if e.code() in _MOVE_ON:
                     self._skip_endpoint(conn)
-                    if attempts > 0 and (retry or _never_sent(e)):
-                        continue
-                raise await self._translate(e, conn, lease_ids) from e
+                if failure is Failure.UNKNOWN and not idempotent:
+                    self.faults["unknown"] += 1
+                    raise OutcomeUnknown(e) from e
+                self.faults["resent"] += 1
+                left = deadline - self._clock.monotonic()
+                if left <= 0 or self._closed:
+                    raise StoreUnavailableError(
+                        f"etcd {conn.target}: no answer within {self._request_timeout}s, "
+                        f"last {e.code().name}: {e.details()}"
+                    ) from e
+                await self._clock.sleep(min(backoff, left))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            revision = getattr(getattr(result, "header", None), "revision", 0)
+            self._seen_revision = max(self._seen_revision, int(revision or 0))
+            return result
+
+    async def _write(
+        self,
+        invoke: Callable[[_Connection, float], Awaitable[R]],
+        puts: Sequence[Put],
+        *,
+        succeeded: Callable[[R], bool] = lambda _: True,
+        lease_ids: Sequence[int] = (),
+    ) -> R | _Applied:
+        """A write of ``puts`` (a put, or a txn whose success branch is only puts and whose
+        failure branch only reads) that resolves unknown outcomes instead of guessing.
+
+        Before the first attempt the store knows a revision ``floor`` it has already seen. When
+        an attempt's outcome is unknown, the keys are read back (one linearizable read): if
+        they hold exactly this write's values and leases at one mod_revision above ``floor``,
+        an earlier attempt applied and ``_Applied(that revision)`` is the answer; otherwise the
+        write is resent. A resent guarded txn that then fails its compares is checked the same
+        way, because a late-applying earlier attempt is what may have failed it."""
+        deadline = self._deadline()
+        if not self._seen_revision:
+            await self.current_revision()
+        floor = self._seen_revision
+        maybe_applied = False
+        backoff = _BACKOFF_FIRST
+        while True:
+            try:
+                result = await self._call(
+                    invoke, idempotent=False, deadline=deadline, lease_ids=lease_ids
+                )
+            except OutcomeUnknown as unknown:
+                maybe_applied = True
+                revision = await self._own_write(puts, floor, deadline, unknown)
+                if revision:
+                    return _Applied(revision)
+                await self._clock.sleep(min(backoff, max(deadline - self._clock.monotonic(), 0)))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            if maybe_applied and not succeeded(result):
+                revision = await self._own_write(puts, floor, deadline, None)
+                if revision:
+                    return _Applied(revision)
+            return result
+
+    async def _own_write(
+        self, puts: Sequence[Put], floor: int, deadline: float, unknown: OutcomeUnknown | None
+    ) -> int:
+        """The revision at which ``puts`` applied (see own_write_revision), or 0 if they have
+        not; StoreUnavailableError if that cannot be found out before the deadline."""
+        request = rpc.TxnRequest(success=[_request_op(Get(p.key)) for p in puts])
+        try:
+            resp = await self._call(
+                lambda c, t: c.kv.Txn(request, timeout=t), idempotent=True, deadline=deadline
+            )
+        except StoreUnavailableError as e:
+            cause = f" after {unknown}" if unknown is not None else ""
+            raise StoreUnavailableError(
+                f"write outcome unknown{cause}: could not read it back ({e})"
+            ) from (unknown.error if unknown is not None else e)
+        kvs = [_response(r) for r in resp.responses]
+        revision = own_write_revision(
+            puts, [kv if isinstance(kv, KeyValue) else None for kv in kvs], floor
+        )
+        self.faults["resolved_applied" if revision else "resolved_not_applied"] += 1
+        if not revision and deadline - self._clock.monotonic() <= 0 and unknown is not None:
+            raise StoreUnavailableError(
+                f"write not applied within {self._request_timeout}s (last: {unknown})"
+            ) from unknown.error
+        return revision
 
     async def _translate(
         self, e: grpc.aio.AioRpcError, conn: _Connection, lease_ids: Sequence[int]
@@ -365,31 +476,25 @@ class EtcdStore:
     async def _missing_lease(self, lease_ids: Sequence[int]) -> int:
         """Which of ``lease_ids`` etcd does not know (the error does not say)."""
         for lease_id in dict.fromkeys(lease_ids):
-            resp = await self._call(functools.partial(self._lease_ttl, lease_id), retry=True)
+            resp = await self._call(functools.partial(self._lease_ttl, lease_id), idempotent=True)
             if resp.TTL == -1:
                 return lease_id
         return lease_ids[0] if lease_ids else 0
 
-    async def _lease_ttl(self, lease_id: int, conn: _Connection) -> Any:
+    async def _lease_ttl(self, lease_id: int, conn: _Connection, timeout: float) -> Any:
         request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
-        return await conn.lease.LeaseTimeToLive(request, timeout=self._request_timeout)
+        return await conn.lease.LeaseTimeToLive(request, timeout=timeout)
 
     # -- the contract ----------------------------------------------------------------------
 
     async def current_revision(self) -> int:
-        resp = await self._call(
-            lambda c: c.kv.Range(
-                rpc.RangeRequest(key=_PROBE_KEY, count_only=True), timeout=self._request_timeout
-            ),
-            retry=True,
-        )
+        request = rpc.RangeRequest(key=_PROBE_KEY, count_only=True)
+        resp = await self._call(lambda c, t: c.kv.Range(request, timeout=t), idempotent=True)
         return int(resp.header.revision)
 
     async def get(self, key: bytes) -> KeyValue | None:
-        resp = await self._call(
-            lambda c: c.kv.Range(rpc.RangeRequest(key=key), timeout=self._request_timeout),
-            retry=True,
-        )
+        request = rpc.RangeRequest(key=key)
+        resp = await self._call(lambda c, t: c.kv.Range(request, timeout=t), idempotent=True)
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(
@@ -400,9 +505,7 @@ class EtcdStore:
         key, end = _key_range(prefix)
         key = max(key, start)
         request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
-        resp = await self._call(
-            lambda c: c.kv.Range(request, timeout=self._request_timeout), retry=True
-        )
+        resp = await self._call(lambda c, t: c.kv.Range(request, timeout=t), idempotent=True)
         return RangeResult(
             [_kv(kv) for kv in resp.kvs],
             revision or int(resp.header.revision),
@@ -413,11 +516,11 @@ class EtcdStore:
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         check_put(key, value)
         request = rpc.PutRequest(key=key, value=value, lease=lease)
-        resp = await self._call(
-            lambda c: c.kv.Put(request, timeout=self._request_timeout),
-            retry=False,
-            lease_ids=(lease,),
+        resp = await self._write(
+            lambda c, t: c.kv.Put(request, timeout=t), [Put(key, value, lease)], lease_ids=(lease,)
         )
+        if isinstance(resp, _Applied):
+            return resp.revision
         return int(resp.header.revision)
 
     async def delete(self, key: bytes, *, prefix: bool = False) -> tuple[int, int]:
@@ -426,9 +529,7 @@ class EtcdStore:
             request = rpc.DeleteRangeRequest(key=start, range_end=end)
         else:
             request = rpc.DeleteRangeRequest(key=key)
-        resp = await self._call(
-            lambda c: c.kv.DeleteRange(request, timeout=self._request_timeout), retry=False
-        )
+        resp = await self._unresolved(lambda c, t: c.kv.DeleteRange(request, timeout=t))
         return int(resp.deleted), int(resp.header.revision)
 
     async def txn(
@@ -444,11 +545,23 @@ class EtcdStore:
             failure=[_request_op(op) for op in failure],
         )
         leases = [op.lease for op in (*success, *failure) if isinstance(op, Put) and op.lease]
-        resp = await self._call(
-            lambda c: c.kv.Txn(request, timeout=self._request_timeout),
-            retry=False,
-            lease_ids=leases,
-        )
+
+        def send(c: _Connection, t: float) -> Awaitable[Any]:
+            return c.kv.Txn(request, timeout=t)
+
+        ops = (*success, *failure)
+        puts = [op for op in success if isinstance(op, Put)]
+        if all(isinstance(op, Get) for op in ops):
+            resp = await self._call(send, idempotent=True)
+        elif puts and len(puts) == len(success) and all(isinstance(op, Get) for op in failure):
+            written = await self._write(
+                send, puts, succeeded=lambda r: bool(r.succeeded), lease_ids=leases
+            )
+            if isinstance(written, _Applied):
+                return TxnResult(True, written.revision, [None] * len(puts))
+            resp = written
+        else:
+            resp = await self._unresolved(send, lease_ids=leases)
         return TxnResult(
             bool(resp.succeeded),
             int(resp.header.revision),
@@ -457,27 +570,26 @@ class EtcdStore:
 
     async def grant_lease(self, ttl: int) -> Lease:
         granted_ttl(ttl)  # refuses what etcd refuses; etcd itself raises a short ttl
-        # A retried grant can at worst leave an unused lease behind, which then expires.
+        # Resent like etcd's clientv3 does: a grant applied twice leaves one unused lease
+        # behind, which has no keys and expires after its ttl.
+        request = rpc.LeaseGrantRequest(TTL=ttl)
         resp = await self._call(
-            lambda c: c.lease.LeaseGrant(
-                rpc.LeaseGrantRequest(TTL=ttl), timeout=self._request_timeout
-            ),
-            retry=True,
+            lambda c, t: c.lease.LeaseGrant(request, timeout=t), idempotent=True
         )
         if resp.error:
             raise StoreUnavailableError(f"etcd refused the lease: {resp.error}")
         return Lease(int(resp.ID), int(resp.TTL))
 
     async def keepalive(self, lease_id: int) -> int:
-        async def refresh(conn: _Connection) -> Any:
-            call = conn.lease.LeaseKeepAlive(timeout=self._request_timeout)
+        async def refresh(conn: _Connection, timeout: float) -> Any:
+            call = conn.lease.LeaseKeepAlive(timeout=timeout)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 return await call.read()
             finally:
                 call.cancel()
 
-        resp = await self._call(refresh, retry=True, lease_ids=(lease_id,))
+        resp = await self._call(refresh, idempotent=True, lease_ids=(lease_id,))
         if resp is grpc.aio.EOF:
             raise StoreUnavailableError("etcd closed the keepalive stream without answering")
         if resp.TTL <= 0:
@@ -485,22 +597,28 @@ class EtcdStore:
         return int(resp.TTL)
 
     async def revoke_lease(self, lease_id: int) -> int:
-        resp = await self._call(
-            lambda c: c.lease.LeaseRevoke(
-                rpc.LeaseRevokeRequest(ID=lease_id), timeout=self._request_timeout
-            ),
-            retry=False,
-            lease_ids=(lease_id,),
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+        resp = await self._unresolved(
+            lambda c, t: c.lease.LeaseRevoke(request, timeout=t), lease_ids=(lease_id,)
         )
         return int(resp.header.revision)
 
     async def compact(self, revision: int) -> None:
-        await self._call(
-            lambda c: c.kv.Compact(
-                rpc.CompactionRequest(revision=revision), timeout=self._request_timeout
-            ),
-            retry=False,
-        )
+        request = rpc.CompactionRequest(revision=revision)
+        await self._unresolved(lambda c, t: c.kv.Compact(request, timeout=t))
+
+    async def _unresolved(
+        self, invoke: Callable[[_Connection, float], Awaitable[R]], *, lease_ids: Sequence[int] = ()
+    ) -> R:
+        """A write the store cannot check afterwards (deletes, revokes, compaction, txns that
+        delete or write in their failure branch): resent only when it was not applied; an
+        unknown outcome is StoreUnavailableError (it may or may not have applied)."""
+        try:
+            return await self._call(invoke, idempotent=False, lease_ids=lease_ids)
+        except OutcomeUnknown as unknown:
+            raise StoreUnavailableError(
+                f"etcd {self.endpoint}: outcome unknown: {unknown}"
+            ) from unknown.error
 
     def watch(
         self, prefix: bytes, start_revision: int, *, prev_kv: bool = False
