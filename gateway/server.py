@@ -138,10 +138,16 @@ async def start_gateway(
     return GatewayHandle(host, port, server, task)
 
 
-def run_gateway(grpc_target: str, http_addr: str | socket.socket = DEFAULT_HTTP_ADDR) -> None:
+def run_gateway(
+    grpc_target: str,
+    http_addr: str | socket.socket = DEFAULT_HTTP_ADDR,
+    *,
+    on_signals_handled: Callable[[], None] = lambda: None,
+) -> None:
     """Blocking entry point (``lucid-cp gateway``): serves until SIGINT/SIGTERM, then shuts
     down gracefully and returns (a second signal stops waiting for open connections).
-    ``http_addr`` is "host:port" or a socket from ``bind_socket`` (the gateway then owns it)."""
+    ``http_addr`` is "host:port" or a socket from ``bind_socket`` (the gateway then owns it).
+    ``on_signals_handled`` runs once a signal would shut down gracefully (announce then)."""
     server = _server(grpc_target)
     sock = _listening(http_addr)
 
@@ -149,6 +155,7 @@ def run_gateway(grpc_target: str, http_addr: str | socket.socket = DEFAULT_HTTP_
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.request_exit)
+        on_signals_handled()
         await server.serve(sockets=[sock])
 
     try:

@@ -162,6 +162,11 @@ async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> No
         except BaseException:
             await plane.stop(0)
             raise
+    # Handlers before the banner: whoever reads "gRPC on" may signal at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     print(f"lucid-cp: gRPC on {plane.grpc_target}, store {settings.store_url}", file=sys.stderr)
     if gateway is not None:
         print(f"lucid-cp: REST gateway on {http_url}/api/v1", file=sys.stderr)
@@ -172,10 +177,6 @@ async def _serve(settings: Settings, dev_secret: bool, with_gateway: bool) -> No
             f"{settings.data_dir / DEV_SECRET_FILE}.\nlucid-cp: DEV ONLY admin token (24 h):\n{token}",
             file=sys.stderr,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("lucid-cp: shutting down", file=sys.stderr)
     if gateway is not None:
@@ -195,13 +196,12 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level)
     sock = _bind_http(args.http_addr)
-    print(
-        f"lucid-cp: REST gateway on {_url(sock)}/api/v1, for the control plane at "
-        f"{args.grpc_target}",
-        file=sys.stderr,
-        flush=True,
+    banner = f"lucid-cp: REST gateway on {_url(sock)}/api/v1, for the control plane at {args.grpc_target}"
+    run_gateway(
+        args.grpc_target,
+        sock,
+        on_signals_handled=lambda: print(banner, file=sys.stderr, flush=True),
     )
-    run_gateway(args.grpc_target, sock)
     return 0
 
 
