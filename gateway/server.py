@@ -111,21 +111,26 @@ def _server(grpc_target: str | grpc.aio.Channel, limits: HttpLimits, **options: 
     return _Server(config, on_shutdown=app.state.gateway.abort_streams)
 
 
+def _listening(http_addr: str | socket.socket) -> socket.socket:
+    return http_addr if isinstance(http_addr, socket.socket) else bind_socket(http_addr)
+
+
 async def start_gateway(
     grpc_target: str | grpc.aio.Channel,
-    http_addr: str = DEFAULT_HTTP_ADDR,
+    http_addr: str | socket.socket = DEFAULT_HTTP_ADDR,
     *,
     limits: HttpLimits | None = None,
     **app_options: Any,
 ) -> GatewayHandle:
     """Starts the gateway in the running event loop and returns once it accepts connections.
 
+    ``http_addr`` is "host:port" or a socket from ``bind_socket`` (the gateway then owns it).
     Raises OSError if ``http_addr`` cannot be bound, and ServiceNotFound/TemplateError for a
     bad service configuration. ``limits`` bound slow clients and concurrency (defaults:
     HttpLimits()); ``app_options`` go to ``create_app``.
     """
     server = _server(grpc_target, limits or HttpLimits(), **app_options)
-    sock = bind_socket(http_addr)
+    sock = _listening(http_addr)
     host, port = sock.getsockname()[:2]
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"lucid-gateway:{port}")
     ready = asyncio.create_task(server.ready.wait())
@@ -141,17 +146,25 @@ async def start_gateway(
 
 
 def run_gateway(
-    grpc_target: str, http_addr: str = DEFAULT_HTTP_ADDR, limits: HttpLimits | None = None
+    grpc_target: str,
+    http_addr: str | socket.socket = DEFAULT_HTTP_ADDR,
+    *,
+    limits: HttpLimits | None = None,
+    on_signals_handled: Callable[[], None] = lambda: None,
 ) -> None:
     """Blocking entry point (``lucid-cp gateway``): serves until SIGINT/SIGTERM, then shuts
-    down gracefully and returns (a second signal stops waiting for open connections)."""
+    down gracefully and returns (a second signal stops waiting for open connections).
+    ``http_addr`` is "host:port" or a socket from ``bind_socket`` (the gateway then owns it).
+    ``limits`` bound slow clients and concurrency (defaults: HttpLimits()).
+    ``on_signals_handled`` runs once a signal would shut down gracefully (announce then)."""
     server = _server(grpc_target, limits or HttpLimits())
-    sock = bind_socket(http_addr)
+    sock = _listening(http_addr)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.request_exit)
+        on_signals_handled()
         await server.serve(sockets=[sock])
 
     try:

@@ -5,6 +5,10 @@ Adding a system means adding it to ``SYSTEMS`` (and nothing else here). Start-up
 declaration before anything starts (policies, buckets, error rows), then starts the systems in
 order; when a step fails, everything already started is stopped in reverse and the store is
 closed, so a failed start leaves no task running and no file locked.
+
+Failures the user can fix (a port in use, a store that cannot be opened or does not answer, a
+metrics address in use) are raised as :class:`~lucid_cp.startup.StartupError` with one line;
+configuration that contradicts the declarations is a :class:`~lucid_cp.rpc.policy.PolicyError`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from lucid_cp.auth.ratelimit import RateLimiter
@@ -26,12 +29,14 @@ from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.config import RateLimit, Settings
 from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.readiness import StoreMonitor
+from lucid_cp.rpc import reflection_v1
 from lucid_cp.rpc.interceptor import MAX_TOKEN_BYTES, PolicyInterceptor
 from lucid_cp.rpc.metrics import RpcMetrics
 from lucid_cp.rpc.policy import MethodPolicy, PolicyError, check_buckets, policies_from
 from lucid_cp.rpc.status import StatusTable
+from lucid_cp.startup import StartupError, ensure_bindable
 from lucid_cp.store import open_store
-from lucid_cp.store.base import Store
+from lucid_cp.store.base import Store, StoreError
 from lucid_cp.system import Environment, System
 
 log = logging.getLogger("lucid_cp.app")
@@ -129,8 +134,10 @@ async def start_control_plane(
     metrics = RpcMetrics(registry)
     unwind = contextlib.AsyncExitStack()
     try:
-        store = store or open_store(settings.store_url, clock=clock)
+        if store is None:
+            store = _open_store(settings.store_url, clock)
         unwind.push_async_callback(store.close)
+        await _check_store(store, settings.store_url, clock)
         env = Environment(settings, store, clock, registry)
         for kind in systems:
             system = kind(env)
@@ -162,10 +169,15 @@ async def start_control_plane(
             s.full_name for kind in systems for f in kind.files for s in f.services_by_name.values()
         ]
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        reflection.enable_server_reflection(
-            [*service_names, health_name, reflection.SERVICE_NAME], server
-        )
-        port = server.add_insecure_port(settings.grpc_addr)
+        reflection_v1.enable_server_reflection([*service_names, health_name], server)
+        ensure_bindable(settings.grpc_addr, "gRPC", "--grpc-addr")
+        try:
+            port = server.add_insecure_port(settings.grpc_addr)
+        except RuntimeError as e:  # lost a race with another process since the check above
+            raise StartupError(
+                f"cannot listen for gRPC on {settings.grpc_addr}: the address is in use or "
+                "not local (choose another with --grpc-addr)"
+            ) from e
         await server.start()
         unwind.push_async_callback(server.stop, 0)
         # Health follows the store from here on (readiness.py): SERVING while it answers.
@@ -198,7 +210,32 @@ async def start_control_plane(
     return plane
 
 
+def _open_store(url: str, clock: Clock) -> Store:
+    try:
+        return open_store(url, clock=clock)
+    except (ValueError, StoreError) as e:
+        raise StartupError(f"cannot open the state store: {e}") from e
+
+
+async def _check_store(store: Store, url: str, clock: Clock) -> None:
+    """One read before any system starts, so an unreachable store is one clear error that says
+    how long it was tried, not a failure deep inside the first system's start."""
+    started = clock.monotonic()
+    try:
+        await store.current_revision()
+    except StoreError as e:
+        raise StartupError(
+            f"state store {url} did not answer (tried for {clock.monotonic() - started:.1f}s): {e}"
+        ) from e
+
+
 def _start_metrics_server(addr: str, registry: CollectorRegistry) -> Any:
     host, port = split_addr(addr)
-    server, _ = start_http_server(port, host, registry=registry)
+    try:
+        server, _ = start_http_server(port, host, registry=registry)
+    except OSError as e:
+        raise StartupError(
+            f"cannot listen for metrics on {addr}: {e.strerror or e} "
+            "(choose another with --metrics-addr)"
+        ) from e
     return server

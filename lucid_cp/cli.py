@@ -1,13 +1,21 @@
-"""lucid-cp command line: serve | gateway | token. The only module that reads the environment."""
+"""lucid-cp command line: serve | gateway | token. The only module that reads the environment.
+
+A start-up the user can fix (:class:`~lucid_cp.startup.StartupError`, a
+:class:`~lucid_cp.rpc.policy.PolicyError` from the start-up checks) ends with one line on
+stderr and exit status 1; anything else is a bug and keeps its traceback (exit status 70).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import secrets
 import signal
+import socket
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,12 +24,17 @@ from lucid_cp.app import SYSTEMS
 from lucid_cp.auth.tokens import MIN_SECRET_BYTES, Role, mint_token
 from lucid_cp.clock import SystemClock
 from lucid_cp.config import RateLimit, Settings
+from lucid_cp.rpc.policy import PolicyError
+from lucid_cp.startup import StartupError
 
 if TYPE_CHECKING:
     from gateway.limits import HttpLimits
 
 DEV_SECRET_FILE = "dev-jwt-secret"
 ENV_SECRET = "LUCID_JWT_SECRET"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EXIT_STARTUP = 1  # a start-up failure the user can fix (one line on stderr)
+EXIT_BUG = 70  # EX_SOFTWARE: an unexpected exception (traceback on stderr)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -33,31 +46,45 @@ def _load_secret(
 ) -> tuple[bytes, bool]:
     """The JWT secret and whether it is the generated dev secret.
 
-    Order: LUCID_JWT_SECRET, --jwt-secret-file, the dev secret in the data dir (created by
-    `serve` when nothing else is configured)."""
-    if os.environ.get(ENV_SECRET):
-        secret = os.environ[ENV_SECRET].encode()
+    Order: --jwt-secret-file (the command line wins), LUCID_JWT_SECRET, the dev secret in the
+    data dir (created by `serve` when nothing else is configured)."""
+    if args.jwt_secret_file:
+        secret = _read_file(Path(args.jwt_secret_file), "--jwt-secret-file")
         dev = False
-    elif getattr(args, "jwt_secret_file", None):
-        secret = Path(args.jwt_secret_file).read_bytes().strip()
+    elif os.environ.get(ENV_SECRET):
+        secret = os.environ[ENV_SECRET].encode()
         dev = False
     else:
         path = data_dir / DEV_SECRET_FILE
         if not path.exists():
             if not create_dev:
-                raise SystemExit(
-                    f"no JWT secret: set {ENV_SECRET}, pass --jwt-secret-file, or run "
+                raise StartupError(
+                    f"no JWT secret: pass --jwt-secret-file, set {ENV_SECRET}, or run "
                     f"`lucid-cp serve --data-dir {data_dir}` once to create a dev secret"
                 )
-            data_dir.mkdir(parents=True, exist_ok=True)
+            _make_dir(data_dir)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(48))
-        secret = path.read_bytes().strip()
+        secret = _read_file(path, "the dev JWT secret")
         dev = True
     if len(secret) < MIN_SECRET_BYTES:
-        raise SystemExit(f"JWT secret must be at least {MIN_SECRET_BYTES} bytes")
+        raise StartupError(f"JWT secret must be at least {MIN_SECRET_BYTES} bytes")
     return secret, dev
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes().strip()
+    except OSError as e:
+        raise StartupError(f"{what} {path}: {e.strerror or e}") from e
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"data dir {path}: {e.strerror or e}") from e
 
 
 def _rate_limits(specs: list[str]) -> dict[str, RateLimit]:
@@ -72,7 +99,7 @@ def _rate_limits(specs: list[str]) -> dict[str, RateLimit]:
         except ValueError:
             limit = None
         if not bucket.strip() or limit is None or limit.capacity < 1 or limit.period <= 0:
-            raise SystemExit(
+            raise StartupError(
                 f"--rate-limit {spec!r}: expected BUCKET=CAPACITY/SECONDS, both positive"
             )
         limits[bucket.strip()] = limit
@@ -81,7 +108,7 @@ def _rate_limits(specs: list[str]) -> dict[str, RateLimit]:
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
     data_dir = _data_dir(args)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(data_dir)
     secret, dev = _load_secret(args, data_dir, create_dev=True)
     store_url = args.store or os.environ.get("LUCID_STORE") or f"sqlite:///{data_dir / 'state.db'}"
     settings = Settings(
@@ -99,6 +126,24 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, bool]:
     return settings, dev
 
 
+def _bind_http(addr: str) -> socket.socket:
+    """The gateway's listening socket, bound before anything starts so a busy port fails first."""
+    from gateway.server import bind_socket
+
+    try:
+        return bind_socket(addr)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise StartupError(
+            f"cannot listen for HTTP on {addr}: {reason} (choose another with --http-addr)"
+        ) from e
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _add_http_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """The REST gateway's slow-client and concurrency limits (gateway.limits.HttpLimits)."""
     parser.add_argument(
@@ -106,21 +151,21 @@ def _add_http_limit_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="close a connection whose request headers take longer (default 10)",
+        help="close a connection whose request headers take longer",
     )
     parser.add_argument(
         "--http-body-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="answer 408 to a request whose body takes longer (default 30)",
+        help="answer 408 to a request whose body takes longer",
     )
     parser.add_argument(
         "--http-max-connections",
         type=int,
         default=1000,
         metavar="N",
-        help="connections served at once; above it requests get 503 (default 1000)",
+        help="connections served at once; above it requests get 503",
     )
 
 
@@ -134,7 +179,7 @@ def _http_limits(args: argparse.Namespace) -> HttpLimits:
             max_connections=args.http_max_connections,
         )
     except ValueError as exc:
-        raise SystemExit(f"lucid-cp: {exc}") from None
+        raise StartupError(str(exc)) from None
 
 
 async def _serve(
@@ -143,19 +188,32 @@ async def _serve(
     from lucid_cp.app import start_control_plane
     from lucid_cp.rpc.runtime import tune_gc
 
-    plane = await start_control_plane(settings)
+    sock = _bind_http(settings.http_addr) if with_gateway else None
+    try:
+        plane = await start_control_plane(settings)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     tune_gc()
     gateway = None
-    if with_gateway:
+    if sock is not None:
         from gateway.server import start_gateway
 
-        gateway = await start_gateway(plane.grpc_target, settings.http_addr, limits=limits)
+        http_url = _url(sock)
+        try:
+            gateway = await start_gateway(plane.grpc_target, sock, limits=limits)
+        except BaseException:
+            await plane.stop(0)
+            raise
+    # Handlers before the banner: whoever reads "gRPC on" may signal at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     print(f"lucid-cp: gRPC on {plane.grpc_target}, store {settings.store_url}", file=sys.stderr)
     if gateway is not None:
-        print(
-            f"lucid-cp: REST gateway on http://{settings.http_addr.rsplit(':', 1)[0]}:{gateway.port}/api/v1",
-            file=sys.stderr,
-        )
+        print(f"lucid-cp: REST gateway on {http_url}/api/v1", file=sys.stderr)
     if dev_secret:
         token = mint_token(settings.jwt_secret, "admin", Role.ADMIN, SystemClock(), ttl=24 * 3600)
         print(
@@ -163,10 +221,6 @@ async def _serve(
             f"{settings.data_dir / DEV_SECRET_FILE}.\nlucid-cp: DEV ONLY admin token (24 h):\n{token}",
             file=sys.stderr,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("lucid-cp: shutting down", file=sys.stderr)
     if gateway is not None:
@@ -186,7 +240,15 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.server import run_gateway
 
     logs.configure(args.log_level)
-    run_gateway(args.grpc_target, args.http_addr, _http_limits(args))
+    limits = _http_limits(args)
+    sock = _bind_http(args.http_addr)
+    banner = f"lucid-cp: REST gateway on {_url(sock)}/api/v1, for the control plane at {args.grpc_target}"
+    run_gateway(
+        args.grpc_target,
+        sock,
+        limits=limits,
+        on_signals_handled=lambda: print(banner, file=sys.stderr, flush=True),
+    )
     return 0
 
 
@@ -196,31 +258,93 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every flag's help, except where the help already says its
+    default or there is nothing to say (no value, or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _version() -> str:
+    return f"lucid-cp {importlib.metadata.version('lucid-cp')}"
+
+
+def _add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log threshold for the JSON log lines on stderr",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lucid-cp", description="Lucid service-mesh control plane"
+        prog="lucid-cp",
+        description="Lucid service-mesh control plane",
+        formatter_class=_HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the control plane (gRPC) and the REST gateway")
+    serve = sub.add_parser(
+        "serve",
+        help="run the control plane (gRPC) and the REST gateway",
+        description="Run the control plane (gRPC) and, unless --no-gateway, the REST gateway.",
+        formatter_class=_HelpFormatter,
+    )
     serve.add_argument(
         "--store",
-        help="sqlite:///PATH | memory:// | etcd://HOST:PORT[,HOST:PORT] "
-        "(default: sqlite under --data-dir)",
-    )
-    serve.add_argument("--grpc-addr", default="127.0.0.1:50051")
-    serve.add_argument("--http-addr", default="127.0.0.1:8080")
-    serve.add_argument(
-        "--metrics-addr", default="", help="Prometheus listener, e.g. 127.0.0.1:9464"
+        metavar="URL",
+        help="state store: sqlite:///REL/PATH (relative to the working directory), "
+        "sqlite:////ABS/PATH (four slashes: an absolute path, as in SQLAlchemy), memory:// or "
+        "etcd://HOST:PORT[,HOST:PORT] (default: $LUCID_STORE, else sqlite:////<data-dir>/state.db)",
     )
     serve.add_argument(
-        "--data-dir", help="state and dev secret (default: ./.lucid or $LUCID_DATA_DIR)"
+        "--grpc-addr",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="gRPC listen address (port 0: any free port)",
     )
     serve.add_argument(
-        "--jwt-secret-file", help="file holding the HS256 secret (or $LUCID_JWT_SECRET)"
+        "--http-addr",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="REST gateway listen address (port 0: any free port)",
     )
-    serve.add_argument("--no-gateway", action="store_true", help="gRPC only")
-    _add_http_limit_arguments(serve)
+    serve.add_argument(
+        "--metrics-addr",
+        default="",
+        metavar="HOST:PORT",
+        help="Prometheus /metrics listener, e.g. 127.0.0.1:9464 (default: off)",
+    )
+    serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="holds the sqlite state and the dev secret (default: $LUCID_DATA_DIR, else ./.lucid)",
+    )
+    serve.add_argument(
+        "--jwt-secret-file",
+        metavar="FILE",
+        help="file holding the HS256 secret, at least 32 bytes; wins over $LUCID_JWT_SECRET "
+        "(default: $LUCID_JWT_SECRET, else a generated dev secret in the data dir)",
+    )
+    serve.add_argument("--no-gateway", action="store_true", help="serve gRPC only, no REST gateway")
     serve.add_argument(
         "--no-rate-limits", action="store_true", help="disable per-principal rate limits"
     )
@@ -229,35 +353,93 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="BUCKET=N/SECONDS",
-        help="override a rate-limit bucket, e.g. discovery=5000/60 (buckets: "
-        + ", ".join(sorted(b for kind in SYSTEMS for b in kind.rate_limits))
+        help="override a rate-limit bucket, repeatable, e.g. discovery=5000/60 (buckets and "
+        "defaults: "
+        + ", ".join(
+            f"{bucket}={limit.capacity}/{limit.period:g}"
+            for kind in SYSTEMS
+            for bucket, limit in sorted(kind.rate_limits.items())
+        )
         + ")",
     )
     for kind in SYSTEMS:
         kind.add_arguments(serve)
-    serve.add_argument("--log-level", default="INFO")
+    _add_http_limit_arguments(serve)
+    _add_log_level(serve)
     serve.set_defaults(func=_cmd_serve)
 
-    gw = sub.add_parser("gateway", help="run only the REST gateway in front of a control plane")
-    gw.add_argument("--grpc-target", default="127.0.0.1:50051")
-    gw.add_argument("--http-addr", default="127.0.0.1:8080")
+    gw = sub.add_parser(
+        "gateway",
+        help="run only the REST gateway in front of a control plane",
+        description="Run only the REST gateway, as its own process, in front of a control plane.",
+        formatter_class=_HelpFormatter,
+    )
+    gw.add_argument(
+        "--grpc-target",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="the control plane's gRPC address",
+    )
+    gw.add_argument(
+        "--http-addr",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="listen address (port 0: any free port; the bound one is printed)",
+    )
     _add_http_limit_arguments(gw)
-    gw.add_argument("--log-level", default="INFO")
+    _add_log_level(gw)
     gw.set_defaults(func=_cmd_gateway)
 
-    token = sub.add_parser("token", help="print a JWT signed with the configured secret")
+    token = sub.add_parser(
+        "token",
+        help="print a JWT signed with the configured secret",
+        description="Print a JWT signed with the configured secret.",
+        formatter_class=_HelpFormatter,
+    )
     token.add_argument("--subject", required=True, help="service name (service role) or admin name")
-    token.add_argument("--role", choices=[r.value for r in Role], default=Role.SERVICE.value)
-    token.add_argument("--ttl", type=int, default=3600, help="seconds")
-    token.add_argument("--data-dir")
-    token.add_argument("--jwt-secret-file")
+    token.add_argument(
+        "--role",
+        choices=[r.value for r in Role],
+        default=Role.SERVICE.value,
+        help="service: may act only for the service named --subject; admin: anything",
+    )
+    token.add_argument(
+        "--ttl",
+        type=_positive_int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime in seconds, at least 1",
+    )
+    token.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where `serve` keeps the dev secret (default: $LUCID_DATA_DIR, else ./.lucid)",
+    )
+    token.add_argument(
+        "--jwt-secret-file",
+        metavar="FILE",
+        help="file holding the HS256 secret; wins over $LUCID_JWT_SECRET "
+        "(default: $LUCID_JWT_SECRET, else the dev secret in the data dir)",
+    )
     token.set_defaults(func=_cmd_token)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (StartupError, PolicyError) as e:
+        print(f"lucid-cp: error: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"lucid-cp: unexpected error (a bug in {_version()}); please report it to the Lucid "
+            "issue tracker with the traceback above and the command you ran",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.discovery.settings import DiscoverySettings
 from lucid_cp.errors import InvalidArgument
 from lucid_cp.rpc.policy import PolicyError
+from lucid_cp.startup import StartupError
 from lucid_cp.store.base import StoreUnavailableError
 from lucid_cp.store.memory import MemoryStore
 from lucid_cp.system import Environment
@@ -261,7 +262,7 @@ async def test_a_port_already_bound_unwinds_and_leaves_the_sqlite_file_free(
     log: list[str] = []
     url = f"sqlite:///{tmp_path}/state.db"
     systems = (DiscoverySystem, recorder("a", log), recorder("b", log))
-    with pytest.raises(RuntimeError, match="bind"):
+    with pytest.raises(StartupError, match=f"cannot listen for gRPC on 127.0.0.1:{busy_port}"):
         await start_control_plane(
             settings(store_url=url, grpc_addr=f"127.0.0.1:{busy_port}"), systems=systems
         )
@@ -275,8 +276,9 @@ async def test_a_port_already_bound_unwinds_and_leaves_the_sqlite_file_free(
     try:
         assert sorted(leftover_tasks()) == sorted(BACKGROUND_TASKS)
         # Control: while it is open, the file is locked, so the reopen above proves something.
-        with pytest.raises(StoreUnavailableError):
+        with pytest.raises(StartupError, match="in use by another process") as err:
             await start_control_plane(settings(store_url=url), systems=(DiscoverySystem,))
+        assert isinstance(err.value.__cause__, StoreUnavailableError)
     finally:
         await plane.stop(0)
     assert log[-2:] == ["b.stop", "a.stop"]

@@ -12,6 +12,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
+from lucid_cp.api.grpc.reflection.v1 import reflection_pb2 as reflection_v1_pb2
 from lucid_cp.api.lucid.common.v1 import options_pb2
 from lucid_cp.errors import InvalidArgument
 
@@ -20,6 +21,7 @@ PUBLIC_SERVICES: frozenset[str] = frozenset(
     {
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection_v1alpha_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name,
+        reflection_v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name,
     }
 )
 

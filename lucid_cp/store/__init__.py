@@ -3,13 +3,16 @@
 ``open_store(url)`` picks a backend from a URL:
 
 * ``memory://`` — in-process, lost on close (:class:`~lucid_cp.store.memory.MemoryStore`).
-* ``sqlite:///<path>`` — a sqlite file; everything after ``sqlite:///`` is the path, so
-  ``sqlite:///relative.db`` is relative to the working directory and ``sqlite:////abs/file.db``
-  (i.e. ``f"sqlite:///{absolute_path}"``) is absolute, as in SQLAlchemy.
+* ``sqlite:///<path>`` — a sqlite file; everything after ``sqlite:///`` is the path, as in
+  SQLAlchemy: ``sqlite:///relative.db`` is relative to the working directory and
+  ``sqlite:////abs/file.db`` (four slashes, i.e. ``f"sqlite:///{absolute_path}"``) is absolute.
+  The file's directory must exist; when it does not, the error says how the path was read.
 * ``etcd://host:port[,host:port...]`` — a real etcd cluster, failing over between endpoints.
 """
 
 from __future__ import annotations
+
+import os
 
 from lucid_cp.clock import Clock
 from lucid_cp.store.base import (
@@ -115,6 +118,23 @@ def parse_etcd_endpoints(spec: str) -> list[tuple[str, int]]:
     return endpoints
 
 
+def _check_sqlite_dir(url: str, path: str) -> None:
+    """sqlite cannot create a file in a missing directory; say how the URL was read, since
+    ``sqlite:///tmp/x.db`` meaning the relative ``tmp/x.db`` surprises people."""
+    if path == ":memory:":
+        return
+    directory = os.path.dirname(path) or "."
+    if os.path.isdir(directory):
+        return
+    if os.path.isabs(path):
+        raise ValueError(f"bad sqlite store URL {url!r}: directory {directory} does not exist")
+    raise ValueError(
+        f"bad sqlite store URL {url!r}: it names the relative path {path!r} (resolved against the "
+        f"working directory, {os.path.abspath(directory)} does not exist); for an absolute path "
+        f"use four slashes: sqlite:////{path}"
+    )
+
+
 def open_store(url: str, *, clock: Clock | None = None) -> Store:
     """A ready-to-use store for ``url`` (see the module docstring for the forms accepted).
 
@@ -130,6 +150,7 @@ def open_store(url: str, *, clock: Clock | None = None) -> Store:
                 f"bad sqlite store URL {url!r}: expected sqlite:///relative.db or "
                 "sqlite:////absolute/path.db (no query options)"
             )
+        _check_sqlite_dir(url, path)
         return SqliteStore(path, clock=clock)
     if url.startswith(_ETCD):
         from lucid_cp.store.etcd import EtcdStore

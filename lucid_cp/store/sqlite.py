@@ -475,6 +475,11 @@ class SqliteStore:
             self._engine = self._executor.submit(_Engine, os.fspath(path), self._clock).result()
         except sqlite3.Error as e:
             self._executor.shutdown(wait=False)
+            if "locked" in str(e):  # another store holds the EXCLUSIVE lock (see above)
+                raise StoreUnavailableError(
+                    f"sqlite store {os.fspath(path)} is in use by another process "
+                    "(another lucid-cp on the same data dir?)"
+                ) from e
             raise StoreUnavailableError(f"cannot open sqlite store {path!r}: {e}") from e
         self._engine.on_commit = self._on_commit_in_worker
         self._loop: asyncio.AbstractEventLoop | None = None
