@@ -37,7 +37,7 @@ def error_from_marker(value: str, invalid: type[InvalidArgument]) -> LucidError:
             for field, description in doc["v"][:MAX_VIOLATIONS]
         ]
         kind = doc["k"]
-    except (ValueError, TypeError, KeyError, IndexError):
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
         return MalformedRequest("malformed request")
     if kind == _INVALID:
         return invalid(message, violations)

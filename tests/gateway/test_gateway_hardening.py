@@ -165,6 +165,8 @@ def test_the_marker_round_trips_and_stays_bounded() -> None:
     assert isinstance(error_from_marker(huge, InvalidServiceConfiguration), MalformedRequest)
     garbage = error_from_marker("{not json", InvalidServiceConfiguration)
     assert isinstance(garbage, MalformedRequest)
+    deep = "[" * 1000 + "]" * 1000  # a client may send any marker: never an unhandled error
+    assert isinstance(error_from_marker(deep, InvalidServiceConfiguration), MalformedRequest)
 
 
 # -- 5. one field named twice -------------------------------------------------------------------------
