@@ -84,14 +84,18 @@ async def statuses(servicer: health.aio.HealthServicer) -> set[int]:
 async def next_probe(clock: FakeClock) -> None:
     """Lets the monitor's interval pass once it is waiting for it."""
     async with asyncio.timeout(WAIT):
-        while clock.sleepers != 1:
+        while True:
+            if clock.sleepers == 1:
+                break
             await asyncio.sleep(0.01)  # poll: the condition is checked, the interval proves nothing
     clock.advance(1.0)
 
 
 async def statuses_become(servicer: health.aio.HealthServicer, status: int) -> None:
     async with asyncio.timeout(WAIT):
-        while await statuses(servicer) != {status}:
+        while True:
+            if await statuses(servicer) == {status}:
+                return
             await asyncio.sleep(0.01)  # poll, as above
 
 
@@ -143,7 +147,9 @@ async def test_health_is_not_serving_before_the_first_probe_answers(
             answer.set()
             async with asyncio.timeout(WAIT):
                 plane = await starting
-            assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=WAIT)).status == SERVING
+            assert (
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=WAIT)
+            ).status == SERVING
     finally:
         answer.set()
         if plane is None:

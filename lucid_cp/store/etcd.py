@@ -6,7 +6,8 @@ all of which the contract needs.
 
 Endpoints and failover: the store keeps one channel to one endpoint. Before each call it makes
 sure that channel is READY; if it does not become ready within ``connect_timeout`` the store
-tries the next endpoints in turn, and raises :class:`StoreUnavailableError` when none answers.
+tries the next endpoints in turn, and raises :class:`StoreUnavailableError` when none answers
+(an operation's search also ends with its request deadline).
 
 Faults and retries (the rule is in :mod:`lucid_cp.store.base`, "Faults"; the error
 classification in ``_etcd_retry``): every operation has ``request_timeout`` in all, each attempt
