@@ -178,10 +178,11 @@ async def start_control_plane(
                 f"cannot listen for gRPC on {settings.grpc_addr}: the address is in use or "
                 "not local (choose another with --grpc-addr)"
             ) from e
+        # Health follows the store (readiness.py): NOT_SERVING until the first probe answers.
+        monitor = StoreMonitor(store, health_servicer, service_names, clock)
+        await monitor.not_serving()
         await server.start()
         unwind.push_async_callback(server.stop, 0)
-        # Health follows the store from here on (readiness.py): SERVING while it answers.
-        monitor = StoreMonitor(store, health_servicer, service_names, clock)
         await monitor.start()
         unwind.push_async_callback(monitor.stop)
         if settings.metrics_addr:

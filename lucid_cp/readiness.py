@@ -56,12 +56,19 @@ class StoreMonitor:
         """The last probe's answer (None before the first)."""
         return self._reachable
 
+    async def not_serving(self) -> None:
+        """Sets every name NOT_SERVING (grpc's servicer starts ``""`` as SERVING): call it before
+        the server starts, so nothing reads ready before the first probe has answered."""
+        for name in self._names:
+            await self._servicer.set(name, _NOT_SERVING)
+
     async def start(self) -> None:
         """Probes once (so health is right from the start), then every ``interval``."""
         await self.check()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def check(self) -> bool:
+        """One probe; any failure, an unexpected exception included, counts as unreachable."""
         try:
             async with self._clock.timeout(self._probe_timeout):
                 await self._store.current_revision()
@@ -69,6 +76,10 @@ class StoreMonitor:
         except (StoreError, TimeoutError) as e:
             if self._reachable is not False:
                 log.warning("store unreachable: control plane NOT_SERVING", extra={"error": str(e)})
+            reachable = False
+        except Exception:
+            if self._reachable is not False:
+                log.exception("store probe failed unexpectedly: control plane NOT_SERVING")
             reachable = False
         if reachable != self._reachable:
             if reachable and self._reachable is False:

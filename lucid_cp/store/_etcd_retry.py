@@ -1,18 +1,8 @@
 """How the etcd backend reads a failed call: was the request applied, not applied, or unknown?
 
-The rule (documented for callers in :mod:`lucid_cp.store.base`, "Faults"):
-
-* NOT_APPLIED: the request never entered etcd's raft log, so resending anything is safe:
-  gRPC had no connection to send it on ("failed to connect", "no address/connection available",
-  the only case etcd's clientv3 retries for mutable requests), or etcd refused it before
-  proposing ("raft proposal dropped": raft would not append it, e.g. no leader or a leader
-  transfer in progress; "etcdserver: no leader"; "etcdserver: too many requests";
-  "etcdserver: not capable").
-* UNKNOWN: the request may have reached the leader and may apply, now or later: DEADLINE_EXCEEDED,
-  any other UNAVAILABLE (connection lost after sending, "leader changed", "request timed out",
-  "server stopped"), CANCELLED and UNKNOWN. Reads and idempotent requests are simply resent
-  (clientv3 resends immutable requests on UNAVAILABLE); writes must find out first.
-* FINAL: anything else is etcd's answer (compaction, lease not found, limits) and is translated.
+The rule, with every error text that decides it, is in :mod:`lucid_cp.store.base`, "Faults";
+this module implements it (``classify``) and judges a write's read-back (``own_write_revision``).
+FINAL is anything else: etcd's answer (compaction, lease not found, limits), translated.
 """
 
 from __future__ import annotations

@@ -30,10 +30,16 @@ Faults (what matters on etcd; sqlite and memory fail only when closed or broken)
 has one request deadline (etcd backend: ``request_timeout``, 5 s; each attempt at most
 ``attempt_timeout``, 2 s, since a proposal lost in a leader change is never answered). Within
 it, failed attempts are resent with backoff on the store's clock; StoreUnavailableError is
-raised only when the deadline is spent or a write's outcome cannot be determined.
+raised only when the deadline is spent or a write's outcome cannot be determined. The deadline
+bounds everything an operation waits for: finding an endpoint that answers (each at most
+``connect_timeout``), a write's first read of the current revision, and its read-back; a
+write's attempt ends early enough (0.5 s, at most a quarter of the deadline) to leave time to
+read back its outcome.
 
-* Not applied (always resent): no connection to send on, or etcd refused before proposing
-  ("raft proposal dropped", "no leader", "too many requests").
+* Not applied (always resent): no connection to send on ("failed to connect", "no address
+  available", "no connection available"), or etcd refused before proposing ("raft proposal
+  dropped", "etcdserver: no leader", "etcdserver: too many requests", "etcdserver: not
+  capable").
 * Outcome unknown (the request may have reached the leader): DEADLINE_EXCEEDED, any other
   UNAVAILABLE (connection lost mid-call, "leader changed", "request timed out"), CANCELLED,
   UNKNOWN. Reads (get, range, current_revision, read-only txns) and idempotent requests
@@ -52,9 +58,15 @@ raised only when the deadline is spent or a write's outcome cannot be determined
   earlier attempt is still in the raft log after the read-back (same leader, a slow commit, not
   a leader change: a linearizable read after a new leader has committed sees every entry of the
   old term that will ever apply) may apply twice: same value, one extra revision.
-* Other writes (delete, revoke_lease, compact, txns that delete or write in the failure branch)
-  are resent only when not applied; an unknown outcome raises StoreUnavailableError: it may or
-  may not have applied.
+* ``revoke_lease`` and ``delete`` of one key are resent after an unknown outcome too: the
+  effect is the same however often they apply. A resent revoke that finds the lease gone after
+  an earlier unknown outcome counts as applied and answers the current revision. A resent
+  delete answers what the resend did: ``(0, revision)`` if the earlier attempt had already
+  deleted the key. Limit: a key recreated by someone else between the lost attempt and the
+  resend is deleted by the resend.
+* Other writes (delete by prefix, compact, txns that delete or write in the failure branch) are
+  resent only when not applied; an unknown outcome raises StoreUnavailableError: it may or may
+  not have applied.
 
 etcd's limits (its defaults; every backend enforces them, so sqlite and memory refuse what a
 production etcd refuses, and the etcd backend checks them before sending too):

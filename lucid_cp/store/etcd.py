@@ -6,7 +6,8 @@ all of which the contract needs.
 
 Endpoints and failover: the store keeps one channel to one endpoint. Before each call it makes
 sure that channel is READY; if it does not become ready within ``connect_timeout`` the store
-tries the next endpoints in turn, and raises :class:`StoreUnavailableError` when none answers.
+tries the next endpoints in turn, and raises :class:`StoreUnavailableError` when none answers
+(an operation's search also ends with its request deadline).
 
 Faults and retries (the rule is in :mod:`lucid_cp.store.base`, "Faults"; the error
 classification in ``_etcd_retry``): every operation has ``request_timeout`` in all, each attempt
@@ -108,6 +109,7 @@ _COMPARE_TARGETS = {
 _PROBE_KEY = b"\x00lucid/probe"
 _BACKOFF_FIRST = 0.025
 _BACKOFF_MAX = 0.5
+_READBACK_RESERVE = 0.5  # seconds (at most a quarter of request_timeout)
 # Failures after which the next attempt goes to the next endpoint.
 _MOVE_ON = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
@@ -240,6 +242,8 @@ class EtcdStore:
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._attempt_timeout = min(attempt_timeout, request_timeout)
+        # Kept back from a write's last attempt to read its outcome back (see _call).
+        self._readback_reserve = min(_READBACK_RESERVE, request_timeout / 4)
         self._seen_revision = 0  # the highest revision any answer carried (a floor for _write)
         # Counts of failed attempts: resent, unknown outcomes, and how those were resolved.
         self.faults: collections.Counter[str] = collections.Counter()
@@ -263,7 +267,10 @@ class EtcdStore:
 
     # -- connections -----------------------------------------------------------------------
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self, deadline: float | None = None) -> _Connection:
+        """A READY connection, trying each endpoint in turn for at most ``connect_timeout``;
+        with ``deadline`` (an operation's), the whole search, waiting for another caller's
+        search included, also ends by then."""
         if self._closed:
             raise StoreUnavailableError("store is closed")
         conn = self._conn
@@ -271,29 +278,56 @@ class EtcdStore:
             state = conn.channel.get_state(try_to_connect=True)
             if state is grpc.ChannelConnectivity.READY:
                 return conn
-        async with self._connect_lock:
-            n = len(self._targets)
-            for i in range(n):
-                if self._closed:
-                    raise StoreUnavailableError("store is closed")
-                index = (self._current + i) % n
-                current = self._conn
-                if current is not None and current.index == index:
-                    candidate = current
-                else:
-                    candidate = _Connection.open(index, self._targets[index])
-                if await candidate.wait_ready(self._connect_timeout, self._clock):
-                    if candidate is not current:
-                        self._conn, self._current = candidate, index
-                        if current is not None:
-                            self._retire(current)
-                    return candidate
+        if deadline is None:
+            await self._connect_lock.acquire()
+        else:
+            try:
+                async with self._clock.timeout(deadline - self._clock.monotonic()):
+                    await self._connect_lock.acquire()
+            except TimeoutError:
+                raise StoreUnavailableError(
+                    f"no etcd endpoint answered within {self._request_timeout}s: "
+                    + ", ".join(self._targets)
+                ) from None
+        try:
+            return await self._find_endpoint(deadline)
+        finally:
+            self._connect_lock.release()
+
+    async def _find_endpoint(self, deadline: float | None) -> _Connection:
+        n = len(self._targets)
+        for i in range(n):
+            if self._closed:
+                raise StoreUnavailableError("store is closed")
+            wait = self._connect_timeout
+            if deadline is not None:
+                wait = min(wait, deadline - self._clock.monotonic())
+                if wait <= 0:
+                    break
+            index = (self._current + i) % n
+            current = self._conn
+            if current is not None and current.index == index:
+                candidate = current
+            else:
+                candidate = _Connection.open(index, self._targets[index])
+            try:
+                ready = await candidate.wait_ready(wait, self._clock)
+            except BaseException:
                 if candidate is not current:
-                    await candidate.channel.close()
-            raise StoreUnavailableError(
-                f"no etcd endpoint answered within {self._connect_timeout}s: "
-                + ", ".join(self._targets)
-            )
+                    self._retire(candidate)
+                raise
+            if ready:
+                if candidate is not current:
+                    self._conn, self._current = candidate, index
+                    if current is not None:
+                        self._retire(current)
+                return candidate
+            if candidate is not current:
+                await candidate.channel.close()
+        within = self._connect_timeout if deadline is None else self._request_timeout
+        raise StoreUnavailableError(
+            f"no etcd endpoint answered within {within}s: " + ", ".join(self._targets)
+        )
 
     def _retire(self, conn: _Connection) -> None:
         """Close a channel we moved away from, letting its in-flight unary calls finish."""
@@ -327,10 +361,12 @@ class EtcdStore:
         the caller to resolve. Anything else is etcd's answer, translated."""
         if deadline is None:
             deadline = self._deadline()
+        # A write whose outcome may be unknown keeps back time to find it out (a read-back).
+        reserve = 0.0 if idempotent else self._readback_reserve
         backoff = _BACKOFF_FIRST
         while True:
-            conn = await self._connection()
-            remaining = deadline - self._clock.monotonic()
+            conn = await self._connection(deadline)
+            remaining = deadline - self._clock.monotonic() - reserve
             if remaining <= 0:
                 raise StoreUnavailableError(
                     f"etcd {conn.target}: no answer within {self._request_timeout}s"
@@ -347,7 +383,7 @@ class EtcdStore:
                     self.faults["unknown"] += 1
                     raise OutcomeUnknown(e) from e
                 self.faults["resent"] += 1
-                left = deadline - self._clock.monotonic()
+                left = deadline - self._clock.monotonic() - reserve
                 if left <= 0 or self._closed:
                     raise StoreUnavailableError(
                         f"etcd {conn.target}: no answer within {self._request_timeout}s, "
@@ -379,7 +415,7 @@ class EtcdStore:
         way, because a late-applying earlier attempt is what may have failed it."""
         deadline = self._deadline()
         if not self._seen_revision:
-            await self.current_revision()
+            await self._revision(deadline)
         floor = self._seen_revision
         maybe_applied = False
         backoff = _BACKOFF_FIRST
@@ -422,7 +458,8 @@ class EtcdStore:
             puts, [kv if isinstance(kv, KeyValue) else None for kv in kvs], floor
         )
         self.faults["resolved_applied" if revision else "resolved_not_applied"] += 1
-        if not revision and deadline - self._clock.monotonic() <= 0 and unknown is not None:
+        left = deadline - self._clock.monotonic()
+        if not revision and left <= self._readback_reserve and unknown is not None:
             raise StoreUnavailableError(
                 f"write not applied within {self._request_timeout}s (last: {unknown})"
             ) from unknown.error
@@ -488,8 +525,13 @@ class EtcdStore:
     # -- the contract ----------------------------------------------------------------------
 
     async def current_revision(self) -> int:
+        return await self._revision(None)
+
+    async def _revision(self, deadline: float | None) -> int:
         request = rpc.RangeRequest(key=_PROBE_KEY, count_only=True)
-        resp = await self._call(lambda c, t: c.kv.Range(request, timeout=t), idempotent=True)
+        resp = await self._call(
+            lambda c, t: c.kv.Range(request, timeout=t), idempotent=True, deadline=deadline
+        )
         return int(resp.header.revision)
 
     async def get(self, key: bytes) -> KeyValue | None:
@@ -527,9 +569,12 @@ class EtcdStore:
         if prefix:
             start, end = _key_range(key)
             request = rpc.DeleteRangeRequest(key=start, range_end=end)
+            resp = await self._unresolved(lambda c, t: c.kv.DeleteRange(request, timeout=t))
         else:
+            # Resent after an unknown outcome (deleting an absent key is a no-op); the answer
+            # is then the resend's: (0, revision) if the earlier attempt had deleted the key.
             request = rpc.DeleteRangeRequest(key=key)
-        resp = await self._unresolved(lambda c, t: c.kv.DeleteRange(request, timeout=t))
+            resp = await self._resent(lambda c, t: c.kv.DeleteRange(request, timeout=t))
         return int(resp.deleted), int(resp.header.revision)
 
     async def txn(
@@ -598,10 +643,56 @@ class EtcdStore:
 
     async def revoke_lease(self, lease_id: int) -> int:
         request = rpc.LeaseRevokeRequest(ID=lease_id)
-        resp = await self._unresolved(
-            lambda c, t: c.lease.LeaseRevoke(request, timeout=t), lease_ids=(lease_id,)
-        )
+        deadline = self._deadline()
+        unknown: list[OutcomeUnknown] = []
+        try:
+            resp = await self._resent(
+                lambda c, t: c.lease.LeaseRevoke(request, timeout=t),
+                lease_ids=(lease_id,),
+                deadline=deadline,
+                unknown=unknown,
+            )
+        except LeaseNotFoundError:
+            if not unknown:
+                raise
+            # An earlier attempt whose outcome was unknown revoked it.
+            self.faults["resolved_applied"] += 1
+            return await self._revision(deadline)
         return int(resp.header.revision)
+
+    async def _resent(
+        self,
+        invoke: Callable[[_Connection, float], Awaitable[R]],
+        *,
+        lease_ids: Sequence[int] = (),
+        deadline: float | None = None,
+        unknown: list[OutcomeUnknown] | None = None,
+    ) -> R:
+        """A write that is safe to send again whatever became of an earlier attempt (a delete,
+        a revoke): resent after an unknown outcome too, within the deadline. Each unknown
+        outcome met is appended to ``unknown``, so the caller can tell that an earlier attempt
+        may have applied."""
+        if deadline is None:
+            deadline = self._deadline()
+        met = unknown if unknown is not None else []
+        backoff = _BACKOFF_FIRST
+        while True:
+            try:
+                result = await self._call(
+                    invoke, idempotent=False, deadline=deadline, lease_ids=lease_ids
+                )
+            except OutcomeUnknown as e:
+                met.append(e)
+                self.faults["resent"] += 1
+                left = deadline - self._clock.monotonic() - self._readback_reserve
+                if left <= 0 or self._closed:
+                    raise StoreUnavailableError(
+                        f"etcd {self.endpoint}: outcome unknown: {e}"
+                    ) from e.error
+                await self._clock.sleep(min(backoff, left))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            return result
 
     async def compact(self, revision: int) -> None:
         request = rpc.CompactionRequest(revision=revision)
@@ -610,8 +701,8 @@ class EtcdStore:
     async def _unresolved(
         self, invoke: Callable[[_Connection, float], Awaitable[R]], *, lease_ids: Sequence[int] = ()
     ) -> R:
-        """A write the store cannot check afterwards (deletes, revokes, compaction, txns that
-        delete or write in their failure branch): resent only when it was not applied; an
+        """A write the store neither checks afterwards nor resends blindly (compaction, txns
+        that delete or write in their failure branch): resent only when it was not applied; an
         unknown outcome is StoreUnavailableError (it may or may not have applied)."""
         try:
             return await self._call(invoke, idempotent=False, lease_ids=lease_ids)

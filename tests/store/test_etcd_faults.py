@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 import pytest
 from aetcd import rpc
-from etcd_server import EtcdCluster, EtcdProcess
+from etcd_server import EtcdCluster, EtcdProcess, free_port
 
-from lucid_cp.store import Get, Put, key_missing, mod_revision_is
+from lucid_cp.store import Get, Put, StoreUnavailableError, key_missing, mod_revision_is
 from lucid_cp.store import etcd as etcd_module
 from lucid_cp.store.etcd import EtcdStore
 
@@ -149,24 +149,31 @@ async def test_writes_in_flight_during_a_leader_change_apply_exactly_once(
 # -- lost replies on a single etcd ------------------------------------------------------------
 
 
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
 class LoseReplies(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """For the next ``count`` Put/Txn calls that write: fail the call with UNAVAILABLE as a
-    connection lost mid-call would, so the store cannot know the outcome. The request reaches
-    etcd all the same: at once, or, with ``late``, only just before the store's next write
-    (an orphan that applies after the store has read the key back and decided to resend)."""
+    """For the next ``count`` writes (Put/Txn calls that put, DeleteRange, LeaseRevoke): fail
+    the call with UNAVAILABLE as a connection lost mid-call would, so the store cannot know the
+    outcome. The request reaches etcd all the same: at once, or, with ``late``, only just before
+    the store's next write (an orphan that applies after the store has read the key back and
+    decided to resend). With ``slow``, the reply is lost by never coming: the call fails with
+    DEADLINE_EXCEEDED when its own timeout expires."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self._open = grpc.aio.insecure_channel  # the real one, whatever the test patches later
         self.count = 0
         self.late = False
+        self.slow = False
         self.held: list[Callable[[], Awaitable[Any]]] = []
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        writes = method.endswith("/Put") or (
+        writes = method.endswith(("/Put", "/DeleteRange", "/LeaseRevoke")) or (
             method.endswith("/Txn") and any(op.HasField("request_put") for op in request.success)
         )
         if not writes:
@@ -178,7 +185,7 @@ class LoseReplies(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             # On a channel of its own: the store drops the channel a failed call came on.
             target = self.endpoint
             async with self._open(target, options=_DIRECT) as channel:
-                stub = rpc.KVStub(channel)
+                stub = rpc.LeaseStub(channel) if "Lease" in method else rpc.KVStub(channel)
                 return await getattr(stub, method.rsplit("/", 1)[1])(request, timeout=5)
 
         if self.count == 0:
@@ -188,12 +195,20 @@ class LoseReplies(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             self.held.append(send)
         else:
             await send()
-        raise grpc.aio.AioRpcError(
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.aio.Metadata(),
-            grpc.aio.Metadata(),
-            details="Stream removed (test: reply lost)",
-        )
+        if self.slow:
+            await asyncio.sleep(details.timeout)
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        raise rpc_error(grpc.StatusCode.UNAVAILABLE, "Stream removed (test: reply lost)")
+
+
+def intercepted(monkeypatch: pytest.MonkeyPatch, interceptor: Any) -> None:
+    """Every channel the etcd store opens from now on goes through ``interceptor``."""
+    real_open = grpc.aio.insecure_channel
+
+    def channel(target: str, options: Any = None) -> grpc.aio.Channel:
+        return real_open(target, options=options, interceptors=[interceptor])
+
+    monkeypatch.setattr(etcd_module.grpc.aio, "insecure_channel", channel)
 
 
 @pytest.fixture
@@ -202,12 +217,7 @@ async def lossy(
 ) -> AsyncIterator[tuple[EtcdStore, LoseReplies]]:
     await etcd_server.reset()
     losing = LoseReplies(etcd_server.endpoint)
-    real_open = grpc.aio.insecure_channel
-
-    def channel(target: str, options: Any = None) -> grpc.aio.Channel:
-        return real_open(target, options=options, interceptors=[losing])
-
-    monkeypatch.setattr(etcd_module.grpc.aio, "insecure_channel", channel)
+    intercepted(monkeypatch, losing)
     store = EtcdStore([("127.0.0.1", etcd_server.client_port)], connect_timeout=0.5)
     try:
         yield store, losing
@@ -247,3 +257,74 @@ async def test_a_create_only_write_that_applies_late_is_not_reported_as_already_
     assert result.succeeded and result.revision == start + 1
     assert await store.current_revision() == start + 1
     assert store.faults["resolved_applied"] == 1
+
+
+async def test_a_revoke_whose_reply_was_lost_is_resent_and_reported_as_applied(
+    lossy: tuple[EtcdStore, LoseReplies],
+) -> None:
+    """The resend finds the lease gone: its own earlier attempt revoked it."""
+    store, losing = lossy
+    lease = await store.grant_lease(30)
+    await store.put(b"/lost/leased", b"v", lease=lease.id)
+    start = await store.current_revision()
+    losing.count = 1
+    assert await store.revoke_lease(lease.id) == start + 1  # the revision its keys went at
+    assert losing.count == 0 and store.faults["resolved_applied"] == 1, store.faults
+    assert await store.get(b"/lost/leased") is None
+    assert await store.current_revision() == start + 1
+
+
+async def test_a_delete_whose_reply_was_lost_is_resent_and_answers_what_the_resend_did(
+    lossy: tuple[EtcdStore, LoseReplies],
+) -> None:
+    store, losing = lossy
+    await store.put(b"/lost/d", b"v")
+    start = await store.current_revision()
+    losing.count = 1
+    # The first attempt deleted the key; the resend deleted nothing, at that same revision.
+    assert await store.delete(b"/lost/d") == (0, start + 1)
+    assert losing.count == 0 and store.faults["resent"] == 1, store.faults
+    assert await store.get(b"/lost/d") is None
+    assert await store.current_revision() == start + 1
+
+
+async def test_a_write_whose_last_attempt_times_out_still_reads_its_outcome_back(
+    lossy: tuple[EtcdStore, LoseReplies], etcd_server: EtcdProcess
+) -> None:
+    """The reply never comes, so the attempt uses up its whole timeout, here the whole request
+    deadline: the store must end it early enough to read the write back before the deadline."""
+    _, losing = lossy
+    store = EtcdStore(
+        [("127.0.0.1", etcd_server.client_port)], request_timeout=2.0, attempt_timeout=2.0
+    )
+    try:
+        start = await store.current_revision()
+        losing.count, losing.slow = 1, True
+        began = time.monotonic()
+        assert await store.put(b"/slow/p", b"v") == start + 1
+        assert time.monotonic() - began < 2.0 + 1.0  # the deadline, plus slack for a loaded CI
+        assert losing.count == 0 and store.faults["resolved_applied"] == 1, store.faults
+    finally:
+        await store.close()
+
+
+# -- deadlines -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["get", "put"])
+async def test_an_operation_on_unreachable_endpoints_fails_within_its_deadline(
+    operation: str,
+) -> None:
+    """Three closed loopback ports and the default connect timeout (2 s each): the endpoint
+    search must end with the request deadline, for a read and for a write's floor read."""
+    store = EtcdStore([("127.0.0.1", free_port()) for _ in range(3)], request_timeout=1.0)
+    try:
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            if operation == "get":
+                await store.get(b"k")
+            else:
+                await store.put(b"k", b"v")
+        assert time.monotonic() - began < 1.0 + 1.0  # unfixed: 6 s
+    finally:
+        await store.close()
