@@ -20,7 +20,7 @@ from gateway.limits import HttpLimits
 from gateway.marker import MALFORMED_HEADER as GATEWAY_HEADER
 from gateway.marker import encode_marker
 from gateway.server import start_gateway
-from gateway.transcode import MAX_JSON_DEPTH
+from gateway.transcode import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth_exceeds
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
 from lucid_cp.discovery.errors import InvalidServiceConfiguration
@@ -59,11 +59,20 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
 # -- 1. nothing a client sends reaches an unhandled exception ------------------------------------
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
+# A string never closed, full of escaped quotes, then brackets enough to need a scan: the depth
+# check once rescanned the rest of the body from every quote (quadratic: minutes at 1 MiB).
+UNCLOSED = b'"' + b'\\"' * ((MAX_BODY_BYTES - 200) // 2) + b"[]" * 70
 HOSTILE_BODIES = [
-    (DEEP, ""),
-    (b'{"serviceName": "\\ud800"}', "serviceName"),
-    (b'{"metadata": {"\\udfff": 1}}', "metadata"),
-    (b'{"serviceName": "x", "bogus\\ud800": 1}', ""),
+    pytest.param(DEEP, "", id="deep"),
+    pytest.param(UNCLOSED, "", id="unclosed-string-of-escaped-quotes"),
+    pytest.param(UNCLOSED + b"\\", "", id="unclosed-string-ending-in-a-backslash"),
+    pytest.param(b"[" * 10 + b'"' + b"[" * 100, "", id="unclosed-string-after-nesting"),
+    # Brackets inside a string do not nest, nor after an escaped quote.
+    pytest.param(b'{"bogus": "' + b"[" * 100 + b'"}', "bogus", id="brackets-in-a-string"),
+    pytest.param(b'{"bogus": "\\"' + b"{" * 100 + b'"}', "bogus", id="escaped-quote"),
+    pytest.param(b'{"serviceName": "\\ud800"}', "serviceName", id="lone-surrogate"),
+    pytest.param(b'{"metadata": {"\\udfff": 1}}', "metadata", id="lone-surrogate-key"),
+    pytest.param(b'{"serviceName": "x", "bogus\\ud800": 1}', "", id="unknown-surrogate-key"),
 ]
 
 
@@ -96,6 +105,54 @@ async def test_json_nesting_is_capped_by_the_gateway(http: httpx.AsyncClient) ->
     # Within the gateway's cap the body is parsed and reaches the server's own rules.
     allowed = await http.post(url, content=nested(MAX_JSON_DEPTH), headers=headers)
     assert allowed.status_code == 400 and "deeper than" not in allowed.text
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("body", "exceeds"),
+    [
+        pytest.param(_nested(MAX_JSON_DEPTH), False, id="at-the-cap"),
+        pytest.param(_nested(MAX_JSON_DEPTH + 1), True, id="over-the-cap"),
+        pytest.param(b'["' + b"[" * 100 + b'"]', False, id="brackets-in-a-string"),
+        pytest.param(
+            b'["' + b"]" * 100 + b'", ' + _nested(MAX_JSON_DEPTH) + b"]",
+            True,
+            id="closing-brackets-in-a-string",
+        ),
+        pytest.param(b'["\\"' + b"[" * 100 + b'"]', False, id="escaped-quote"),
+        pytest.param(b'["\\\\", ' + _nested(MAX_JSON_DEPTH) + b"]", True, id="escaped-backslash"),
+        pytest.param(b'"' + b"[" * 100, False, id="unclosed-string"),
+        pytest.param(b"[" * (MAX_JSON_DEPTH + 1) + b'"', True, id="unclosed-after-nesting"),
+        pytest.param(b'["\\' + b"[" * 100, False, id="escape-of-a-bracket-unclosed"),
+        pytest.param(b'["' + b"[" * 100 + b"\\", False, id="lone-backslash-at-the-end"),
+        pytest.param(b'["\\\n' + b"[" * 100 + b'"]', False, id="escaped-newline"),
+        pytest.param(
+            b'["\\\n", ' + _nested(MAX_JSON_DEPTH) + b"]", True, id="after-an-escaped-newline"
+        ),
+    ],
+)
+def test_json_depth_skips_strings(body: bytes, exceeds: bool) -> None:
+    assert json_depth_exceeds(body) is exceeds
+
+
+def test_json_depth_scan_is_linear_on_hostile_bodies() -> None:
+    bodies = [
+        UNCLOSED,
+        UNCLOSED + b"\\",
+        b'"' + b"\\\n" * ((MAX_BODY_BYTES - 200) // 2) + b"[]" * 70,
+        b'"' + b'\n"' * ((MAX_BODY_BYTES - 200) // 2) + b"[]" * 70,
+        b"[]" * (MAX_BODY_BYTES // 2),
+        b"[" + b'"[",' * (MAX_BODY_BYTES // 5) + b"1]",
+    ]
+    for body in bodies:
+        assert len(body) <= MAX_BODY_BYTES
+        started = time.monotonic()
+        assert not json_depth_exceeds(body)
+        # Linear: tens of milliseconds; the quadratic scan took minutes on the first body.
+        assert time.monotonic() - started < 5.0
 
 
 async def test_non_ascii_authorization_is_401(http: httpx.AsyncClient) -> None:
