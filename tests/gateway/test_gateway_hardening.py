@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +28,7 @@ from gateway.transcode import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth_exceeds
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
 from lucid_cp.discovery.errors import InvalidServiceConfiguration
+from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.errors import MalformedRequest
 from lucid_cp.rpc.malformed import (
     MALFORMED_HEADER,
@@ -306,7 +309,7 @@ PARTIAL_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 
 async def test_slow_headers_are_cut_off_and_others_are_served(backend: FakeBackend) -> None:
-    limits = HttpLimits(header_timeout=4.0, max_connections=200)
+    limits = HttpLimits(header_timeout=3.0, max_connections=200)
     handle = await start_gateway(backend.target, "127.0.0.1:0", limits=limits)
     slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
@@ -353,23 +356,102 @@ async def test_slow_body_is_408_and_the_connection_closed(backend: FakeBackend) 
         await handle.stop()
 
 
-async def test_connections_over_the_cap_are_refused_until_slow_ones_expire(
-    backend: FakeBackend,
-) -> None:
-    limits = HttpLimits(header_timeout=1.0, max_connections=5)
+async def _served_then_slow(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection the gateway has admitted (it answered a request on it), now sending its
+    next request's headers too slowly."""
+    reader, writer = await _open(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"}"), WAIT)).startswith(b"HTTP/1.1 200")
+    writer.write(PARTIAL_HEADERS)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_the_connection_cap_is_exact_and_refuses_at_once(backend: FakeBackend) -> None:
+    # A header timeout far beyond every wait here: nothing below is closed by it.
+    limits = HttpLimits(header_timeout=60.0, max_connections=3)
     handle = await start_gateway(backend.target, "127.0.0.1:0", limits=limits)
-    slow = [await _open(handle.port, PARTIAL_HEADERS) for _ in range(5)]
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
-        async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
-            assert (await client.get("/healthz")).status_code == 503
-            for reader, _ in slow:
-                assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        # N means N: each of the N connections is served (uvicorn's own limit served N - 1).
+        held = [await _served_then_slow(handle.port) for _ in range(limits.max_connections)]
+        # Over the cap: 503 and closed at once, unread, instead of held for the header timeout.
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+            try:
+                answer = await asyncio.wait_for(reader.read(), WAIT)  # to EOF
+            finally:
+                writer.close()
+            assert answer.startswith(b"HTTP/1.1 503") and answer.endswith(b"Service Unavailable")
+        # The held connections were kept: each completes its request.
+        reader, writer = held.pop()
+        writer.write(b"x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), WAIT)  # EOF: the gateway closed it
+        assert answer.startswith(b"HTTP/1.1 200")
+        # The slot it held is free again: a new client is served.
         async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
             assert (await client.get("/healthz")).status_code == 200
+        for reader, writer in held:
+            writer.write(b"x\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"}"), WAIT)).startswith(
+                b"HTTP/1.1 200"
+            )
     finally:
-        for _, writer in slow:
+        for _, writer in held:
             writer.close()
         await handle.stop()
+
+
+@pytest.mark.parametrize(
+    "name", ["header_timeout", "body_timeout", "write_timeout", "keep_alive_timeout"]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 0.0, -1.0])
+def test_http_timeouts_must_be_positive_and_finite(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=name):
+        HttpLimits(**{name: value})
+
+
+async def test_a_watch_client_that_stops_reading_is_cut_off() -> None:
+    """A client opens a Watch and never reads while events pile up: after the write timeout
+    the gateway closes its connection and the control plane's watch ends with it."""
+    live = await start_stack(without_rate_limits(), limits=HttpLimits(write_timeout=1.0))
+    index = live.plane.system(DiscoverySystem).index
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        body = registration()
+        headers = {**bearer(body["serviceName"]), **JSON_HEADERS}
+        async with httpx.AsyncClient(base_url=live.gateway.url, timeout=WAIT) as http:
+            assert (await http.post(f"{BASE}/services", json=body, headers=headers)).is_success
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills sooner
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", live.gateway.port))
+            request = (
+                f"GET {BASE}/watch?serviceName={body['serviceName']} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {headers['Authorization']}\r\n\r\n"
+            )
+            await loop.sock_sendall(sock, request.encode())
+            head = await asyncio.wait_for(loop.sock_recv(sock, 200), WAIT)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert index.watchers == 1
+            # From here on the client reads nothing. Each update is an event of ~8 KiB.
+            details = {"blob": "x" * 7000}
+            url = f"{BASE}/services/{body['serviceId']}/health"
+            deadline = time.monotonic() + 60.0
+            updates = 0
+            while index.watchers:
+                assert time.monotonic() < deadline, f"watch still open after {updates} updates"
+                update = {"status": "healthy", "details": {**details, "n": updates}}
+                assert (await http.put(url, json=update, headers=headers)).is_success
+                updates += 1
+        # The gateway closed the connection (what it had sent is still readable, then EOF).
+        async with asyncio.timeout(WAIT):
+            while await loop.sock_recv(sock, 65536):
+                pass
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+        await live.stop()
 
 
 def test_logged_request_text_is_capped() -> None:
