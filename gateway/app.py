@@ -179,7 +179,7 @@ class Gateway:
         # can verify a token, so the gateway refuses what cannot be one and forwards the rest.
         authorization = _authorization(request.headers.get("authorization"))
         call_metadata = [("x-request-id", request_id), ("authorization", authorization)]
-        body = await _read_body(request, self.body_timeout) if route.body else b""
+        body = await _read_body(request, self.body_timeout, self.clock) if route.body else b""
         try:
             message = build_request(route, match.path_values, request.scope["query_string"], body)
         except ApiError as error:
@@ -338,12 +338,12 @@ def _authorization(header: str | None) -> str:
     return header
 
 
-async def _read_body(request: Request, timeout: float) -> bytes:
+async def _read_body(request: Request, timeout: float, clock: Clock) -> bytes:
     check_body_size(request.headers.get("content-length"))
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout):
+        async with clock.timeout(timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:

@@ -14,7 +14,7 @@ import grpc
 import uvicorn
 
 from gateway.app import create_app
-from gateway.limits import HttpLimits, header_deadline_protocol
+from gateway.limits import HttpLimits, limited_protocol
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 
@@ -104,8 +104,12 @@ def _server(grpc_target: str | grpc.aio.Channel, limits: HttpLimits, **options: 
         access_log=False,
         timeout_graceful_shutdown=5,
         server_header=False,
-        http=header_deadline_protocol(limits.header_timeout),
-        limit_concurrency=limits.max_connections,
+        http=limited_protocol(limits),  # the header and write deadlines, the connection cap
+        # The connection cap is the protocol's; uvicorn's own check counts the connection that
+        # makes the request (len >= limit), so it is one above the cap, never refusing a request
+        # on an admitted connection. It still bounds requests in progress, among them those
+        # still running for clients that have gone.
+        limit_concurrency=limits.max_connections + 1,
         timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
     )
     return _Server(config, on_shutdown=app.state.gateway.abort_streams)

@@ -2,7 +2,9 @@
 
 One message per line, written as it arrives. If the call fails before anything was streamed
 (e.g. UNAUTHENTICATED), the answer is an ordinary HTTP error; a failure mid-stream becomes one
-final line ``{"error": {...}}``. When the HTTP client disconnects, the gRPC call is cancelled.
+final line ``{"error": {...}}``. When the HTTP client disconnects, the gRPC call is cancelled;
+a client that stops reading is disconnected by the HTTP server once its write timeout passes
+(``gateway.limits``).
 When the gateway shuts down, open streams end with an UNAVAILABLE error line.
 """
 

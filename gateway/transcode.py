@@ -32,8 +32,10 @@ MAX_BODY_BYTES = 1024 * 1024
 # message is a few levels, and free-form Struct fields have their own, smaller, server cap.
 MAX_JSON_DEPTH = 64
 
-# A JSON string (skipped: brackets inside it do not nest) or one bracket.
-_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+# A JSON string (skipped: brackets inside it do not nest) or one bracket. A string that is
+# never closed (or ends in a lone backslash) runs to the end of the body: every alternative
+# after a quote matches, so no quote is ever rescanned and the scan stays linear in the body.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)|[\[\]{}]', re.DOTALL)
 _OPENERS = frozenset(b"[{")
 
 

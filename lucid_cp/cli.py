@@ -161,11 +161,18 @@ def _add_http_limit_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer 408 to a request whose body takes longer",
     )
     parser.add_argument(
+        "--http-write-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a connection whose client stops reading a response (or Watch stream) longer",
+    )
+    parser.add_argument(
         "--http-max-connections",
         type=int,
         default=1000,
         metavar="N",
-        help="connections served at once; above it requests get 503",
+        help="connections open at once; one more is answered 503 and closed at once",
     )
 
 
@@ -176,6 +183,7 @@ def _http_limits(args: argparse.Namespace) -> HttpLimits:
         return HttpLimits(
             header_timeout=args.http_header_timeout,
             body_timeout=args.http_body_timeout,
+            write_timeout=args.http_write_timeout,
             max_connections=args.http_max_connections,
         )
     except ValueError as exc:

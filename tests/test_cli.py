@@ -242,8 +242,9 @@ def test_an_unreachable_etcd_says_which_endpoints_and_how_long(fresh_etcd, tmp_p
         (["--rate-limit", "nosuch=5/60"], ["unknown bucket", "nosuch"]),
         (["--rate-limit", "discovery=lots"], ["--rate-limit 'discovery=lots'"]),
         (["--store", "redis://x"], ["unsupported store URL 'redis://x'"]),
+        (["--http-write-timeout", "nan"], ["write_timeout must be a positive number"]),
     ],
-    ids=["missing-secret-file", "unknown-bucket", "bad-rate", "bad-store-url"],
+    ids=["missing-secret-file", "unknown-bucket", "bad-rate", "bad-store-url", "nan-timeout"],
 )
 def test_configuration_errors_are_one_line(
     args: list[str], needles: list[str], tmp_path: Path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Any
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2
-from gw_fake_backend import FakeBackend, plain_status, status
+from gw_fake_backend import FAKE_AUTH, FakeBackend, plain_status, status
 
 from gateway.app import create_app
 from gateway.transcode import MAX_BODY_BYTES
@@ -399,3 +400,51 @@ async def test_error_timestamps_come_from_the_injected_clock(backend: FakeBacken
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
         response = await http.get("/api/v1/nothing")
     assert response.json()["error"]["timestamp"] == "2025-01-10T19:08:00.250Z"
+
+
+async def test_the_body_deadline_runs_on_the_injected_clock(backend: FakeBackend) -> None:
+    clock = FakeClock()
+    app = create_app(backend.target, clock=clock, body_timeout=30.0)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"{BASE}/services",
+        "raw_path": f"{BASE}/services".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"gateway"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100"),
+            (b"authorization", FAKE_AUTH["Authorization"].encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    waiting = asyncio.Event()
+    parts = [{"type": "http.request", "body": b'{"servic', "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop(0)
+        waiting.set()
+        await asyncio.Event().wait()  # the rest of the body never comes
+        raise AssertionError("unreachable")
+
+    sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.create_task(app(scope, receive, sent.put))
+    try:
+        await asyncio.wait_for(waiting.wait(), 5.0)
+        # The deadline's timer task was scheduled before the body was read: it waits by now.
+        assert clock.sleepers == 1
+        clock.advance(30.0)
+        start = await asyncio.wait_for(sent.get(), 5.0)
+        assert start["status"] == 408
+        await asyncio.wait_for(task, 5.0)
+        assert not [c for c in backend.script.calls if c.method == "Register"]
+    finally:
+        task.cancel()
+        await app.state.gateway.backend.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,14 +20,22 @@ from gw_live import ADMIN, BASE, Stack, bearer, registration, start_stack, witho
 from gateway.app import MAX_AUTHORIZATION_BYTES, MAX_LOGGED_CHARS
 from gateway.limits import HttpLimits
 from gateway.marker import MALFORMED_HEADER as GATEWAY_HEADER
+from gateway.marker import MAX_MARKER_CHARS as GATEWAY_MAX_CHARS
+from gateway.marker import MAX_VIOLATIONS as GATEWAY_MAX_VIOLATIONS
 from gateway.marker import encode_marker
 from gateway.server import start_gateway
-from gateway.transcode import MAX_JSON_DEPTH
+from gateway.transcode import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth_exceeds
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
 from lucid_cp.discovery.errors import InvalidServiceConfiguration
+from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.errors import MalformedRequest
-from lucid_cp.rpc.malformed import MALFORMED_HEADER, MAX_MARKER_CHARS, error_from_marker
+from lucid_cp.rpc.malformed import (
+    MALFORMED_HEADER,
+    MAX_MARKER_CHARS,
+    MAX_VIOLATIONS,
+    error_from_marker,
+)
 
 WAIT = 10.0
 JSON_HEADERS = {"content-type": "application/json"}
@@ -59,11 +69,20 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
 # -- 1. nothing a client sends reaches an unhandled exception ------------------------------------
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
+# A string never closed, full of escaped quotes, then brackets enough to need a scan: the depth
+# check once rescanned the rest of the body from every quote (quadratic: minutes at 1 MiB).
+UNCLOSED = b'"' + b'\\"' * ((MAX_BODY_BYTES - 200) // 2) + b"[]" * 70
 HOSTILE_BODIES = [
-    (DEEP, ""),
-    (b'{"serviceName": "\\ud800"}', "serviceName"),
-    (b'{"metadata": {"\\udfff": 1}}', "metadata"),
-    (b'{"serviceName": "x", "bogus\\ud800": 1}', ""),
+    pytest.param(DEEP, "", id="deep"),
+    pytest.param(UNCLOSED, "", id="unclosed-string-of-escaped-quotes"),
+    pytest.param(UNCLOSED + b"\\", "", id="unclosed-string-ending-in-a-backslash"),
+    pytest.param(b"[" * 10 + b'"' + b"[" * 100, "", id="unclosed-string-after-nesting"),
+    # Brackets inside a string do not nest, nor after an escaped quote.
+    pytest.param(b'{"bogus": "' + b"[" * 100 + b'"}', "bogus", id="brackets-in-a-string"),
+    pytest.param(b'{"bogus": "\\"' + b"{" * 100 + b'"}', "bogus", id="escaped-quote"),
+    pytest.param(b'{"serviceName": "\\ud800"}', "serviceName", id="lone-surrogate"),
+    pytest.param(b'{"metadata": {"\\udfff": 1}}', "metadata", id="lone-surrogate-key"),
+    pytest.param(b'{"serviceName": "x", "bogus\\ud800": 1}', "", id="unknown-surrogate-key"),
 ]
 
 
@@ -96,6 +115,54 @@ async def test_json_nesting_is_capped_by_the_gateway(http: httpx.AsyncClient) ->
     # Within the gateway's cap the body is parsed and reaches the server's own rules.
     allowed = await http.post(url, content=nested(MAX_JSON_DEPTH), headers=headers)
     assert allowed.status_code == 400 and "deeper than" not in allowed.text
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("body", "exceeds"),
+    [
+        pytest.param(_nested(MAX_JSON_DEPTH), False, id="at-the-cap"),
+        pytest.param(_nested(MAX_JSON_DEPTH + 1), True, id="over-the-cap"),
+        pytest.param(b'["' + b"[" * 100 + b'"]', False, id="brackets-in-a-string"),
+        pytest.param(
+            b'["' + b"]" * 100 + b'", ' + _nested(MAX_JSON_DEPTH) + b"]",
+            True,
+            id="closing-brackets-in-a-string",
+        ),
+        pytest.param(b'["\\"' + b"[" * 100 + b'"]', False, id="escaped-quote"),
+        pytest.param(b'["\\\\", ' + _nested(MAX_JSON_DEPTH) + b"]", True, id="escaped-backslash"),
+        pytest.param(b'"' + b"[" * 100, False, id="unclosed-string"),
+        pytest.param(b"[" * (MAX_JSON_DEPTH + 1) + b'"', True, id="unclosed-after-nesting"),
+        pytest.param(b'["\\' + b"[" * 100, False, id="escape-of-a-bracket-unclosed"),
+        pytest.param(b'["' + b"[" * 100 + b"\\", False, id="lone-backslash-at-the-end"),
+        pytest.param(b'["\\\n' + b"[" * 100 + b'"]', False, id="escaped-newline"),
+        pytest.param(
+            b'["\\\n", ' + _nested(MAX_JSON_DEPTH) + b"]", True, id="after-an-escaped-newline"
+        ),
+    ],
+)
+def test_json_depth_skips_strings(body: bytes, exceeds: bool) -> None:
+    assert json_depth_exceeds(body) is exceeds
+
+
+def test_json_depth_scan_is_linear_on_hostile_bodies() -> None:
+    bodies = [
+        UNCLOSED,
+        UNCLOSED + b"\\",
+        b'"' + b"\\\n" * ((MAX_BODY_BYTES - 200) // 2) + b"[]" * 70,
+        b'"' + b'\n"' * ((MAX_BODY_BYTES - 200) // 2) + b"[]" * 70,
+        b"[]" * (MAX_BODY_BYTES // 2),
+        b"[" + b'"[",' * (MAX_BODY_BYTES // 5) + b"1]",
+    ]
+    for body in bodies:
+        assert len(body) <= MAX_BODY_BYTES
+        started = time.monotonic()
+        assert not json_depth_exceeds(body)
+        # Linear: tens of milliseconds; the quadratic scan took minutes on the first body.
+        assert time.monotonic() - started < 5.0
 
 
 async def test_non_ascii_authorization_is_401(http: httpx.AsyncClient) -> None:
@@ -153,7 +220,12 @@ async def test_a_grpc_client_sending_the_marker_only_fails_its_own_call(open_sta
 
 
 def test_the_marker_round_trips_and_stays_bounded() -> None:
-    assert GATEWAY_HEADER == MALFORMED_HEADER
+    # The format is stated on both sides (the gateway imports nothing from the server).
+    assert (GATEWAY_HEADER, GATEWAY_MAX_CHARS, GATEWAY_MAX_VIOLATIONS) == (
+        MALFORMED_HEADER,
+        MAX_MARKER_CHARS,
+        MAX_VIOLATIONS,
+    )
     error = error_from_marker(
         encode_marker("bad", [("cluster", "must be one of")], invalid=True),
         InvalidServiceConfiguration,
@@ -239,20 +311,20 @@ PARTIAL_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 
 async def test_slow_headers_are_cut_off_and_others_are_served(backend: FakeBackend) -> None:
-    limits = HttpLimits(header_timeout=1.0, max_connections=200)
+    limits = HttpLimits(header_timeout=3.0, max_connections=200)
     handle = await start_gateway(backend.target, "127.0.0.1:0", limits=limits)
     slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         opened = time.monotonic()
         slow = [await _open(handle.port, PARTIAL_HEADERS) for _ in range(50)]
         async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
-            started = time.monotonic()
             assert (await client.get("/healthz")).status_code == 200
-            assert time.monotonic() - started < 0.5
+            # ... while the 50 are still held (a multi-second margin for a loaded machine).
+            assert time.monotonic() - opened < limits.header_timeout
             # Every slow connection is closed by the server (EOF) once its deadline passes.
             for reader, _ in slow:
                 assert await asyncio.wait_for(reader.read(), WAIT) == b""
-            assert time.monotonic() - opened >= 0.9
+            assert time.monotonic() - opened >= limits.header_timeout - 0.1
             # A kept-alive connection that starts its next request too slowly is cut off too.
             reader, writer = await _open(handle.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200")
@@ -286,23 +358,102 @@ async def test_slow_body_is_408_and_the_connection_closed(backend: FakeBackend) 
         await handle.stop()
 
 
-async def test_connections_over_the_cap_are_refused_until_slow_ones_expire(
-    backend: FakeBackend,
-) -> None:
-    limits = HttpLimits(header_timeout=1.0, max_connections=5)
+async def _served_then_slow(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection the gateway has admitted (it answered a request on it), now sending its
+    next request's headers too slowly."""
+    reader, writer = await _open(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"}"), WAIT)).startswith(b"HTTP/1.1 200")
+    writer.write(PARTIAL_HEADERS)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_the_connection_cap_is_exact_and_refuses_at_once(backend: FakeBackend) -> None:
+    # A header timeout far beyond every wait here: nothing below is closed by it.
+    limits = HttpLimits(header_timeout=60.0, max_connections=3)
     handle = await start_gateway(backend.target, "127.0.0.1:0", limits=limits)
-    slow = [await _open(handle.port, PARTIAL_HEADERS) for _ in range(5)]
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
-        async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
-            assert (await client.get("/healthz")).status_code == 503
-            for reader, _ in slow:
-                assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        # N means N: each of the N connections is served (uvicorn's own limit served N - 1).
+        held = [await _served_then_slow(handle.port) for _ in range(limits.max_connections)]
+        # Over the cap: 503 and closed at once, unread, instead of held for the header timeout.
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+            try:
+                answer = await asyncio.wait_for(reader.read(), WAIT)  # to EOF
+            finally:
+                writer.close()
+            assert answer.startswith(b"HTTP/1.1 503") and answer.endswith(b"Service Unavailable")
+        # The held connections were kept: each completes its request.
+        reader, writer = held.pop()
+        writer.write(b"x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), WAIT)  # EOF: the gateway closed it
+        assert answer.startswith(b"HTTP/1.1 200")
+        # The slot it held is free again: a new client is served.
         async with httpx.AsyncClient(base_url=handle.url, timeout=WAIT) as client:
             assert (await client.get("/healthz")).status_code == 200
+        for reader, writer in held:
+            writer.write(b"x\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"}"), WAIT)).startswith(
+                b"HTTP/1.1 200"
+            )
     finally:
-        for _, writer in slow:
+        for _, writer in held:
             writer.close()
         await handle.stop()
+
+
+@pytest.mark.parametrize(
+    "name", ["header_timeout", "body_timeout", "write_timeout", "keep_alive_timeout"]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 0.0, -1.0])
+def test_http_timeouts_must_be_positive_and_finite(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=name):
+        HttpLimits(**{name: value})
+
+
+async def test_a_watch_client_that_stops_reading_is_cut_off() -> None:
+    """A client opens a Watch and never reads while events pile up: after the write timeout
+    the gateway closes its connection and the control plane's watch ends with it."""
+    live = await start_stack(without_rate_limits(), limits=HttpLimits(write_timeout=1.0))
+    index = live.plane.system(DiscoverySystem).index
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        body = registration()
+        headers = {**bearer(body["serviceName"]), **JSON_HEADERS}
+        async with httpx.AsyncClient(base_url=live.gateway.url, timeout=WAIT) as http:
+            assert (await http.post(f"{BASE}/services", json=body, headers=headers)).is_success
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills sooner
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", live.gateway.port))
+            request = (
+                f"GET {BASE}/watch?serviceName={body['serviceName']} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {headers['Authorization']}\r\n\r\n"
+            )
+            await loop.sock_sendall(sock, request.encode())
+            head = await asyncio.wait_for(loop.sock_recv(sock, 200), WAIT)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert index.watchers == 1
+            # From here on the client reads nothing. Each update is an event of ~8 KiB.
+            details = {"blob": "x" * 7000}
+            url = f"{BASE}/services/{body['serviceId']}/health"
+            deadline = time.monotonic() + 60.0
+            updates = 0
+            while index.watchers:
+                assert time.monotonic() < deadline, f"watch still open after {updates} updates"
+                update = {"status": "healthy", "details": {**details, "n": updates}}
+                assert (await http.put(url, json=update, headers=headers)).is_success
+                updates += 1
+        # The gateway closed the connection (what it had sent is still readable, then EOF).
+        async with asyncio.timeout(WAIT):
+            while await loop.sock_recv(sock, 65536):
+                pass
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+        await live.stop()
 
 
 def test_logged_request_text_is_capped() -> None:
