@@ -68,6 +68,11 @@ class Selector:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def key(self) -> tuple[str | None, str | None, tuple[tuple[str, str], ...]]:
+        """What the selector selects, independent of how it was written."""
+        return self.name, self.prefix, tuple(sorted(self.labels.items()))
+
+    @property
     def is_wildcard(self) -> bool:
         """``*``: matches every service."""
         return self.name is None and self.prefix is None and not self.labels
