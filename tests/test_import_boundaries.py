@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # (a) Cores: pure code that must run without grpc or the server layer.
-CORE_TREES = ("lucid_cp/discovery", "lucid_cp/watchcache", "lucid_cp/auth")
+CORE_TREES = ("lucid_cp/discovery", "lucid_cp/watchcache", "lucid_cp/auth", "lucid_cp/mesh")
 CORE_FILES = (
     "lucid_cp/validation.py",
     "lucid_cp/errors.py",
