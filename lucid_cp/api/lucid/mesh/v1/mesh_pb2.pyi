@@ -6,7 +6,7 @@ Service mesh control: traffic policies, circuit breakers, security policies, mes
 and the one decision engine's explanation (Explain). Schemas of data-models.md ("Service Mesh
 Models"; RetryConfig and TimeoutConfig of "Configuration Models", which lucid.sidecar.v1 reuses).
 
-The RPCs below are declared, not yet served: no system registers MeshService today.
+Messages only for now: the service is added with the system that serves it (see the end).
 
 SELECTORS. A policy's `source` and `destination` (and the `parameters.destination` of a
 redirect, mirror or weighted-split rule) are selectors: comma-separated terms, all of which
