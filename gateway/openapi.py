@@ -331,6 +331,8 @@ class _Builder:
             return {"type": "string", "enum": codec.enum_wire(codec.enum_type(field)).strings}
         if kind == _F.TYPE_STRING:
             schema = _string_schema(rules)
+            if rules.required and schema.get("minLength", 0) < 1:
+                schema["minLength"] = 1  # a required string is refused when empty
             if field.is_repeated or field.has_presence or rules.required:
                 return schema
             return _allow_empty(schema, rules)
