@@ -415,3 +415,30 @@ async def test_explain_invalid_request_is_1201(mesh: Mesh) -> None:
     )
     assert (code, reason) == (C.INVALID_ARGUMENT, "LUCID_ERR_1201")
     assert "destination" in [f for f, _ in violations]
+
+
+def test_invalid_request_errors_per_method() -> None:
+    """The contract's per-method override: mesh names one error per method; discovery keeps its
+    single one; a name no served method has stops start-up."""
+    from lucid_cp.app import method_policies
+    from lucid_cp.discovery.errors import InvalidServiceConfiguration
+    from lucid_cp.discovery.module import DiscoverySystem
+    from lucid_cp.mesh.errors import (
+        InvalidCircuitBreaker,
+        InvalidMtlsConfig,
+        InvalidSecurityPolicy,
+        InvalidTrafficPolicy,
+    )
+    from lucid_cp.rpc.policy import PolicyError, policies_from
+
+    policies = method_policies((DiscoverySystem, MeshSystem))
+    service = "/lucid.mesh.v1.MeshService/"
+    assert policies[service + "ReplaceTrafficPolicy"].invalid is InvalidTrafficPolicy
+    assert policies[service + "ListCircuitBreakers"].invalid is InvalidCircuitBreaker
+    assert policies[service + "DeleteSecurityPolicy"].invalid is InvalidSecurityPolicy
+    assert policies[service + "GetMtls"].invalid is InvalidMtlsConfig
+    assert all(p.admin_only for name, p in policies.items() if name.startswith(service))
+    discovery = [p for n, p in policies.items() if n.startswith("/lucid.discovery")]
+    assert {p.invalid for p in discovery} == {InvalidServiceConfiguration}
+    with pytest.raises(PolicyError, match="no.such.Method"):
+        policies_from(MeshSystem.files, InvalidTrafficPolicy, {"no.such.Method": InvalidMtlsConfig})
