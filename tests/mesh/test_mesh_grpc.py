@@ -440,5 +440,5 @@ def test_invalid_request_errors_per_method() -> None:
     assert all(p.admin_only for name, p in policies.items() if name.startswith(service))
     discovery = [p for n, p in policies.items() if n.startswith("/lucid.discovery")]
     assert {p.invalid for p in discovery} == {InvalidServiceConfiguration}
-    with pytest.raises(PolicyError, match="no.such.Method"):
+    with pytest.raises(PolicyError, match=r"no\.such\.Method"):
         policies_from(MeshSystem.files, InvalidTrafficPolicy, {"no.such.Method": InvalidMtlsConfig})
