@@ -331,6 +331,8 @@ class _Builder:
             return {"type": "string", "enum": codec.enum_wire(codec.enum_type(field)).strings}
         if kind == _F.TYPE_STRING:
             schema = _string_schema(rules)
+            if rules.required and _admits_empty(schema, rules):
+                schema["minLength"] = 1  # a required string is refused when empty
             if field.is_repeated or field.has_presence or rules.required:
                 return schema
             return _allow_empty(schema, rules)
@@ -392,6 +394,15 @@ def _string_schema(rules: options_pb2.FieldRules) -> Schema:
     if rules.HasField("max_len"):
         schema["maxLength"] = rules.max_len
     return schema
+
+
+def _admits_empty(schema: Schema, rules: options_pb2.FieldRules) -> bool:
+    """Whether ``schema`` lets "" through (no minimum length, format or pattern excludes it)."""
+    return (
+        schema.get("minLength", 0) < 1
+        and "format" not in schema
+        and (not rules.pattern or re.fullmatch(rules.pattern, "") is not None)
+    )
 
 
 def _allow_empty(schema: Schema, rules: options_pb2.FieldRules) -> Schema:

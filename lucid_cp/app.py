@@ -28,6 +28,7 @@ from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.config import RateLimit, Settings
 from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.mesh.module import MeshSystem
 from lucid_cp.readiness import StoreMonitor
 from lucid_cp.rpc import reflection_v1
 from lucid_cp.rpc.interceptor import MAX_TOKEN_BYTES, PolicyInterceptor
@@ -42,7 +43,7 @@ from lucid_cp.system import Environment, System
 log = logging.getLogger("lucid_cp.app")
 
 # The systems this process serves, in start order (a system may use those before it).
-SYSTEMS: tuple[type[System], ...] = (DiscoverySystem,)
+SYSTEMS: tuple[type[System], ...] = (DiscoverySystem, MeshSystem)
 # gRPC's limit on a request's headers (metadata): twice the largest token the interceptor accepts
 # (MAX_TOKEN_BYTES, 8 KiB), so a token over that is refused as UNAUTHENTICATED by the interceptor
 # rather than as RESOURCE_EXHAUSTED by grpc. Headers over this get grpc's own refusal (see README).
@@ -109,7 +110,9 @@ def rate_limits_for(
 def method_policies(systems: Iterable[type[System]]) -> dict[str, MethodPolicy]:
     policies: dict[str, MethodPolicy] = {}
     for kind in systems:
-        policies.update(policies_from(kind.files, kind.invalid_request))
+        # ``invalid_requests`` is optional: a system with one invalid-request error omits it.
+        per_method = getattr(kind, "invalid_requests", None)
+        policies.update(policies_from(kind.files, kind.invalid_request, per_method))
     return policies
 
 

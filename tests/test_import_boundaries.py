@@ -33,10 +33,12 @@ NOT_CORE = (
     "lucid_cp/discovery/service.py",  # the servicer
     "lucid_cp/discovery/module.py",  # wiring: descriptors, servicers
     "lucid_cp/discovery/health/grpc_probe.py",  # a grpc.health.v1 client probe, injected
+    "lucid_cp/mesh/service.py",  # the servicer
+    "lucid_cp/mesh/module.py",  # wiring: descriptors, servicers
 )
 SERVER_LAYER = ("lucid_cp.rpc", "lucid_cp.app")
 # Servicers are thin: they get the principal in a Call, never reach into the server layer.
-SERVICERS = ("lucid_cp/discovery/service.py",)
+SERVICERS = ("lucid_cp/discovery/service.py", "lucid_cp/mesh/service.py")
 
 # (b) What the gateway may take from lucid_cp.
 GATEWAY_ALLOWED = ("lucid_cp.api", "lucid_cp.clock")

@@ -7,7 +7,7 @@ selectors outside the grammar, weighted-split weights of one match not summing t
 redirect/mirror/split target that is not one exact service, a mirror percent outside 0..100,
 unknown label keys or values in a rule's match, require-role without roles,
 ``RetryConfig.maxDelay < initialDelay``, ``CircuitBreakerConfig.halfOpenMaxCalls <
-successThreshold``.
+successThreshold``, an mTLS ``certAuthority`` that is not PEM certificates (or holds a key).
 
 Warnings (the write succeeds; returned in its response) are ``Warning``s with the field relative
 to the resource: a rule shadowed by a catch-all that decides first, allow and deny for the same
@@ -166,6 +166,26 @@ def retry_errors(cfg: pb.RetryConfig, prefix: str = "") -> list[FieldViolation]:
     if cfg.max_delay >= cfg.initial_delay:
         return []
     return [FieldViolation(f"{prefix}maxDelay", f"must be >= initialDelay ({cfg.initial_delay})")]
+
+
+_PEM_CERT = "-----BEGIN CERTIFICATE-----"
+
+
+def mtls_errors(cfg: pb.MTLSConfig, prefix: str = "") -> list[FieldViolation]:
+    """``certAuthority`` is public material: PEM certificates only, never a private key."""
+    text = cfg.cert_authority
+    if not text:
+        return []
+    if "PRIVATE KEY" in text:
+        return [
+            FieldViolation(
+                f"{prefix}certAuthority",
+                "holds a private key: only the CA's certificate(s) belong here",
+            )
+        ]
+    if _PEM_CERT not in text:
+        return [FieldViolation(f"{prefix}certAuthority", f"must be PEM ({_PEM_CERT} ...)")]
+    return []
 
 
 # --- warnings -----------------------------------------------------------------------------------

@@ -40,10 +40,19 @@ class MethodPolicy:
 
 
 def policies_from(
-    files: Iterable[FileDescriptor], invalid: type[InvalidArgument]
+    files: Iterable[FileDescriptor],
+    invalid: type[InvalidArgument],
+    per_method: Mapping[str, type[InvalidArgument]] | None = None,
 ) -> dict[str, MethodPolicy]:
     """The policy of every method of every service in ``files``; methods that declare none are
-    left out, so they are refused."""
+    left out, so they are refused. ``per_method`` (method full name, as in its descriptor ->
+    error) overrides ``invalid`` for those methods; naming a method not in ``files`` is a
+    PolicyError (a typo would otherwise fall back silently)."""
+    per_method = per_method or {}
+    known = {m.full_name for f in files for s in f.services_by_name.values() for m in s.methods}
+    unknown = sorted(set(per_method) - known)
+    if unknown:
+        raise PolicyError(f"invalid-request errors given for unknown methods: {', '.join(unknown)}")
     table: dict[str, MethodPolicy] = {}
     for file in files:
         for service in file.services_by_name.values():
@@ -54,7 +63,10 @@ def policies_from(
                 declared = options.Extensions[options_pb2.policy]
                 full = f"/{service.full_name}/{method.name}"
                 table[full] = MethodPolicy(
-                    full, declared.rate_limit_bucket, declared.admin_only, invalid
+                    full,
+                    declared.rate_limit_bucket,
+                    declared.admin_only,
+                    per_method.get(method.full_name, invalid),
                 )
     return table
 

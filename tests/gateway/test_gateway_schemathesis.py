@@ -12,6 +12,7 @@ import pytest
 import schemathesis
 from gw_live import ADMIN, ThreadedStack, without_rate_limits
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,19 @@ def api_schema(threaded_stack: ThreadedStack) -> Any:
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
+# Operations whose requests are also checked by rules JSON Schema (OpenAPI 3.0) cannot state:
+# the mesh's write-time checks (selector grammar, weighted-split sums, halfOpenMaxCalls >=
+# successThreshold, PEM) and cross-field rules (certAuthority required with mode strict or
+# permissive; x-lucid-rules in the document). A schema-valid request may rightly get 400 there;
+# every other check (no 5xx, documented statuses, response schemas) still applies.
+BEYOND_SCHEMA = {
+    "POST /service-mesh/traffic-policies",
+    "PUT /service-mesh/traffic-policies/{name}",
+    "POST /service-mesh/security-policies",
+    "PUT /service-mesh/security-policies/{name}",
+    "PUT /service-mesh/circuit-breakers/{serviceName}",
+    "PUT /service-mesh/mtls",
+}
 # (operation, status) of every generated request, to prove the run exercised the happy paths.
 SEEN: Counter[tuple[str, int]] = Counter()
 
@@ -41,7 +55,8 @@ SEEN: Counter[tuple[str, int]] = Counter()
     suppress_health_check=list(HealthCheck),
 )
 def test_api_conforms_to_its_openapi_document(case: Any) -> None:
-    response = case.call_and_validate(headers=ADMIN, timeout=10)
+    excluded = [positive_data_acceptance] if case.operation.label in BEYOND_SCHEMA else []
+    response = case.call_and_validate(headers=ADMIN, timeout=10, excluded_checks=excluded)
     SEEN[(case.operation.label, response.status_code)] += 1
     assert response.status_code < 500
 
