@@ -35,6 +35,7 @@ from lucid_cp.rpc.interceptor import MAX_TOKEN_BYTES, PolicyInterceptor
 from lucid_cp.rpc.metrics import RpcMetrics
 from lucid_cp.rpc.policy import MethodPolicy, PolicyError, check_buckets, policies_from
 from lucid_cp.rpc.status import StatusTable
+from lucid_cp.sidecar.module import SidecarSystem
 from lucid_cp.startup import StartupError, ensure_bindable
 from lucid_cp.store import open_store
 from lucid_cp.store.base import Store, StoreError
@@ -43,7 +44,7 @@ from lucid_cp.system import Environment, System
 log = logging.getLogger("lucid_cp.app")
 
 # The systems this process serves, in start order (a system may use those before it).
-SYSTEMS: tuple[type[System], ...] = (DiscoverySystem, MeshSystem)
+SYSTEMS: tuple[type[System], ...] = (DiscoverySystem, MeshSystem, SidecarSystem)
 # gRPC's limit on a request's headers (metadata): twice the largest token the interceptor accepts
 # (MAX_TOKEN_BYTES, 8 KiB), so a token over that is refused as UNAUTHENTICATED by the interceptor
 # rather than as RESOURCE_EXHAUSTED by grpc. Headers over this get grpc's own refusal (see README).

@@ -21,7 +21,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # (a) Cores: pure code that must run without grpc or the server layer.
-CORE_TREES = ("lucid_cp/discovery", "lucid_cp/watchcache", "lucid_cp/auth", "lucid_cp/mesh")
+CORE_TREES = (
+    "lucid_cp/discovery",
+    "lucid_cp/watchcache",
+    "lucid_cp/auth",
+    "lucid_cp/mesh",
+    "lucid_cp/sidecar",
+)
 CORE_FILES = (
     "lucid_cp/validation.py",
     "lucid_cp/errors.py",
@@ -35,10 +41,16 @@ NOT_CORE = (
     "lucid_cp/discovery/health/grpc_probe.py",  # a grpc.health.v1 client probe, injected
     "lucid_cp/mesh/service.py",  # the servicer
     "lucid_cp/mesh/module.py",  # wiring: descriptors, servicers
+    "lucid_cp/sidecar/service.py",  # the servicer
+    "lucid_cp/sidecar/module.py",  # wiring: descriptors, servicers
 )
 SERVER_LAYER = ("lucid_cp.rpc", "lucid_cp.app")
 # Servicers are thin: they get the principal in a Call, never reach into the server layer.
-SERVICERS = ("lucid_cp/discovery/service.py", "lucid_cp/mesh/service.py")
+SERVICERS = (
+    "lucid_cp/discovery/service.py",
+    "lucid_cp/mesh/service.py",
+    "lucid_cp/sidecar/service.py",
+)
 
 # (b) What the gateway may take from lucid_cp.
 GATEWAY_ALLOWED = ("lucid_cp.api", "lucid_cp.clock")

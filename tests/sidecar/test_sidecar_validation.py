@@ -69,7 +69,8 @@ def test_the_depth_limit_leaves_room_in_every_sidecar_response() -> None:
         for name, m in pb.DESCRIPTOR.message_types_by_name.items()
         if name.endswith("Response") or name in names
     ]
-    assert len(responses) == 5  # configuration, policy, metrics, health, the Connect snapshot
+    # configuration, policy, metrics, health, the Connect snapshot, DeleteSidecarConfig's
+    assert len(responses) == 6
     for message in responses:
         k = deepest_free_form(message)
         assert k + 3 * MAX_STRUCT_DEPTH < PROTOBUF_RECURSION_LIMIT, message.full_name

@@ -8,7 +8,9 @@ configuration and receives its receipts (ACK/NACK) and metrics reports. Schemas 
 data-models.md ("Beta Sidecar Models"; RetryConfig and TimeoutConfig of "Configuration
 Models" are lucid.mesh.v1's, imported: the same schemas, one definition).
 
-Messages only for now: the service is added with the system that serves it (see the end).
+SidecarService (at the end) serves the configuration RPCs; the metrics, health, rollout and
+Connect RPCs come with the distribution stream (planned list at the end). Nothing is pushed to
+sidecars yet: a stored configuration is what a sidecar will receive once Connect exists.
 
 DESTINATIONS. A route's `destination` and `routing.defaultRoute` name either a registered
 service (^[a-z0-9-]{3,50}$: requests go to its healthy, non-draining instances, which the
@@ -298,6 +300,10 @@ class _WarningCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WarningCo
     """security.mTLS.enabled is false but the mesh-wide mTLS mode is strict, which wins."""
     WARNING_CODE_SHADOWED_RULE: _WarningCode.ValueType  # 4
     """A policy rule can never match: an earlier rule of the same policy has an empty match."""
+    WARNING_CODE_POLICY_DIVERGES: _WarningCode.ValueType  # 5
+    """Another configuration of the same service holds a policy with this policyId but different
+    content (PUT /policies/{policyId} brings them all to one).
+    """
 
 class WarningCode(_WarningCode, metaclass=_WarningCodeEnumTypeWrapper):
     """A write-time warning: the write succeeded, but probably does not do what its author expects."""
@@ -311,6 +317,10 @@ WARNING_CODE_MTLS_OVERRIDDEN: WarningCode.ValueType  # 3
 """security.mTLS.enabled is false but the mesh-wide mTLS mode is strict, which wins."""
 WARNING_CODE_SHADOWED_RULE: WarningCode.ValueType  # 4
 """A policy rule can never match: an earlier rule of the same policy has an empty match."""
+WARNING_CODE_POLICY_DIVERGES: WarningCode.ValueType  # 5
+"""Another configuration of the same service holds a policy with this policyId but different
+content (PUT /policies/{policyId} brings them all to one).
+"""
 Global___WarningCode: _TypeAlias = WarningCode  # noqa: Y015
 
 @_typing.final
@@ -1316,10 +1326,16 @@ class SidecarConfigurationResponse(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    READ_REVISION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The same as configuration.version (the seed's top-level `version`)."""
     revision: _builtins.int
     """Store revision of the write."""
+    service_name: _builtins.str
+    """The service of the instance (from discovery at the first write)."""
+    read_revision: _builtins.int
+    """Reads: the store revision the index had applied when it answered (0 on writes)."""
     @_builtins.property
     def configuration(self) -> Global___SidecarConfiguration:
         """The configuration as stored: defaults applied, clientKey dropped, version and lastUpdated
@@ -1327,7 +1343,9 @@ class SidecarConfigurationResponse(_message.Message):
         """
 
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """Time of the first write of this instance's configuration (kept by later writes)."""
+
     @_builtins.property
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Warning]: ...
     def __init__(
@@ -1338,10 +1356,12 @@ class SidecarConfigurationResponse(_message.Message):
         revision: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         warnings: _abc.Iterable[Global___Warning] | None = ...,
+        service_name: _builtins.str = ...,
+        read_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "created_at", b"created_at", "revision", b"revision", "version", b"version", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configuration", b"configuration", "created_at", b"created_at", "read_revision", b"read_revision", "revision", b"revision", "service_name", b"service_name", "version", b"version", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1357,20 +1377,33 @@ class SidecarPolicyResponse(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    CONFIGURATIONS_UPDATED_FIELD_NUMBER: _builtins.int
+    READ_REVISION_FIELD_NUMBER: _builtins.int
     service_name: _builtins.str
     """The service it belongs to."""
     revision: _builtins.int
-    """Store revision of the write (every configuration above now has this version)."""
+    """Writes: the store revision of the write (every configuration above now has this version).
+    Reads: the highest revision among the configurations holding it (the expectedRevision for
+    a compare-and-swap).
+    """
+    configurations_updated: _builtins.int
+    """Writes: how many stored configurations the write changed (the length of serviceIds)."""
+    read_revision: _builtins.int
+    """Reads: the store revision the index had applied when it answered (0 on writes)."""
     @_builtins.property
     def policy(self) -> Global___SidecarPolicy:
         """The policy as stored (defaults applied)."""
 
     @_builtins.property
     def service_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The instances (serviceIds) whose configuration holds it; each gets a new snapshot."""
+        """The instances (serviceIds) whose configuration holds it, in serviceId order. (Once the
+        Connect stream exists each gets a new snapshot; nothing is pushed yet.)
+        """
 
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Time of the last write of a configuration holding it."""
+
     @_builtins.property
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Warning]: ...
     def __init__(
@@ -1382,10 +1415,12 @@ class SidecarPolicyResponse(_message.Message):
         revision: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         warnings: _abc.Iterable[Global___Warning] | None = ...,
+        configurations_updated: _builtins.int = ...,
+        read_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "revision", b"revision", "service_ids", b"service_ids", "service_name", b"service_name", "updated_at", b"updated_at", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configurations_updated", b"configurations_updated", "policy", b"policy", "read_revision", b"read_revision", "revision", b"revision", "service_ids", b"service_ids", "service_name", b"service_name", "updated_at", b"updated_at", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1841,8 +1876,9 @@ class UpdateSidecarPolicyRequest(_message.Message):
     service_name: _builtins.str
     """Admin only (required for admin; a service token addresses its own service)."""
     expected_revision: _builtins.int
-    """Compare-and-swap: replace only if the stored policy is at this revision (409,
-    LUCID_ERR_1905, otherwise). Absent: unconditional.
+    """Compare-and-swap: replace only if no configuration holding the policy was written after
+    this revision (the `revision` a GET returned; 409, LUCID_ERR_1905, otherwise). Absent:
+    unconditional.
     """
     @_builtins.property
     def policy(self) -> Global___SidecarPolicy: ...
@@ -2291,3 +2327,86 @@ class ConnectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class GetSidecarConfigRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSidecarConfigRequest: _TypeAlias = GetSidecarConfigRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSidecarConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSidecarConfigRequest: _TypeAlias = DeleteSidecarConfigRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSidecarConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Store revision of the deletion."""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSidecarConfigResponse: _TypeAlias = DeleteSidecarConfigResponse  # noqa: Y015
+
+@_typing.final
+class GetSidecarPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    policy_id: _builtins.str
+    service_name: _builtins.str
+    """As in UpdateSidecarPolicyRequest: required for admin; a service token addresses its own."""
+    def __init__(
+        self,
+        *,
+        policy_id: _builtins.str = ...,
+        service_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy_id", b"policy_id", "service_name", b"service_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSidecarPolicyRequest: _TypeAlias = GetSidecarPolicyRequest  # noqa: Y015

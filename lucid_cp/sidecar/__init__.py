@@ -1,0 +1,1 @@
+"""The sidecar system: sidecar configurations and their policies (lucid.sidecar.v1)."""
