@@ -32,7 +32,7 @@ def api_schema(threaded_stack: ThreadedStack) -> Any:
 schema = schemathesis.pytest.from_fixture("api_schema")
 # Operations whose requests are also checked by rules JSON Schema (OpenAPI 3.0) cannot state:
 # the mesh's write-time checks (selector grammar, weighted-split sums, halfOpenMaxCalls >=
-# successThreshold, PEM) and cross-field rules (certAuthority required with mode strict or
+# successThreshold, PEM), the sidecar's (see below) and cross-field rules (certAuthority required with mode strict or
 # permissive; x-lucid-rules in the document). A schema-valid request may rightly get 400 there;
 # every other check (no 5xx, documented statuses, response schemas) still applies.
 BEYOND_SCHEMA = {
@@ -42,6 +42,11 @@ BEYOND_SCHEMA = {
     "PUT /service-mesh/security-policies/{name}",
     "PUT /service-mesh/circuit-breakers/{serviceName}",
     "PUT /service-mesh/mtls",
+    # The sidecar's write-time checks (weights, duplicate policyIds, parameters by action, ...)
+    # and its ownership rules (an admin must name the service of a policy).
+    "POST /sidecar-proxy/config",
+    "PUT /sidecar-proxy/policies/{policyId}",
+    "GET /sidecar-proxy/policies/{policyId}",
 }
 # (operation, status) of every generated request, to prove the run exercised the happy paths.
 SEEN: Counter[tuple[str, int]] = Counter()

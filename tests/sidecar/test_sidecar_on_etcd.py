@@ -1,0 +1,102 @@
+"""Sidecar configuration on a real etcd with two replicas: a configuration written through
+replica A is read through B; a policy update through B rewrites the configurations A wrote;
+deregistration through A removes the configuration from B's index (the lease binding)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+
+import grpc
+import pytest
+
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
+from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2_grpc
+from lucid_cp.app import start_control_plane
+from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.sidecar.module import SidecarSystem
+from tests.discovery.conftest import registration
+
+from .conftest import SETTINGS, auth, config, policy, rpc_error
+from .test_sidecar_grpc import parsed_policy
+
+pytestmark = pytest.mark.etcd
+GW = auth("api-gateway")
+
+
+async def _until_applied(applied: Callable[[], int], revision: int) -> None:
+    for _ in range(200):
+        if applied() >= revision:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"replica B never applied revision {revision}")
+
+
+async def test_two_replicas_share_sidecar_configurations(fresh_etcd) -> None:
+    settings = replace(SETTINGS, store_url=fresh_etcd.url)
+    first, second = await start_control_plane(settings), await start_control_plane(settings)
+    try:
+        async with (
+            grpc.aio.insecure_channel(first.grpc_target) as a,
+            grpc.aio.insecure_channel(second.grpc_target) as b,
+        ):
+            disc_a = discovery_pb2_grpc.DiscoveryServiceStub(a)
+            stub_a = sidecar_pb2_grpc.SidecarServiceStub(a)
+            stub_b = sidecar_pb2_grpc.SidecarServiceStub(b)
+            ids = []
+            for _ in range(2):
+                reg = registration("api-gateway")
+                await disc_a.Register(dpb.RegisterRequest(registration=reg), metadata=GW)
+                ids.append(reg.service_id)
+            written = []
+            for sid in ids:
+                written.append(
+                    await stub_a.ConfigureSidecar(
+                        pb.ConfigureSidecarRequest(configuration=config(sid, policies=[policy()])),
+                        metadata=GW,
+                    )
+                )
+            index_b = second.system(SidecarSystem).index
+            await _until_applied(lambda: index_b.revision, written[-1].revision)
+            got = await stub_b.GetSidecarConfig(
+                pb.GetSidecarConfigRequest(service_id=ids[0]), metadata=GW
+            )
+            assert got.configuration == written[0].configuration
+
+            # B sees both configurations A wrote and updates them in one txn.
+            updated = await stub_b.UpdateSidecarPolicy(
+                pb.UpdateSidecarPolicyRequest(
+                    policy_id="rate-limit-api", policy=parsed_policy(requests=3)
+                ),
+                metadata=GW,
+            )
+            assert sorted(updated.service_ids) == sorted(ids)
+            index_a = first.system(SidecarSystem).index
+            await _until_applied(lambda: index_a.revision, updated.revision)
+            read = await stub_a.GetSidecarPolicy(
+                pb.GetSidecarPolicyRequest(policy_id="rate-limit-api"), metadata=GW
+            )
+            assert read.revision == updated.revision and read.policy == updated.policy
+
+            # Deregistration through A removes the configuration everywhere (its lease).
+            gone = await disc_a.Deregister(dpb.DeregisterRequest(service_id=ids[0]), metadata=GW)
+            await _until_applied(lambda: index_b.revision, gone.revision)
+            code, _, _ = await rpc_error(
+                stub_b.GetSidecarConfig(pb.GetSidecarConfigRequest(service_id=ids[0]), metadata=GW)
+            )
+            assert code == grpc.StatusCode.NOT_FOUND
+            # B's discovery index knows it is gone too: configuring it again is 404.
+            discovery_b = second.system(DiscoverySystem).index
+            await _until_applied(lambda: discovery_b.revision, gone.revision)
+            code, reason, _ = await rpc_error(
+                stub_b.ConfigureSidecar(
+                    pb.ConfigureSidecarRequest(configuration=config(ids[0])), metadata=GW
+                )
+            )
+            assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "LUCID_ERR_1002")
+    finally:
+        await first.stop(grace=0.5)
+        await second.stop(grace=0.5)
