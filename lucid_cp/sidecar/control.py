@@ -138,6 +138,8 @@ class SidecarControl:
         guard_instance = instance_key(cfg.service_id)
         for _ in range(CAS_ATTEMPTS):
             lease = self._instances.lease_of(cfg.service_id)
+            if lease == 0:  # gone since the lookup above (a lease compare of 0 holds when absent)
+                raise self._not_registered(cfg.service_id)
             kv = await self._store.get(key)
             now = self._now()
             cfg.last_updated.CopyFrom(now)
@@ -155,7 +157,7 @@ class SidecarControl:
             if result.succeeded:
                 return await self._written(record, result.revision, warnings)
             found = result.responses[0]
-            if not isinstance(found, KeyValue) or found.lease != lease or lease == 0:
+            if not isinstance(found, KeyValue) or found.lease != lease:
                 # Gone, or re-registered under a new lease this replica has not seen yet.
                 raise self._not_registered(cfg.service_id)
         raise Conflict(f"{key.decode()} changed concurrently; retry", details={"key": key.decode()})

@@ -21,6 +21,7 @@ from lucid_cp.discovery.settings import DiscoverySettings
 SERVED = {
     "lucid.discovery.v1.DiscoveryService",
     "lucid.mesh.v1.MeshService",
+    "lucid.sidecar.v1.SidecarService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
