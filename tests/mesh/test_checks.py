@@ -65,7 +65,7 @@ def test_selectors_outside_the_grammar_are_errors_with_the_prefix() -> None:
     policy = traffic([ALLOW], source="api gateway", destination="region=eu")
     errors = checks.traffic_policy_errors(policy, prefix="policy.")
     assert fields(errors) == ["policy.source", "policy.destination"]
-    assert "unknown selector term 'api gateway'" in errors[0].description
+    assert "space inside term 'api gateway'" in errors[0].description
     assert "unknown label 'region'" in errors[1].description
 
 
