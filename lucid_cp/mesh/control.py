@@ -182,11 +182,20 @@ class MeshControl:
         expected_revision: int | None,
     ) -> Response:
         """Replaces a stored policy (NOT_FOUND when there is none), keeping its createdAt."""
+        # The body repeats the addressed name and namespace. An omitted body namespace cannot be
+        # told from "default" here (the declared default is applied before), so it is "default".
         mismatched = [
-            FieldViolation(f"policy.{field}", f"must equal the {field} addressed ({wanted!r})")
-            for field, given, wanted in (
-                ("name", policy.name, name),
-                ("namespace", policy.namespace, namespace),
+            FieldViolation(
+                f"policy.{field}", f"must equal the {field} addressed ({wanted!r}){note}"
+            )
+            for field, given, wanted, note in (
+                ("name", policy.name, name, ""),
+                (
+                    "namespace",
+                    policy.namespace,
+                    namespace,
+                    ": the body repeats it (omitted, it is 'default')",
+                ),
             )
             if given != wanted
         ]

@@ -63,7 +63,9 @@ ROUTED = pb.TRACE_STAGE_TRAFFIC_DEFAULT
 _TOKEN_METHODS = frozenset({pb.AUTH_METHOD_JWT, pb.AUTH_METHOD_API_KEY, pb.AUTH_METHOD_OAUTH2})
 
 
-_STAGE_ORDER = {stage: i for i, stage in enumerate((REQUIREMENT, ACCESS, DEFAULT, TRAFFIC, ROUTED))}
+_STAGE_ORDER: dict[int, int] = {
+    stage: i for i, stage in enumerate((REQUIREMENT, ACCESS, DEFAULT, TRAFFIC, ROUTED))
+}
 
 
 def wire(enum: EnumDescriptor, number: int) -> str:
@@ -543,8 +545,7 @@ def _traffic(
         primary = Target(destination, pb.TARGET_ROLE_PRIMARY)
         return Verdict(pb.DECISION_MIRROR, 0, (primary, mirror), done, by)
     branches = [
-        Target(p.targets[j], pb.TARGET_ROLE_SPLIT, weight=p.rules[j].weight)
-        for j in members
+        Target(p.targets[j], pb.TARGET_ROLE_SPLIT, weight=p.rules[j].weight) for j in members
     ]
     return Verdict(pb.DECISION_WEIGHTED_SPLIT, 0, _choose(branches, draw), done, by)
 

@@ -629,7 +629,10 @@ def test_a_matched_shadow_policy_that_agrees_is_in_the_trace() -> None:
 def test_shadow_entries_keep_evaluation_order_and_the_decision() -> None:
     config = MeshConfig.compile(
         security=[sec("auth", [r(AUTH)], **SHADOW), sec("a", [r(ALLOW)])],
-        traffic=[tp("base", [r(T_ALLOW)]), tp("canary", [r(REDIRECT, **to("tron-wallet"))], **SHADOW)],
+        traffic=[
+            tp("base", [r(T_ALLOW)]),
+            tp("canary", [r(REDIRECT, **to("tron-wallet"))], **SHADOW),
+        ],
     )
     result = decide(Request(GW, CORE, claims=USER), config)
     assert summary(result.verdict) == ("allow", 0, ["blockchain-core"])

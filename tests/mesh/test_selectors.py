@@ -95,8 +95,14 @@ INSIDE = "spaces are allowed only around terms"
         ),
         ("*,*", "more than one service name term in selector '*,*'"),
         ("a b c", f"space inside term 'a b c' of selector 'a b c'; {INSIDE}"),
-        ("plane = wallet", f"space inside term 'plane = wallet' of selector 'plane = wallet'; {INSIDE}"),
-        (" plane= wallet", f"space inside term 'plane= wallet' of selector ' plane= wallet'; {INSIDE}"),
+        (
+            "plane = wallet",
+            f"space inside term 'plane = wallet' of selector 'plane = wallet'; {INSIDE}",
+        ),
+        (
+            " plane= wallet",
+            f"space inside term 'plane= wallet' of selector ' plane= wallet'; {INSIDE}",
+        ),
         ("!api-gateway", f"unknown selector term '!api-gateway'; {EXPECTED}"),
     ],
 )
