@@ -9,13 +9,15 @@ request by the gRPC server; no servicer re-implements these checks. Plans are co
 message type and cached.
 
 Every free-form field (google.protobuf.Struct, Value or ListValue, wherever it sits in a
-request, declared rules or not) is capped at ``MAX_STRUCT_DEPTH`` levels of JSON nesting.
+request, declared rules or not) is capped at ``MAX_STRUCT_DEPTH`` levels of JSON nesting and may
+hold only finite numbers (NaN and Infinity have no JSON form: a stored one could never be served).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,7 +256,7 @@ def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
             continue
         if field.message_type is not None:
             if plan.free_form:
-                if _too_deep(value, path, out):
+                if _bad_free_form(value, path, out):
                     continue
                 if field.message_type.full_name == _STRUCT and rules is not None:
                     _check_struct(rules, path, value, out)
@@ -292,7 +294,7 @@ def _check_items(plan: _FieldPlan, path: str, items: object, out: list[FieldViol
 
 def _check_item(plan: _FieldPlan, path: str, item: Message, out: list[FieldViolation]) -> None:
     if plan.free_form:
-        _too_deep(item, path, out)
+        _bad_free_form(item, path, out)
     elif plan.recurse:
         _walk(item, f"{path}.", out)
 
@@ -311,11 +313,32 @@ def json_depth(message: Message) -> int:
     return 0
 
 
-def _too_deep(value: Message, path: str, out: list[FieldViolation]) -> bool:
-    if json_depth(value) <= MAX_STRUCT_DEPTH:
-        return False
-    out.append(FieldViolation(path, f"must be nested at most {MAX_STRUCT_DEPTH} levels deep"))
-    return True
+def non_finite(message: Message, path: str = "") -> list[str]:
+    """JSON paths (below ``path``) of the NaN and +-Infinity numbers in a Struct, Value or
+    ListValue."""
+    name = message.DESCRIPTOR.full_name
+    if name == _STRUCT:
+        fields = message.fields  # type: ignore[attr-defined]
+        return [p for k in sorted(fields) for p in non_finite(fields[k], f"{path}.{k}")]
+    if name == _LIST_VALUE:
+        values = message.values  # type: ignore[attr-defined]
+        return [p for i, v in enumerate(values) for p in non_finite(v, f"{path}[{i}]")]
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value" or kind == "list_value":
+        return non_finite(getattr(message, kind), path)
+    if kind == "number_value" and not math.isfinite(message.number_value):  # type: ignore[attr-defined]
+        return [path]
+    return []
+
+
+def _bad_free_form(value: Message, path: str, out: list[FieldViolation]) -> bool:
+    """Too deep, or holding a non-finite number: field violations, True."""
+    if json_depth(value) > MAX_STRUCT_DEPTH:
+        out.append(FieldViolation(path, f"must be nested at most {MAX_STRUCT_DEPTH} levels deep"))
+        return True
+    bad = non_finite(value, path)
+    out.extend(FieldViolation(p, "must be a finite number (not NaN or Infinity)") for p in bad)
+    return bool(bad)
 
 
 def deepest_free_form(descriptor: Descriptor, depth: int = 1) -> int:

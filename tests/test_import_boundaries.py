@@ -310,3 +310,18 @@ def test_a_servicer_imports_neither_grpc_nor_the_server_layer(servicer: str) -> 
 
 def test_there_is_a_gateway_to_check() -> None:
     assert python_files("gateway"), "no gateway/ found: the boundary test checks nothing"
+
+
+# The decision engine is imported by the sidecar: it depends on the generated code and the
+# selectors only (not on lucid_cp.errors, checks or anything with I/O).
+ENGINE_ALLOWED = ("lucid_cp.api", "lucid_cp.mesh.selectors")
+
+
+@pytest.mark.parametrize("path", ["lucid_cp/mesh/engine.py", "lucid_cp/mesh/selectors.py"])
+def test_the_decision_engine_imports_only_api_and_selectors(path: str) -> None:
+    wrong = [
+        imp.where()
+        for imp in imports_of(ROOT / path)
+        if under(imp.target, "lucid_cp") and not any(under(imp.target, a) for a in ENGINE_ALLOWED)
+    ]
+    assert wrong == []

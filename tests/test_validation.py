@@ -19,6 +19,7 @@ from lucid_cp.validation import (
     is_hostname_or_ip,
     is_uuid,
     json_depth,
+    non_finite,
     normalize,
 )
 
@@ -610,3 +611,19 @@ def test_every_declared_rule_of_every_system_compiles() -> None:
                 check_declarations(message)
     storage = storage_pb2.DESCRIPTOR.message_types_by_name["StoredInstance"]
     check_declarations(storage)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_in_free_form_fields_are_field_violations(bad: float) -> None:
+    req = request()
+    json_format.ParseDict({"tags": ["x"]}, req.registration.metadata)
+    req.registration.metadata.update({"n": bad, "deep": {"list": [1, {"m": bad}]}})
+    assert [(v.field, v.description) for v in normalize(req)] == [
+        ("registration.metadata.deep.list[1].m", "must be a finite number (not NaN or Infinity)"),
+        ("registration.metadata.n", "must be a finite number (not NaN or Infinity)"),
+    ]
+    # A free-form field without declared rules (HealthStatus.details) too.
+    status = pb.HealthStatus(status=pb.HEALTH_STATE_HEALTHY)
+    status.details.update({"x": bad})
+    assert fields(normalize(status)) == ["details.x"]
+    assert non_finite(struct_pb2.Value(number_value=1.5)) == []

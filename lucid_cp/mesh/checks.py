@@ -9,11 +9,17 @@ unknown label keys or values in a rule's match, require-role without roles,
 ``RetryConfig.maxDelay < initialDelay``, ``CircuitBreakerConfig.halfOpenMaxCalls <
 successThreshold``, an mTLS ``certAuthority`` that is not PEM certificates (or holds a key).
 
+After the errors, ``canonicalize`` rewrites the selectors and targets into their canonical text
+(``selectors.Selector.canonical``), which is what is stored, listed and filtered on.
+
 Warnings (the write succeeds; returned in its response) are ``Warning``s with the field relative
 to the resource: a rule shadowed by a catch-all that decides first, allow and deny for the same
 source and destination at the same priority, a selector matching no registered service today.
 A policy in shadow mode can be shadowed by any policy; an enforcing one only by enforcing ones
-(shadow policies never decide). All functions are pure.
+(shadow policies never decide). A disabled policy gets only the unmatched-selector warnings (it
+takes part in no evaluation). An allow/deny tie is an allow rule and a deny rule with the same
+match (``engine.match_key``) at the same priority, in one policy or in two enabled policies with
+the same source and destination selectors. All functions are pure.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from google.protobuf import struct_pb2
 
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as pb
 from lucid_cp.errors import FieldViolation
+from lucid_cp.mesh.engine import match_key
 from lucid_cp.mesh.selectors import (
     LABEL_KEYS,
     LABEL_VALUES,
@@ -80,11 +87,6 @@ def _label_errors(labels: Mapping[str, str], path: str) -> list[FieldViolation]:
     return out
 
 
-def match_key(rule: pb.TrafficRule) -> bytes:
-    """Identifies a rule's match (rules with equal matches form one weighted split)."""
-    return rule.match.SerializeToString(deterministic=True)
-
-
 def traffic_policy_errors(policy: pb.TrafficPolicy, prefix: str = "") -> list[FieldViolation]:
     out = _selector_errors(policy, prefix)
     splits: dict[bytes, list[int]] = {}
@@ -126,6 +128,20 @@ def traffic_policy_errors(policy: pb.TrafficPolicy, prefix: str = "") -> list[Fi
                 )
             )
     return out
+
+
+def canonicalize(policy: Policy) -> None:
+    """Rewrites, in place, the selectors and the redirect/mirror/split targets of a policy that
+    passed its errors check into their canonical text."""
+    policy.source = parse(policy.source).canonical
+    policy.destination = parse(policy.destination).canonical
+    if not isinstance(policy, pb.TrafficPolicy):
+        return
+    for rule in policy.rules:
+        target = rule.parameters.fields.get("destination")
+        if rule.action in _TARGETED and target is not None:
+            if target.WhichOneof("kind") == "string_value":
+                target.string_value = single_service(target.string_value)
 
 
 def _is_number(value: struct_pb2.Value | None) -> bool:
@@ -321,6 +337,8 @@ def traffic_policy_warnings(
     if _selectors(policy) is None:
         return []
     out = _unmatched(policy, services)
+    if not policy.enabled:
+        return out
     first = _catch_all(policy, _ALL_TRAFFIC)
     if first is not None:
         head = policy.rules[first]
@@ -353,6 +371,8 @@ def security_policy_warnings(
     if selectors is None:
         return []
     out = _unmatched(policy, services)
+    if not policy.enabled:
+        return out
     others = _others(policy, existing)
     out += _shadowing(policy, others, _ACCESS, "allow/deny")
     for i, rule in enumerate(policy.rules):
@@ -363,8 +383,9 @@ def security_policy_warnings(
             if rule.action == pb.SECURITY_ACTION_ALLOW
             else pb.SECURITY_ACTION_ALLOW
         )
+        key = match_key(rule)
         for j, other_rule in enumerate(policy.rules):
-            if other_rule.action == opposite and j > i and other_rule.match == rule.match:
+            if other_rule.action == opposite and j > i and match_key(other_rule) == key:
                 out.append(_tie(f"rules[{i}]", policy.priority, f"rule {j} of this policy"))
         for other in others:
             if (
@@ -372,7 +393,14 @@ def security_policy_warnings(
                 and _same_selectors(other, selectors)
                 and _can_shadow(other, policy)
             ):
-                k = next((k for k, r in enumerate(other.rules) if r.action == opposite), None)
+                k = next(
+                    (
+                        k
+                        for k, r in enumerate(other.rules)
+                        if r.action == opposite and match_key(r) == key
+                    ),
+                    None,
+                )
                 if k is not None:
                     out.append(
                         _tie(f"rules[{i}]", policy.priority, f"policy {_ident(other)} rule {k}")
@@ -391,6 +419,7 @@ def _tie(field: str, priority: int, other: str) -> Warning:
     return Warning(
         pb.WARNING_CODE_ALLOW_DENY_TIE,
         field,
-        f"allow and deny for the same source and destination at priority {priority} "
+        f"allow and deny with the same match for the same source and destination at priority "
+        f"{priority} "
         f"(with {other}): deny wins",
     )

@@ -34,7 +34,7 @@ from lucid_cp.mesh.errors import (
     ServiceNotRegistered,
 )
 from lucid_cp.mesh.index import MeshIndex
-from lucid_cp.mesh.selectors import CLUSTERS, PLANES, Workload
+from lucid_cp.mesh.selectors import CLUSTERS, PLANES, SelectorError, Workload, canonical
 from lucid_cp.store.base import (
     Compare,
     CompareOp,
@@ -69,6 +69,13 @@ class Services(Protocol):
 
 def _exists(key: bytes) -> Compare:
     return Compare(key, CompareTarget.CREATE, CompareOp.GREATER, 0)
+
+
+def _canonical(selector: str) -> str:
+    try:
+        return canonical(selector)
+    except SelectorError:
+        return selector  # matches no stored (canonical) selector
 
 
 def _raise_invalid(error: type[InvalidArgument], violations: list[FieldViolation]) -> None:
@@ -148,6 +155,7 @@ class MeshControl:
     async def create_policy(self, k: _PolicyKind[Policy, Response], policy: Policy) -> Response:
         """Create-only: ALREADY_EXISTS when the namespace holds a policy of that name."""
         _raise_invalid(k.invalid, k.errors(policy, "policy."))
+        checks.canonicalize(policy)
         warnings = self._policy_warnings(k, policy)
         key = keys.policy_key(k.kind, policy.namespace, policy.name)
         now = self._now()
@@ -174,24 +182,39 @@ class MeshControl:
         expected_revision: int | None,
     ) -> Response:
         """Replaces a stored policy (NOT_FOUND when there is none), keeping its createdAt."""
+        # The body repeats the addressed name and namespace. An omitted body namespace cannot be
+        # told from "default" here (the declared default is applied before), so it is "default".
         mismatched = [
-            FieldViolation(f"policy.{field}", f"must equal the {field} addressed ({wanted!r})")
-            for field, given, wanted in (
-                ("name", policy.name, name),
-                ("namespace", policy.namespace, namespace),
+            FieldViolation(
+                f"policy.{field}", f"must equal the {field} addressed ({wanted!r}){note}"
+            )
+            for field, given, wanted, note in (
+                ("name", policy.name, name, ""),
+                (
+                    "namespace",
+                    policy.namespace,
+                    namespace,
+                    ": the body repeats it (omitted, it is 'default')",
+                ),
             )
             if given != wanted
         ]
         _raise_invalid(k.invalid, mismatched + k.errors(policy, "policy."))
+        checks.canonicalize(policy)
         warnings = self._policy_warnings(k, policy)
         key = keys.policy_key(k.kind, namespace, name)
 
         def build(existing: Response | None) -> Response:
-            if existing is None:
-                raise self._policy_not_found(k, namespace, name)
+            assert existing is not None  # _swap raised the not-found first
             return k.record(policy, existing.created_at, self._now())
 
-        record, revision = await self._swap(key, k.response.FromString, build, expected_revision)
+        record, revision = await self._swap(
+            key,
+            k.response.FromString,
+            build,
+            expected_revision,
+            missing=lambda: self._policy_not_found(k, namespace, name),
+        )
         return await self._written(record, revision, warnings)
 
     async def delete_policy(
@@ -213,12 +236,15 @@ class MeshControl:
     ) -> tuple[list[Response], int]:
         """(one page of the matching policies, the total that match)."""
 
+        # Stored selectors are canonical (checks.canonicalize): so is the filter, when it parses.
+        source, destination = _canonical(request.source), _canonical(request.destination)
+
         def match(r: Response) -> bool:
             p = k.policy_of(r)
             return (
                 (not request.namespace or p.namespace == request.namespace)
-                and (not request.source or p.source == request.source)
-                and (not request.destination or p.destination == request.destination)
+                and (not source or p.source == source)
+                and (not destination or p.destination == destination)
                 and (not request.HasField("enabled") or p.enabled == request.enabled)
             )
 
@@ -322,12 +348,18 @@ class MeshControl:
         decode: Callable[[bytes], R],
         build: Callable[[R | None], R],
         expected_revision: int | None,
+        *,
+        missing: Callable[[], Exception] | None = None,
     ) -> tuple[R, int]:
         """Read, ``build`` the new record from the stored one (None: absent), compare-and-swap on
-        what was read. With ``expected_revision`` the stored record must be at it (Conflict
-        otherwise, also when nothing is stored); without, a lost race is retried."""
+        what was read. ``missing``: replace-only, its error when nothing is stored (before any
+        revision check). With ``expected_revision`` the stored record must be at it (Conflict
+        otherwise, also when nothing is stored and ``missing`` is None); without, a lost race is
+        retried."""
         for _ in range(CAS_ATTEMPTS):
             kv = await self._store.get(key)
+            if kv is None and missing is not None:
+                raise missing()
             current = kv.mod_revision if kv is not None else 0
             if expected_revision is not None and current != expected_revision:
                 raise self._conflict(key, expected_revision, current)

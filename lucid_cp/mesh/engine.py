@@ -26,7 +26,9 @@ matched: route to the destination.
 
 Shadow mode: the verdict uses enforcing policies only. When shadow policies exist, the same
 order is evaluated again with every enabled policy enforcing; that verdict is reported as
-``Result.shadow`` when its decision, status or targets differ.
+``Result.shadow`` when its decision, status or targets differ. Either way, the shadow policies'
+entries of that evaluation (what they would have done: won, lost, held, unmet) are added to the
+verdict's trace, marked by their policy's mode; they never change the decision.
 
 Weighted split: with ``draw`` (a number in [0, 1) from the caller's random source) the branch is
 chosen deterministically (cumulative weights); without it (Explain) every branch is reported and
@@ -39,13 +41,12 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 from google.protobuf.descriptor import EnumDescriptor
 
 from lucid_cp.api.lucid.common.v1 import options_pb2
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as pb
-from lucid_cp.mesh.checks import match_key
-from lucid_cp.mesh.selectors import Selector, Workload, parse
+from lucid_cp.mesh.selectors import Selector, Workload, parse, single_service
 
 _REQUIREMENTS = frozenset(
     {
@@ -62,9 +63,37 @@ ROUTED = pb.TRACE_STAGE_TRAFFIC_DEFAULT
 _TOKEN_METHODS = frozenset({pb.AUTH_METHOD_JWT, pb.AUTH_METHOD_API_KEY, pb.AUTH_METHOD_OAUTH2})
 
 
+_STAGE_ORDER: dict[int, int] = {
+    stage: i for i, stage in enumerate((REQUIREMENT, ACCESS, DEFAULT, TRAFFIC, ROUTED))
+}
+
+
 def wire(enum: EnumDescriptor, number: int) -> str:
     value = enum.values_by_number[number]
     return str(value.GetOptions().Extensions[options_pb2.wire]) or value.name
+
+
+def match_key(rule: pb.TrafficRule | pb.SecurityRule) -> bytes:
+    """Identifies a rule's match: traffic rules with equal matches form one weighted split;
+    allow and deny rules with equal matches at one priority tie (``checks``)."""
+    return rule.match.SerializeToString(deterministic=True)
+
+
+def plain(value: struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue) -> Any:
+    """A Struct, Value or ListValue as Python data. Unlike json_format it never raises (a
+    non-finite number stays a float; validation refuses them at write time)."""
+    if isinstance(value, struct_pb2.Struct):
+        return {k: plain(v) for k, v in value.fields.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [plain(v) for v in value.values]
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return plain(value.struct_value)
+    if kind == "list_value":
+        return plain(value.list_value)
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
 
 
 # --- the request --------------------------------------------------------------------------------
@@ -101,7 +130,7 @@ class Request:
         claims = None
         if req.HasField("claims"):
             c = req.claims
-            other = json_format.MessageToDict(c.other) if c.HasField("other") else {}
+            other = plain(c.other) if c.HasField("other") else {}
             claims = Claims(c.subject, frozenset(c.roles), c.issuer, c.audience, other)
         return cls(
             Workload.from_proto(req.source),
@@ -169,6 +198,7 @@ class _Policy:
     destination: Selector
     rules: tuple[Any, ...]  # pb.TrafficRule or pb.SecurityRule
     matches: tuple[_Match, ...]
+    targets: tuple[str, ...]  # per rule: the canonical service of parameters.destination, or ""
 
     @classmethod
     def compile(cls, p: pb.TrafficPolicy | pb.SecurityPolicy) -> _Policy:
@@ -182,6 +212,7 @@ class _Policy:
             parse(p.destination),
             rules,
             tuple(_Match.compile(rule.match) for rule in p.rules),
+            tuple(_target(rule) for rule in p.rules),
         )
 
     def applies(self, r: Request) -> bool:
@@ -194,6 +225,17 @@ class _Policy:
     @property
     def ident(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def _target(rule: pb.TrafficRule | pb.SecurityRule) -> str:
+    """The one service a redirect, mirror or split rule names, through the selector parser (so
+    " chain-v2 " is chain-v2); "" for other rules."""
+    if not isinstance(rule, pb.TrafficRule) or not rule.HasField("parameters"):
+        return ""
+    target = rule.parameters.fields.get("destination")
+    if target is None or target.WhichOneof("kind") != "string_value":
+        return ""
+    return single_service(target.string_value)
 
 
 def _ordered(policies: Iterable[Any]) -> tuple[_Policy, ...]:
@@ -280,6 +322,15 @@ def decide(request: Request, config: MeshConfig, *, draw: float | None = None) -
     if not config.has_shadow:
         return Result(verdict, None)
     shadow = _evaluate(request, config, shadow=True, draw=draw)
+    would = [
+        replace(e, reason=f"shadow, would have: {e.reason}")
+        for e in shadow.trace
+        if e.policy is not None and e.policy.shadow
+    ]
+    # A stable sort by stage keeps evaluation order: enforcing entries, then the shadow ones,
+    # within each stage.
+    trace = sorted((*verdict.trace, *would), key=lambda e: _STAGE_ORDER[e.stage])
+    verdict = replace(verdict, trace=tuple(trace))
     return Result(verdict, None if shadow.same_outcome(verdict) else shadow)
 
 
@@ -288,10 +339,11 @@ def decide(request: Request, config: MeshConfig, *, draw: float | None = None) -
 
 def _evaluate(r: Request, config: MeshConfig, *, shadow: bool, draw: float | None) -> Verdict:
     security = [p for p in config.security if shadow or not p.shadow]
+    applying = [p for p in security if p.applies(r)]
     trace: list[Entry] = []
-    denied = _requirements(r, [p for p in security if p.applies(r)], trace)
+    denied = _requirements(r, applying, trace)
     if denied is None:
-        matched, denied = _access(r, [p for p in security if p.applies(r)], trace)
+        matched, denied = _access(r, applying, trace)
         if not matched:
             denied = _security_default(r, security, config.deny_all, trace)
     if denied is not None:
@@ -362,7 +414,7 @@ def _jwt_problem(jwt: pb.JwtRequirements, claims: Claims) -> str | None:
     if jwt.audience and claims.audience != jwt.audience:
         return f"audience {claims.audience!r} is not {jwt.audience!r}"
     have = claims.as_dict()
-    for name, value in json_format.MessageToDict(jwt.required_claims).items():
+    for name, value in plain(jwt.required_claims).items():
         actual = have.get(name)
         if actual != value and not (isinstance(actual, list) and value in actual):
             return f"claim {name!r} is not {value!r}"
@@ -422,7 +474,7 @@ def _security_default(
         return 403, why
     trace.append(
         Entry(
-            3,
+            DEFAULT,
             pb.TRACE_OUTCOME_WON,
             "no allow/deny rule matched: mesh default allow",
             action="allow",
@@ -433,7 +485,7 @@ def _security_default(
 
 def _param(rule: pb.TrafficRule, name: str) -> Any:
     value = rule.parameters.fields.get(name)
-    return None if value is None else json_format.MessageToDict(value)
+    return None if value is None else plain(value)
 
 
 def _traffic(
@@ -480,12 +532,12 @@ def _traffic(
         primary = Target(destination, pb.TARGET_ROLE_PRIMARY)
         return Verdict(pb.DECISION_ALLOW, 0, (primary,), done, by)
     if rule.action == pb.TRAFFIC_ACTION_REDIRECT:
-        target = Target(_param(rule, "destination"), pb.TARGET_ROLE_PRIMARY)
+        target = Target(p.targets[i], pb.TARGET_ROLE_PRIMARY)
         return Verdict(pb.DECISION_REDIRECT, 0, (target,), done, by)
     if rule.action == pb.TRAFFIC_ACTION_MIRROR:
         percent = _param(rule, "percent")
         mirror = Target(
-            _param(rule, "destination"),
+            p.targets[i],
             pb.TARGET_ROLE_MIRROR,
             weight=0,
             percent=100.0 if percent is None else float(percent),
@@ -493,8 +545,7 @@ def _traffic(
         primary = Target(destination, pb.TARGET_ROLE_PRIMARY)
         return Verdict(pb.DECISION_MIRROR, 0, (primary, mirror), done, by)
     branches = [
-        Target(_param(p.rules[j], "destination"), pb.TARGET_ROLE_SPLIT, weight=p.rules[j].weight)
-        for j in members
+        Target(p.targets[j], pb.TARGET_ROLE_SPLIT, weight=p.rules[j].weight) for j in members
     ]
     return Verdict(pb.DECISION_WEIGHTED_SPLIT, 0, _choose(branches, draw), done, by)
 

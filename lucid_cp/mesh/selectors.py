@@ -1,13 +1,15 @@
 """Selectors: which services a policy's ``source`` / ``destination`` name.
 
 Grammar (documented in proto/lucid/mesh/v1/mesh.proto as well): comma-separated terms, all of
-which must match (AND); spaces around a term are ignored. A term is an exact service name
-(``api-gateway``), ``*`` (every service), a prefix glob (``tron-*``), ``cluster=<cluster>`` or
-``plane=<plane>`` (the wire strings of lucid.discovery.v1.Cluster / Plane). At most one name term
-(exact, ``*`` or glob) and one term per label key. Anything else raises ``SelectorError``.
+which must match (AND); spaces around a term are ignored, spaces inside one are not allowed
+(``plane = wallet`` is rejected). A term is an exact service name (``api-gateway``), ``*`` (every
+service), a prefix glob (``tron-*``), ``cluster=<cluster>`` or ``plane=<plane>`` (the wire
+strings of lucid.discovery.v1.Cluster / Plane). At most one name term (exact, ``*`` or glob) and
+one term per label key. Anything else raises ``SelectorError``.
 
 ``parse`` compiles a selector once into a ``Selector``; ``Selector.matches`` is then a few
-comparisons per request.
+comparisons per request. ``Selector.canonical`` is the one text of what it selects (stored at
+write time): the name term first, then cluster, then plane, no spaces; ``*`` only alone.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ class Selector:
         return self.name, self.prefix, tuple(sorted(self.labels.items()))
 
     @property
+    def canonical(self) -> str:
+        """``tron-*,plane=wallet`` for `` plane=wallet , tron-* ``; ``*`` for ``*``; ``*`` is
+        dropped next to labels (``*,plane=ops`` is ``plane=ops``): one text per ``key``."""
+        terms = [self.name] if self.name is not None else []
+        if self.prefix is not None:
+            terms.append(f"{self.prefix}*")
+        terms += [f"{k}={self.labels[k]}" for k in LABEL_KEYS if k in self.labels]
+        return ",".join(terms) or "*"
+
+    @property
     def is_wildcard(self) -> bool:
         """``*``: matches every service."""
         return self.name is None and self.prefix is None and not self.labels
@@ -116,9 +128,13 @@ def parse(text: str) -> Selector:
     wildcard = False
     labels: dict[str, str] = {}
     for term in terms:
+        if any(c.isspace() for c in term):
+            raise SelectorError(
+                f"space inside term {term!r} of selector {text!r}; spaces are allowed only "
+                "around terms"
+            )
         if "=" in term:
             key, _, value = term.partition("=")
-            key, value = key.strip(), value.strip()
             if key not in LABEL_KEYS:
                 raise SelectorError(
                     f"unknown label {key!r} in selector {text!r}; labels are cluster and plane"
@@ -143,9 +159,14 @@ def parse(text: str) -> Selector:
     return Selector(text, name, prefix, labels)
 
 
+def canonical(text: str) -> str:
+    """The canonical text of selector ``text``; raises SelectorError as ``parse``."""
+    return parse(text).canonical
+
+
 def single_service(text: str) -> str:
-    """The service a redirect, mirror or split target names; raises SelectorError unless
-    ``text`` is a selector naming exactly one service."""
+    """The service a redirect, mirror or split target names (spaces around it dropped); raises
+    SelectorError unless ``text`` is a selector naming exactly one service."""
     selector = parse(text)
     if selector.name is None or selector.labels:
         raise SelectorError(f"target {text!r} must name one service exactly, not a pattern")

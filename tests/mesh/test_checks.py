@@ -65,7 +65,7 @@ def test_selectors_outside_the_grammar_are_errors_with_the_prefix() -> None:
     policy = traffic([ALLOW], source="api gateway", destination="region=eu")
     errors = checks.traffic_policy_errors(policy, prefix="policy.")
     assert fields(errors) == ["policy.source", "policy.destination"]
-    assert "unknown selector term 'api gateway'" in errors[0].description
+    assert "space inside term 'api gateway'" in errors[0].description
     assert "unknown label 'region'" in errors[1].description
 
 
@@ -301,3 +301,41 @@ def test_security_shadowing_concerns_allow_and_deny_only() -> None:
     assert codes(checks.security_policy_warnings(low, [high], SERVICES)) == [(SHADOWED, "rules")]
     requirement = security([{"action": "SECURITY_ACTION_REQUIRE_MTLS"}], priority=10)
     assert checks.security_policy_warnings(requirement, [high], SERVICES) == []
+
+
+def test_across_policies_a_tie_needs_the_same_match_too() -> None:
+    allow = security([SEC_ALLOW])
+    deny_admin = security([{**SEC_DENY, "match": {"path": "/admin/*"}}], name="s-two")
+    # Deny /admin in another policy, allow the rest: no tie, as inside one policy.
+    assert checks.security_policy_warnings(allow, [deny_admin], SERVICES) == []
+    allow_admin = security([{**SEC_ALLOW, "match": {"path": "/admin/*"}}])
+    assert codes(checks.security_policy_warnings(allow_admin, [deny_admin], SERVICES)) == [
+        (TIE, "rules[0]")
+    ]
+
+
+def test_a_disabled_policy_gets_only_unmatched_selector_warnings() -> None:
+    deny = security([SEC_DENY], name="s-two")
+    lockdown = security([SEC_DENY], name="lockdown", source="*", priority=900)
+    allow = security([SEC_ALLOW], enabled=False, destination="nowhere-svc")
+    assert codes(checks.security_policy_warnings(allow, [deny, lockdown], SERVICES)) == [
+        (pb.WARNING_CODE_UNMATCHED_SELECTOR, "destination")
+    ]
+    catch_all = traffic([ALLOW, DENY_ADMIN], enabled=False)
+    higher = traffic([ALLOW], name="p-two", source="*", priority=900)
+    assert checks.traffic_policy_warnings(catch_all, [higher], SERVICES) == []
+
+
+def test_canonicalize_rewrites_selectors_and_targets() -> None:
+    policy = traffic(
+        [{"action": "TRAFFIC_ACTION_REDIRECT", "parameters": {"destination": " chain-v2 "}}],
+        source=" plane=ops , api-* ",
+        destination="*,cluster=blockchain-core",
+    )
+    assert checks.traffic_policy_errors(policy) == []
+    checks.canonicalize(policy)
+    assert (policy.source, policy.destination) == ("api-*,plane=ops", "cluster=blockchain-core")
+    assert policy.rules[0].parameters["destination"] == "chain-v2"
+    sec = security([SEC_ALLOW], source=" api-gateway ")
+    checks.canonicalize(sec)
+    assert sec.source == "api-gateway"

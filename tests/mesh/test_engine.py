@@ -429,7 +429,11 @@ def test_combining_order(case: Case) -> None:
         assert result.shadow is not None
         assert summary(result.shadow) == case.shadow
     if case.decided_by is not None:
-        won = [e for e in result.verdict.trace if e.outcome == pb.TRACE_OUTCOME_WON and e.policy]
+        won = [
+            e
+            for e in result.verdict.trace
+            if e.outcome == pb.TRACE_OUTCOME_WON and e.policy and not e.policy.shadow
+        ]
         assert f"{won[-1].policy.name.removeprefix('p-')}/{won[-1].rule_index}" == case.decided_by
 
 
@@ -575,17 +579,97 @@ def test_request_from_explain_request_and_the_response_carries_settings() -> Non
     assert mirror.percent == 10.0
     assert response.shadow.decision == pb.DECISION_DENY
     assert response.shadow.http_status == 403
-    entry = response.verdict.trace[-1]
+    entry, shadow_entry = response.verdict.trace[-2:]
     assert (entry.policy, entry.namespace, entry.mode, entry.action) == (
         "p-t",
         "default",
         pb.POLICY_MODE_ENFORCE,
         "mirror",
     )
+    # The shadow deny is in the verdict's trace too, as what it would have done.
+    assert (shadow_entry.policy, shadow_entry.mode, shadow_entry.outcome) == (
+        "p-s",
+        pb.POLICY_MODE_SHADOW,
+        pb.TRACE_OUTCOME_WON,
+    )
     assert response.shadow.trace[-2].mode == pb.POLICY_MODE_SHADOW
 
 
-def test_the_engine_is_pure_and_reusable() -> None:
-    config = MeshConfig.compile(security=[sec("a", [r(ALLOW)])])
-    first = decide(Request(GW, CORE), config)
-    assert decide(Request(GW, CORE), config) == first
+def _entries(trace: Any) -> list[tuple[str, str, bool, str]]:
+    return [
+        (
+            e.policy.name.removeprefix("p-") if e.policy else "",
+            pb.TraceOutcome.Name(e.outcome).removeprefix("TRACE_OUTCOME_"),
+            bool(e.policy and e.policy.shadow),
+            e.reason,
+        )
+        for e in trace
+    ]
+
+
+def test_a_matched_shadow_policy_that_agrees_is_in_the_trace() -> None:
+    config = MeshConfig.compile(
+        security=[sec("d", [r(DENY)], priority=200), sec("d2", [r(DENY)], **SHADOW)],
+        traffic=[tp("t", [r(T_DENY)], source="tron-*", **SHADOW)],  # does not match: absent
+    )
+    result = decide(Request(GW, CORE), config)
+    assert result.shadow is None  # it agrees: no shadow verdict
+    assert summary(result.verdict) == ("deny", 403, [])
+    assert _entries(result.verdict.trace) == [
+        ("d", "WON", False, "highest priority (200)"),
+        (
+            "d2",
+            "LOST",
+            True,
+            "shadow, would have: priority 100 < 200 of default/p-d rule 0",
+        ),
+    ]
+
+
+def test_shadow_entries_keep_evaluation_order_and_the_decision() -> None:
+    config = MeshConfig.compile(
+        security=[sec("auth", [r(AUTH)], **SHADOW), sec("a", [r(ALLOW)])],
+        traffic=[
+            tp("base", [r(T_ALLOW)]),
+            tp("canary", [r(REDIRECT, **to("tron-wallet"))], **SHADOW),
+        ],
+    )
+    result = decide(Request(GW, CORE, claims=USER), config)
+    assert summary(result.verdict) == ("allow", 0, ["blockchain-core"])
+    trace = result.verdict.trace
+    assert [(e.stage, e.policy.name[2:] if e.policy else "", e.outcome) for e in trace] == [
+        (pb.TRACE_STAGE_SECURITY_REQUIREMENT, "auth", pb.TRACE_OUTCOME_HELD),
+        (pb.TRACE_STAGE_SECURITY_ACCESS, "a", pb.TRACE_OUTCOME_WON),
+        (pb.TRACE_STAGE_TRAFFIC, "base", pb.TRACE_OUTCOME_WON),
+        # canary sorts after base by name at equal priority: it would have lost.
+        (pb.TRACE_STAGE_TRAFFIC, "canary", pb.TRACE_OUTCOME_LOST),
+    ]
+    assert result.shadow is None
+
+
+def test_non_finite_claims_never_raise() -> None:
+    """A stored NaN (written before validation refused them) must not break decisions."""
+    rule = sec("auth", [r(AUTH)])
+    rule.rules[0].authentication.jwt.required_claims.update({"x": float("nan")})
+    config = MeshConfig.compile(security=[rule])
+    claims = Claims("alice", other={"x": float("inf")})
+    result = decide(Request(GW, CORE, claims=claims), config)
+    assert summary(result.verdict) == ("deny", 401, [])
+    assert "claim 'x'" in result.verdict.summary
+    explain = pb.ExplainRequest(claims=pb.Claims(subject="alice"))
+    explain.claims.other.update({"y": float("nan")})
+    assert Request.from_proto(explain).claims is not None
+
+
+def test_targets_go_through_the_single_service_parse() -> None:
+    """A target stored with spaces (before write-time canonicalization) is the service itself,
+    and its circuit breaker is found."""
+    policy = tp("t", [r(REDIRECT, **to(" chain-v2 "))])
+    breaker = pb.CircuitBreakerConfig(failure_threshold=5, recovery_timeout=30)
+    config = MeshConfig.compile(
+        traffic=[policy], destinations={"chain-v2": pb.DestinationSettings(circuit_breaker=breaker)}
+    )
+    response = to_explain_response(decide(Request(GW, CORE), config), config)
+    [target] = response.verdict.targets
+    assert target.service == "chain-v2"
+    assert target.settings.circuit_breaker.failure_threshold == 5

@@ -12,6 +12,8 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as pb
 from lucid_cp.config import RateLimit
 from lucid_cp.mesh.module import MeshSystem
+from tests.discovery.conftest import auth
+from tests.discovery.conftest import registration as registration_of
 
 from .conftest import (
     ADMIN,
@@ -442,3 +444,145 @@ def test_invalid_request_errors_per_method() -> None:
     assert {p.invalid for p in discovery} == {InvalidServiceConfiguration}
     with pytest.raises(PolicyError, match=r"no\.such\.Method"):
         policies_from(MeshSystem.files, InvalidTrafficPolicy, {"no.such.Method": InvalidMtlsConfig})
+
+
+FINITE = "must be a finite number (not NaN or Infinity)"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+async def test_non_finite_numbers_in_a_struct_are_invalid_argument(mesh: Mesh, bad: float) -> None:
+    policy = security(rules=[{"action": "SECURITY_ACTION_REQUIRE_AUTH"}])
+    policy.rules[0].authentication.jwt.required_claims.update({"x": bad})
+    code, reason, violations = await rpc_error(
+        mesh.mesh.CreateSecurityPolicy(
+            pb.CreateSecurityPolicyRequest(policy=policy), metadata=ADMIN
+        )
+    )
+    assert (code, reason) == (C.INVALID_ARGUMENT, "LUCID_ERR_1203")
+    assert violations == [("policy.rules[0].authentication.jwt.requiredClaims.x", FINITE)]
+    # Discovery's free-form metadata: the same generic rule.
+    reg = dpb.RegisterRequest(registration=registration_of("api-gateway"))
+    reg.registration.metadata.update({"weight": bad})
+    code, _, violations = await rpc_error(
+        mesh.discovery.Register(reg, metadata=auth("api-gateway"))
+    )
+    assert code == C.INVALID_ARGUMENT
+    assert violations == [("registration.metadata.weight", FINITE)]
+
+
+async def test_replacing_a_missing_policy_with_expected_revision_is_404(mesh: Mesh) -> None:
+    for call in (
+        mesh.mesh.ReplaceTrafficPolicy(
+            pb.ReplaceTrafficPolicyRequest(
+                name="gw-to-chain", policy=traffic(), expected_revision=7
+            ),
+            metadata=ADMIN,
+        ),
+        mesh.mesh.ReplaceSecurityPolicy(
+            pb.ReplaceSecurityPolicyRequest(
+                name="gw-allow", policy=security(), expected_revision=7
+            ),
+            metadata=ADMIN,
+        ),
+    ):
+        code, reason, _ = await rpc_error(call)
+        assert (code, reason) == (C.NOT_FOUND, "LUCID_ERR_1907")
+
+
+async def test_the_body_of_a_replacement_repeats_the_addressed_namespace(mesh: Mesh) -> None:
+    await mesh.mesh.CreateTrafficPolicy(
+        pb.CreateTrafficPolicyRequest(policy=traffic(namespace="prod")), metadata=ADMIN
+    )
+    # An omitted body namespace is "default" (its declared default), not the addressed one.
+    code, reason, violations = await rpc_error(
+        mesh.mesh.ReplaceTrafficPolicy(
+            pb.ReplaceTrafficPolicyRequest(name="gw-to-chain", namespace="prod", policy=traffic()),
+            metadata=ADMIN,
+        )
+    )
+    assert (code, reason) == (C.INVALID_ARGUMENT, "LUCID_ERR_1201")
+    assert violations == [
+        (
+            "policy.namespace",
+            "must equal the namespace addressed ('prod'): the body repeats it "
+            "(omitted, it is 'default')",
+        )
+    ]
+    replaced = await mesh.mesh.ReplaceTrafficPolicy(
+        pb.ReplaceTrafficPolicyRequest(
+            name="gw-to-chain", namespace="prod", policy=traffic(namespace="prod", priority=3)
+        ),
+        metadata=ADMIN,
+    )
+    assert (replaced.policy.namespace, replaced.policy.priority) == ("prod", 3)
+
+
+async def test_selectors_and_targets_are_stored_canonical(mesh: Mesh) -> None:
+    await mesh.register("chain-v2")
+    await mesh.mesh.UpdateCircuitBreaker(
+        pb.UpdateCircuitBreakerRequest(service_name="chain-v2", config=breaker()), metadata=ADMIN
+    )
+    policy = traffic(
+        source=" plane=ops , api-* ",
+        destination=" blockchain-core ",
+        rules=[{"action": "TRAFFIC_ACTION_REDIRECT", "parameters": {"destination": " chain-v2 "}}],
+    )
+    created = await mesh.mesh.CreateTrafficPolicy(
+        pb.CreateTrafficPolicyRequest(policy=policy), metadata=ADMIN
+    )
+    assert (created.policy.source, created.policy.destination) == (
+        "api-*,plane=ops",
+        "blockchain-core",
+    )
+    assert created.policy.rules[0].parameters["destination"] == "chain-v2"
+    for source in ("api-*,plane=ops", "plane=ops,api-*", " api-* , plane=ops"):
+        listed = await mesh.mesh.ListTrafficPolicies(
+            pb.ListTrafficPoliciesRequest(source=source, destination=" blockchain-core"),
+            metadata=ADMIN,
+        )
+        assert [p.policy.name for p in listed.policies] == ["gw-to-chain"], source
+    answer = await mesh.mesh.Explain(_explain(), metadata=ADMIN)
+    [target] = answer.verdict.targets
+    assert target.service == "chain-v2"
+    assert target.settings.circuit_breaker.failure_threshold == 5  # the lookup hits
+    # Spaces inside a term are refused.
+    code, reason, violations = await rpc_error(
+        mesh.mesh.CreateTrafficPolicy(
+            pb.CreateTrafficPolicyRequest(policy=traffic(name="other", source="plane = wallet")),
+            metadata=ADMIN,
+        )
+    )
+    assert (code, reason) == (C.INVALID_ARGUMENT, "LUCID_ERR_1201")
+    assert [f for f, _ in violations] == ["policy.source"]
+
+
+async def test_a_disabled_policy_gets_no_tie_warning(mesh: Mesh) -> None:
+    await mesh.register("api-gateway")
+    await mesh.register("blockchain-core")
+    await mesh.mesh.CreateSecurityPolicy(
+        pb.CreateSecurityPolicyRequest(policy=security()), metadata=ADMIN
+    )
+    deny = security(name="gw-deny", enabled=False, rules=[{"action": "SECURITY_ACTION_DENY"}])
+    created = await mesh.mesh.CreateSecurityPolicy(
+        pb.CreateSecurityPolicyRequest(policy=deny), metadata=ADMIN
+    )
+    assert list(created.warnings) == []
+
+
+async def test_an_agreeing_shadow_policy_is_in_the_explain_trace(mesh: Mesh) -> None:
+    for policy in (
+        security(name="deny-gw", rules=[{"action": "SECURITY_ACTION_DENY"}], priority=200),
+        security(
+            name="deny-dry", rules=[{"action": "SECURITY_ACTION_DENY"}], mode="POLICY_MODE_SHADOW"
+        ),
+    ):
+        await mesh.mesh.CreateSecurityPolicy(
+            pb.CreateSecurityPolicyRequest(policy=policy), metadata=ADMIN
+        )
+    answer = await mesh.mesh.Explain(_explain(), metadata=ADMIN)
+    assert answer.verdict.decision == pb.DECISION_DENY and not answer.HasField("shadow")
+    assert [(e.policy, e.mode, e.outcome) for e in answer.verdict.trace] == [
+        ("deny-gw", pb.POLICY_MODE_ENFORCE, pb.TRACE_OUTCOME_WON),
+        ("deny-dry", pb.POLICY_MODE_SHADOW, pb.TRACE_OUTCOME_LOST),
+    ]
+    assert answer.verdict.trace[1].reason.startswith("shadow, would have: ")

@@ -4,8 +4,6 @@ through B is a 1905 conflict."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import replace
 
 import grpc
@@ -14,6 +12,7 @@ import pytest
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as pb
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2_grpc
 from lucid_cp.app import start_control_plane
+from lucid_cp.mesh.index import MeshIndex
 from lucid_cp.mesh.module import MeshSystem
 
 from .conftest import ADMIN, SETTINGS, rpc_error, security, traffic
@@ -21,12 +20,9 @@ from .conftest import ADMIN, SETTINGS, rpc_error, security, traffic
 pytestmark = pytest.mark.etcd
 
 
-async def _until_applied(applied: Callable[[], int], revision: int) -> None:
-    for _ in range(200):  # the other replica's index catches up through its own watch
-        if applied() >= revision:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"replica B never applied revision {revision}")
+async def _until_applied(index: MeshIndex, revision: int) -> None:
+    # The other replica's index catches up through its own watch.
+    assert await index.wait_for(revision, 5.0), f"replica B never applied revision {revision}"
 
 
 async def test_two_replicas_share_mesh_resources(fresh_etcd) -> None:
@@ -42,7 +38,7 @@ async def test_two_replicas_share_mesh_resources(fresh_etcd) -> None:
                 pb.CreateTrafficPolicyRequest(policy=traffic()), metadata=ADMIN
             )
             index_b = second.system(MeshSystem).index
-            await _until_applied(lambda: index_b.revision, created.revision)
+            await _until_applied(index_b, created.revision)
             got = await stub_b.GetTrafficPolicy(
                 pb.GetTrafficPolicyRequest(name="gw-to-chain"), metadata=ADMIN
             )
@@ -82,7 +78,7 @@ async def test_two_replicas_share_mesh_resources(fresh_etcd) -> None:
             written = await stub_a.CreateSecurityPolicy(
                 pb.CreateSecurityPolicyRequest(policy=deny), metadata=ADMIN
             )
-            await _until_applied(lambda: index_b.revision, written.revision)
+            await _until_applied(index_b, written.revision)
             answer = await stub_b.Explain(
                 pb.ExplainRequest(
                     source=pb.Workload(name="api-gateway"),

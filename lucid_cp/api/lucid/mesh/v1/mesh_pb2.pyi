@@ -10,7 +10,8 @@ MeshService (at the end) is served by lucid_cp/mesh (MeshSystem); every method i
 
 SELECTORS. A policy's `source` and `destination` (and the `parameters.destination` of a
 redirect, mirror or weighted-split rule) are selectors: comma-separated terms, all of which
-must match (AND); spaces around a term are ignored. A term is one of
+must match (AND); spaces around a term are ignored, spaces inside a term are an error
+("plane = wallet"). A term is one of
   api-gateway          an exact service name (^[a-z0-9-]+$, 3..50 characters)
   *                    every service
   tron-*               a prefix glob: every service whose name starts with "tron-"
@@ -19,14 +20,20 @@ must match (AND); spaces around a term are ignored. A term is one of
   plane=<plane>        services registered in that plane ("ops", "chain", "wallet")
 with at most one name term (exact, `*` or glob) and at most one term per label key, e.g.
 "tron-*,plane=wallet". Anything else is rejected with a field violation. The target of a
-redirect, mirror or weighted-split must be a single exact service name.
+redirect, mirror or weighted-split must be a single exact service name. A written policy is
+stored with its selectors and targets in canonical form: the name term first, then cluster,
+then plane, no spaces, `*` only alone (" plane=ops , api-* " is stored as "api-*,plane=ops";
+"*,plane=ops" as "plane=ops"); the list filters `source`/`destination` are canonicalized too.
 
 WRITE-TIME CHECKS. Besides the field rules below: errors (400, nothing stored) for a selector
 outside the grammar, weighted-split weights of one match not summing to 100, a redirect, mirror
 or split without a single-service `parameters.destination`, a mirror percent outside 0..100,
 unknown label keys or values in sourceLabels/destinationLabels, a require-role rule without
-roles, RetryConfig.maxDelay < initialDelay and CircuitBreakerConfig.halfOpenMaxCalls <
-successThreshold. Warnings (returned in the response, the write succeeds): see WarningCode.
+roles, RetryConfig.maxDelay < initialDelay (applies to sidecar configuration,
+lucid.sidecar.v1: no resource MeshService serves carries a RetryConfig) and
+CircuitBreakerConfig.halfOpenMaxCalls < successThreshold. Every free-form field
+(google.protobuf.Struct) refuses NaN and Infinity. Warnings (returned in the response, the
+write succeeds): see WarningCode; a disabled policy gets only UNMATCHED_SELECTOR.
 """
 
 from collections import abc as _abc
@@ -57,8 +64,9 @@ class _PolicyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyMode
     POLICY_MODE_UNSPECIFIED: _PolicyMode.ValueType  # 0
     POLICY_MODE_ENFORCE: _PolicyMode.ValueType  # 1
     POLICY_MODE_SHADOW: _PolicyMode.ValueType  # 2
-    """Never changes a decision; Explain reports what the decision would have been if every shadow
-    policy were enforcing, when that differs.
+    """Never changes a decision. Explain evaluates it (with every enabled policy enforcing) and adds
+    its matched rules to the verdict's trace (mode shadow, reason "shadow, would have: ...",
+    outcome what it would have been); the shadow verdict is reported when it differs.
     """
 
 class PolicyMode(_PolicyMode, metaclass=_PolicyModeEnumTypeWrapper):
@@ -71,8 +79,9 @@ class PolicyMode(_PolicyMode, metaclass=_PolicyModeEnumTypeWrapper):
 POLICY_MODE_UNSPECIFIED: PolicyMode.ValueType  # 0
 POLICY_MODE_ENFORCE: PolicyMode.ValueType  # 1
 POLICY_MODE_SHADOW: PolicyMode.ValueType  # 2
-"""Never changes a decision; Explain reports what the decision would have been if every shadow
-policy were enforcing, when that differs.
+"""Never changes a decision. Explain evaluates it (with every enabled policy enforcing) and adds
+its matched rules to the verdict's trace (mode shadow, reason "shadow, would have: ...",
+outcome what it would have been); the shadow verdict is reported when it differs.
 """
 Global___PolicyMode: _TypeAlias = PolicyMode  # noqa: Y015
 
@@ -256,7 +265,9 @@ class _WarningCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WarningCo
     priority whose source and destination cover this one's.
     """
     WARNING_CODE_ALLOW_DENY_TIE: _WarningCode.ValueType  # 2
-    """Allow and deny rules for the same source and destination at the same priority: deny wins."""
+    """An allow rule and a deny rule with the same match at the same priority, in one policy or in
+    two enabled policies with the same source and destination selectors: deny wins.
+    """
     WARNING_CODE_UNMATCHED_SELECTOR: _WarningCode.ValueType  # 3
     """A selector matches no service registered now."""
 
@@ -272,7 +283,9 @@ request it could match, either earlier in the same traffic policy or in a policy
 priority whose source and destination cover this one's.
 """
 WARNING_CODE_ALLOW_DENY_TIE: WarningCode.ValueType  # 2
-"""Allow and deny rules for the same source and destination at the same priority: deny wins."""
+"""An allow rule and a deny rule with the same match at the same priority, in one policy or in
+two enabled policies with the same source and destination selectors: deny wins.
+"""
 WARNING_CODE_UNMATCHED_SELECTOR: WarningCode.ValueType  # 3
 """A selector matches no service registered now."""
 Global___WarningCode: _TypeAlias = WarningCode  # noqa: Y015
@@ -1594,7 +1607,9 @@ Global___ExplainRequest: _TypeAlias = ExplainRequest  # noqa: Y015
 @_typing.final
 class DestinationSettings(_message.Message):
     """What comes with a destination: its circuit breaker, and the retry and timeout settings that
-    apply to it (each absent when none is configured).
+    apply to it (each absent when none is configured). Explain fills only `circuit_breaker` (from
+    UpdateCircuitBreaker): retry and timeout settings come with sidecar configuration
+    (lucid.sidecar.v1), which Explain does not read yet, so they are always absent there.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1735,7 +1750,9 @@ class Verdict(_message.Message):
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Target]: ...
     @_builtins.property
     def trace(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceEntry]:
-        """Every matched entry, in evaluation order."""
+        """Every matched entry, in evaluation order (by stage); the entries of matched shadow policies
+        (mode shadow) follow the enforcing ones of their stage and never decide.
+        """
 
     def __init__(
         self,
@@ -1817,8 +1834,9 @@ Global___GetTrafficPolicyRequest: _TypeAlias = GetTrafficPolicyRequest  # noqa: 
 
 @_typing.final
 class ReplaceTrafficPolicyRequest(_message.Message):
-    """Replaces a stored policy (404 when there is none). The body is the whole policy; its `name`
-    and `namespace` must equal the addressed ones (400 otherwise). `createdAt` is kept.
+    """Replaces a stored policy (404 when there is none, checked before `expectedRevision`). The
+    body is the whole policy; its `name` and `namespace` must equal the addressed ones (400
+    otherwise): the body repeats the namespace (omitted, it is "default"). `createdAt` is kept.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

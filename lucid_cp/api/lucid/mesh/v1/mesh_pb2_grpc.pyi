@@ -10,7 +10,8 @@ MeshService (at the end) is served by lucid_cp/mesh (MeshSystem); every method i
 
 SELECTORS. A policy's `source` and `destination` (and the `parameters.destination` of a
 redirect, mirror or weighted-split rule) are selectors: comma-separated terms, all of which
-must match (AND); spaces around a term are ignored. A term is one of
+must match (AND); spaces around a term are ignored, spaces inside a term are an error
+("plane = wallet"). A term is one of
   api-gateway          an exact service name (^[a-z0-9-]+$, 3..50 characters)
   *                    every service
   tron-*               a prefix glob: every service whose name starts with "tron-"
@@ -19,14 +20,20 @@ must match (AND); spaces around a term are ignored. A term is one of
   plane=<plane>        services registered in that plane ("ops", "chain", "wallet")
 with at most one name term (exact, `*` or glob) and at most one term per label key, e.g.
 "tron-*,plane=wallet". Anything else is rejected with a field violation. The target of a
-redirect, mirror or weighted-split must be a single exact service name.
+redirect, mirror or weighted-split must be a single exact service name. A written policy is
+stored with its selectors and targets in canonical form: the name term first, then cluster,
+then plane, no spaces, `*` only alone (" plane=ops , api-* " is stored as "api-*,plane=ops";
+"*,plane=ops" as "plane=ops"); the list filters `source`/`destination` are canonicalized too.
 
 WRITE-TIME CHECKS. Besides the field rules below: errors (400, nothing stored) for a selector
 outside the grammar, weighted-split weights of one match not summing to 100, a redirect, mirror
 or split without a single-service `parameters.destination`, a mirror percent outside 0..100,
 unknown label keys or values in sourceLabels/destinationLabels, a require-role rule without
-roles, RetryConfig.maxDelay < initialDelay and CircuitBreakerConfig.halfOpenMaxCalls <
-successThreshold. Warnings (returned in the response, the write succeeds): see WarningCode.
+roles, RetryConfig.maxDelay < initialDelay (applies to sidecar configuration,
+lucid.sidecar.v1: no resource MeshService serves carries a RetryConfig) and
+CircuitBreakerConfig.halfOpenMaxCalls < successThreshold. Every free-form field
+(google.protobuf.Struct) refuses NaN and Infinity. Warnings (returned in the response, the
+write succeeds): see WarningCode; a disabled policy gets only UNMATCHED_SELECTOR.
 """
 
 from collections import abc as _abc
@@ -91,7 +98,9 @@ class MeshServiceStub:
     """404 until mTLS has been configured."""
     Explain: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.ExplainRequest, _mesh_pb2.ExplainResponse]
     """The decision engine on one request, with its trace (as a sidecar would decide it now, from
-    the enabled policies and circuit breakers this replica's index holds).
+    the enabled policies and circuit breakers this replica's index holds). Not yet passed to it:
+    destinations' SecurityConfig deny-all defaults and retry/timeout settings (they come with
+    sidecar configuration), so the mesh default is always allow here.
     """
 
 @_typing.type_check_only
@@ -131,7 +140,9 @@ class MeshServiceAsyncStub(MeshServiceStub):
     """404 until mTLS has been configured."""
     Explain: _aio.UnaryUnaryMultiCallable[_mesh_pb2.ExplainRequest, _mesh_pb2.ExplainResponse]  # type: ignore[assignment]
     """The decision engine on one request, with its trace (as a sidecar would decide it now, from
-    the enabled policies and circuit breakers this replica's index holds).
+    the enabled policies and circuit breakers this replica's index holds). Not yet passed to it:
+    destinations' SecurityConfig deny-all defaults and retry/timeout settings (they come with
+    sidecar configuration), so the mesh default is always allow here.
     """
 
 class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -270,7 +281,9 @@ class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mesh_pb2.ExplainResponse, _abc.Awaitable[_mesh_pb2.ExplainResponse]]:
         """The decision engine on one request, with its trace (as a sidecar would decide it now, from
-        the enabled policies and circuit breakers this replica's index holds).
+        the enabled policies and circuit breakers this replica's index holds). Not yet passed to it:
+        destinations' SecurityConfig deny-all defaults and retry/timeout settings (they come with
+        sidecar configuration), so the mesh default is always allow here.
         """
 
 def add_MeshServiceServicer_to_server(servicer: MeshServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
