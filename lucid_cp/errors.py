@@ -5,6 +5,7 @@ reason code."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -33,6 +34,11 @@ class InvalidArgument(LucidError):
     ) -> None:
         super().__init__(message, details=details)
         self.violations = violations or []
+
+
+# What a method raises for a request breaking its declared field rules: an InvalidArgument
+# subclass, or a callable choosing one from the violations (``(message, violations) -> error``).
+InvalidRequestError = Callable[[str, list[FieldViolation]], InvalidArgument]
 
 
 class MalformedRequest(LucidError):

@@ -10,8 +10,9 @@ A system declares, as class attributes:
 * ``status_rows``: ``{error subclass: ErrorReason}`` for its own errors, added to the one status
   table (the gRPC code comes from the generic base class);
 * ``invalid_request``: the InvalidArgument subclass raised when a request breaks its field rules;
-  optionally ``invalid_requests``, ``{method full name: subclass}`` for methods whose invalid
-  requests take another error (mesh: a reason per resource); the others use ``invalid_request``;
+  optionally ``invalid_requests``, ``{method full name: subclass or (message, violations) ->
+  error}`` for methods whose invalid requests take another error (mesh: a reason per resource;
+  sidecar: a reason chosen from the violation paths); the others use ``invalid_request``;
 * ``settings_type``: its settings section (a default-constructible frozen dataclass), plus
   ``add_arguments``/``settings_from`` for its command-line flags.
 

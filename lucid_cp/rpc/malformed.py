@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 
-from lucid_cp.errors import FieldViolation, InvalidArgument, LucidError, MalformedRequest
+from lucid_cp.errors import FieldViolation, InvalidRequestError, LucidError, MalformedRequest
 
 MALFORMED_HEADER = "x-lucid-malformed"
 MAX_MARKER_CHARS = 2048
@@ -27,7 +27,7 @@ MAX_VIOLATIONS = 4
 _INVALID = "invalid"
 
 
-def error_from_marker(value: str, invalid: type[InvalidArgument]) -> LucidError:
+def error_from_marker(value: str, invalid: InvalidRequestError) -> LucidError:
     """The error a marker describes; ``invalid`` is the method's invalid-request class."""
     try:
         doc = json.loads(value[:MAX_MARKER_CHARS])

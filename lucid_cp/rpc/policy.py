@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from lucid_cp.api.grpc.reflection.v1 import reflection_pb2 as reflection_v1_pb2
 from lucid_cp.api.lucid.common.v1 import options_pb2
-from lucid_cp.errors import InvalidArgument
+from lucid_cp.errors import InvalidRequestError
 
 # Served without authentication, by explicit allowlist: health checking and server reflection.
 PUBLIC_SERVICES: frozenset[str] = frozenset(
@@ -36,13 +36,13 @@ class MethodPolicy:
     bucket: str
     admin_only: bool
     # Raised for a request that breaks its declared field rules (the system's own subclass).
-    invalid: type[InvalidArgument]
+    invalid: InvalidRequestError
 
 
 def policies_from(
     files: Iterable[FileDescriptor],
-    invalid: type[InvalidArgument],
-    per_method: Mapping[str, type[InvalidArgument]] | None = None,
+    invalid: InvalidRequestError,
+    per_method: Mapping[str, InvalidRequestError] | None = None,
 ) -> dict[str, MethodPolicy]:
     """The policy of every method of every service in ``files``; methods that declare none are
     left out, so they are refused. ``per_method`` (method full name, as in its descriptor ->

@@ -35,15 +35,16 @@ from lucid_cp.errors import Conflict, FieldViolation, PermissionDenied
 from lucid_cp.sidecar import checks, keys
 from lucid_cp.sidecar.errors import (
     InstanceNotRegistered,
-    InvalidRoutingConfiguration,
-    InvalidSidecarConfiguration,
     InvalidSidecarPolicy,
     SidecarResourceNotFound,
     TooManyConfigurations,
+    invalid_configuration,
 )
 from lucid_cp.sidecar.index import SidecarIndex
 from lucid_cp.store.base import (
+    MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
+    OP_OVERHEAD_BYTES,
     Compare,
     CompareOp,
     CompareTarget,
@@ -78,6 +79,8 @@ class Instances(Protocol):
 
     def of_service(self, service_name: str) -> Mapping[str, discovery_pb2.ServiceInstance]: ...
 
+    async def wait_for(self, revision: int, timeout: float) -> bool: ...
+
 
 class MeshView(Protocol):
     """What the core needs of the mesh: the mesh-wide mTLS settings (for a warning)."""
@@ -85,12 +88,10 @@ class MeshView(Protocol):
     def mtls(self) -> mesh_pb2.MTLSConfigResponse | None: ...
 
 
-def _raise_invalid(violations: list[FieldViolation], routing_prefix: str) -> None:
-    if not violations:
-        return
-    routing_only = all(v.field.startswith(routing_prefix) for v in violations)
-    error = InvalidRoutingConfiguration if routing_only else InvalidSidecarConfiguration
-    raise error("; ".join(f"{v.field}: {v.description}" for v in violations), violations)
+def _raise_invalid(violations: list[FieldViolation]) -> None:
+    if violations:
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise invalid_configuration(message, violations)
 
 
 def _lease_is(key: bytes, lease: int) -> Compare:
@@ -118,9 +119,15 @@ class SidecarControl:
         """Creates or replaces the configuration of instance ``cfg.serviceId``'s sidecar."""
         instance = self._instances.get(cfg.service_id)
         if instance is None:
-            raise self._not_registered(cfg.service_id)
+            # Registered through another replica, perhaps: let discovery's index catch up with
+            # the store before answering 404.
+            revision = await self._store.current_revision()
+            await self._instances.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+            instance = self._instances.get(cfg.service_id)
+            if instance is None:
+                raise self._not_registered(cfg.service_id)
         principal.require_acts_as(instance.service_name)
-        _raise_invalid(checks.config_errors(cfg, "configuration."), "configuration.routing.")
+        _raise_invalid(checks.config_errors(cfg, "configuration."))
         cfg = _stored_form(cfg)
         siblings = {
             sid: r.configuration
@@ -213,15 +220,27 @@ class SidecarControl:
         # The candidates come from the index: first let it catch up with the store, so a
         # configuration written through another replica is not missed.
         await self._read_your_write(await self._store.current_revision())
+        # Configurations whose lease is gone (expired, not yet reaped: their keys still exist
+        # on sqlite and memory) are left out: their instance is no longer registered.
+        expired: set[str] = set()
         for _ in range(CAS_ATTEMPTS):
-            ids = [r.configuration.service_id for r in self._index.holding(owner, policy_id)]
+            ids = [
+                r.configuration.service_id
+                for r in self._index.holding(owner, policy_id)
+                if r.configuration.service_id not in expired
+            ]
             if not ids:
                 raise self._policy_not_found(owner, policy_id)
             if len(ids) > MAX_TXN_OPS:
                 raise TooManyConfigurations(
                     f"policy {policy_id} is held by {len(ids)} configurations of service "
-                    f"{owner}; one update rewrites at most {MAX_TXN_OPS} (one store txn)",
-                    details={"configurations": len(ids), "limit": MAX_TXN_OPS},
+                    f"{owner}; one update rewrites at most {MAX_TXN_OPS} configurations and "
+                    f"{MAX_REQUEST_BYTES} bytes (one store txn)",
+                    details={
+                        "configurations": len(ids),
+                        "limit": MAX_TXN_OPS,
+                        "byteLimit": MAX_REQUEST_BYTES,
+                    },
                 )
             read = await self._store.txn([], [Get(keys.config_key(sid)) for sid in ids])
             stored = [kv for kv in read.responses if isinstance(kv, KeyValue)]
@@ -233,7 +252,7 @@ class SidecarControl:
                     details={"expectedRevision": expected_revision, "revision": current},
                 )
             now = self._now()
-            compares, puts, updated = [], [], []
+            compares, puts, updated, leases = [], [], [], []
             for kv in stored:
                 record = Record.FromString(kv.value)
                 held = [
@@ -248,9 +267,21 @@ class SidecarControl:
                 compares.append(mod_revision_is(kv.key, kv.mod_revision))
                 puts.append(Put(kv.key, record.SerializeToString(), kv.lease))
                 updated.append(record.configuration.service_id)
+                leases.append(kv.lease)
             if not puts:
-                continue  # deleted meanwhile: look again
-            result = await self._store.txn(compares, puts)
+                # Deleted meanwhile: look again once the index has seen the deletions.
+                await self._read_your_write(read.revision)
+                continue
+            self._check_size(policy_id, owner, compares, puts)
+            try:
+                result = await self._store.txn(compares, puts)
+            except LeaseNotFoundError as exc:
+                gone = {s for s, ls in zip(updated, leases, strict=True) if ls == exc.lease_id}
+                if not gone:
+                    raise
+                expired |= gone
+                await self._read_your_write(await self._store.current_revision())
+                continue
             if result.succeeded:
                 await self._read_your_write(result.revision)
                 return pb.SidecarPolicyResponse(
@@ -288,6 +319,25 @@ class SidecarControl:
             updated_at=latest.configuration.last_updated,
             read_revision=self._index.revision,
         )
+
+    @staticmethod
+    def _check_size(policy_id: str, owner: str, compares: list[Compare], puts: list[Put]) -> None:
+        """One update is one store txn: refused, nothing written, when it exceeds the store's
+        request size (counted as the store counts it) as well as when it exceeds its op count."""
+        size = sum(len(p.key) + len(p.value) + OP_OVERHEAD_BYTES for p in puts)
+        size += sum(len(c.key) + OP_OVERHEAD_BYTES for c in compares)
+        if size > MAX_REQUEST_BYTES:
+            raise TooManyConfigurations(
+                f"policy {policy_id} is held by {len(puts)} configurations of service {owner} "
+                f"totalling {size} bytes; one update rewrites at most {MAX_TXN_OPS} "
+                f"configurations and {MAX_REQUEST_BYTES} bytes (one store txn)",
+                details={
+                    "configurations": len(puts),
+                    "bytes": size,
+                    "limit": MAX_TXN_OPS,
+                    "byteLimit": MAX_REQUEST_BYTES,
+                },
+            )
 
     @staticmethod
     def _owner(principal: Principal, service_name: str) -> str:

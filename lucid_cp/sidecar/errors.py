@@ -1,10 +1,11 @@
 """The sidecar system's errors: subclasses of the generic ones, each mapped to its seed reason
 by ``STATUS_ROWS``, which the sidecar module adds to the one status table.
 
-Invalid configurations are LUCID_ERR_1101, or 1103 when only routing is at fault; invalid
-policies (UpdateSidecarPolicy, GetSidecarPolicy) 1102: ``INVALID_REQUEST`` names the class per
-method (the module's ``invalid_requests``) for field-rule violations, and the core raises the
-same classes for the write-time checks of ``lucid_cp.sidecar.checks``. An instance that is not
+Invalid configurations are LUCID_ERR_1101, or 1103 when only routing is at fault (every
+violation under ``configuration.routing.``, ``invalid_configuration``); invalid policies
+(UpdateSidecarPolicy, GetSidecarPolicy) 1102: ``INVALID_REQUEST`` names the error per method (the
+module's ``invalid_requests``) for field-rule violations, and the core raises the same errors for
+the write-time checks of ``lucid_cp.sidecar.checks``. An instance that is not
 registered is discovery's 1002; a configuration or policy that is not stored has no seed code
 (1907)."""
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from lucid_cp.api.lucid.common.v1 import errors_pb2
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2
-from lucid_cp.errors import InvalidArgument, NotFound
+from lucid_cp.errors import FieldViolation, InvalidArgument, InvalidRequestError, NotFound
 
 R = errors_pb2.ErrorReason
 
@@ -50,9 +51,26 @@ STATUS_ROWS: dict[type[Exception], int] = {
     TooManyConfigurations: R.LIMIT_EXCEEDED,
 }
 
+ROUTING_PREFIX = "configuration.routing."
+
+
+def invalid_configuration(
+    message: str, violations: list[FieldViolation]
+) -> InvalidSidecarConfiguration:
+    """1103 when every violation is in the routing section, 1101 otherwise: the same rule for
+    declared field rules (the interceptor) and write-time checks (the core)."""
+    routing_only = bool(violations) and all(v.field.startswith(ROUTING_PREFIX) for v in violations)
+    error = InvalidRoutingConfiguration if routing_only else InvalidSidecarConfiguration
+    return error(message, violations)
+
+
 _METHODS = sidecar_pb2.DESCRIPTOR.services_by_name["SidecarService"].methods_by_name
 # Method full name -> the error raised when its request breaks a declared rule (the others
 # take the module's ``invalid_request``, InvalidSidecarConfiguration).
-INVALID_REQUEST: dict[str, type[InvalidArgument]] = {
-    _METHODS[m].full_name: InvalidSidecarPolicy for m in ("UpdateSidecarPolicy", "GetSidecarPolicy")
+INVALID_REQUEST: dict[str, InvalidRequestError] = {
+    _METHODS["ConfigureSidecar"].full_name: invalid_configuration,
+    **{
+        _METHODS[m].full_name: InvalidSidecarPolicy
+        for m in ("UpdateSidecarPolicy", "GetSidecarPolicy")
+    },
 }

@@ -17,7 +17,7 @@ from google.protobuf.descriptor import FileDescriptor
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 from lucid_cp.config import RateLimit
 from lucid_cp.discovery.module import DiscoverySystem
-from lucid_cp.errors import InvalidArgument
+from lucid_cp.errors import InvalidArgument, InvalidRequestError
 from lucid_cp.mesh.module import MeshSystem
 from lucid_cp.rpc.metrics import count_from
 from lucid_cp.sidecar.control import SidecarControl
@@ -45,7 +45,7 @@ class SidecarSystem:
     }
     status_rows: ClassVar[Mapping[type[Exception], int]] = STATUS_ROWS
     invalid_request: ClassVar[type[InvalidArgument]] = InvalidSidecarConfiguration
-    invalid_requests: ClassVar[Mapping[str, type[InvalidArgument]]] = INVALID_REQUEST
+    invalid_requests: ClassVar[Mapping[str, InvalidRequestError]] = INVALID_REQUEST
     settings_type: ClassVar[type[SidecarSettings]] = SidecarSettings
 
     @classmethod

@@ -143,10 +143,20 @@ async def test_write_time_checks(sc: Sidecars) -> None:
         "configuration.resources.requests.cpu",
         "configuration.resources.requests.memory",
     ]
-    # A declared rule: the interceptor's violation, with the method's reason.
+    # A declared rule: the interceptor's violation, with the reason the same routing rule
+    # picks (only routing at fault: 1103; anything else too: 1101).
     code, reason, violations = await rpc_error(sc.configure(config(sid, routing={})))
-    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "LUCID_ERR_1101")
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "LUCID_ERR_1103")
     assert [f for f, _ in violations] == ["configuration.routing.defaultRoute"]
+    bad_name = config(sid, routing={"defaultRoute": "Bad Name!"})
+    code, reason, violations = await rpc_error(sc.configure(bad_name))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "LUCID_ERR_1103")
+    code, reason, violations = await rpc_error(sc.configure(config("not-a-uuid", routing={})))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "LUCID_ERR_1101")
+    assert sorted(f for f, _ in violations) == [
+        "configuration.routing.defaultRoute",
+        "configuration.serviceId",
+    ]
     # Nothing was stored.
     code, _, _ = await rpc_error(
         sc.sidecar.GetSidecarConfig(pb.GetSidecarConfigRequest(service_id=sid), metadata=ADMIN)

@@ -99,7 +99,7 @@ async def test_configure_errors(live: httpx.AsyncClient) -> None:
     sid = await register(live)
     no_route = {"serviceId": sid, "routing": {}}
     err = error(
-        await live.post(f"{SIDECAR}/config", json=no_route, headers=GW), 400, "LUCID_ERR_1101"
+        await live.post(f"{SIDECAR}/config", json=no_route, headers=GW), 400, "LUCID_ERR_1103"
     )
     assert fields(err) == ["routing.defaultRoute"]
     weights = {
