@@ -4,9 +4,8 @@ deregistration through A removes the configuration from B's index (the lease bin
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 import grpc
 import pytest
@@ -27,12 +26,12 @@ pytestmark = pytest.mark.etcd
 GW = auth("api-gateway")
 
 
-async def _until_applied(applied: Callable[[], int], revision: int) -> None:
-    for _ in range(200):
-        if applied() >= revision:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"replica B never applied revision {revision}")
+class Indexed(Protocol):
+    async def wait_for(self, revision: int, timeout: float) -> bool: ...
+
+
+async def _until_applied(index: Indexed, revision: int) -> None:
+    assert await index.wait_for(revision, 5.0), f"the replica never applied revision {revision}"
 
 
 async def test_two_replicas_share_sidecar_configurations(fresh_etcd) -> None:
@@ -60,7 +59,7 @@ async def test_two_replicas_share_sidecar_configurations(fresh_etcd) -> None:
                     )
                 )
             index_b = second.system(SidecarSystem).index
-            await _until_applied(lambda: index_b.revision, written[-1].revision)
+            await _until_applied(index_b, written[-1].revision)
             got = await stub_b.GetSidecarConfig(
                 pb.GetSidecarConfigRequest(service_id=ids[0]), metadata=GW
             )
@@ -75,7 +74,7 @@ async def test_two_replicas_share_sidecar_configurations(fresh_etcd) -> None:
             )
             assert sorted(updated.service_ids) == sorted(ids)
             index_a = first.system(SidecarSystem).index
-            await _until_applied(lambda: index_a.revision, updated.revision)
+            await _until_applied(index_a, updated.revision)
             read = await stub_a.GetSidecarPolicy(
                 pb.GetSidecarPolicyRequest(policy_id="rate-limit-api"), metadata=GW
             )
@@ -83,14 +82,14 @@ async def test_two_replicas_share_sidecar_configurations(fresh_etcd) -> None:
 
             # Deregistration through A removes the configuration everywhere (its lease).
             gone = await disc_a.Deregister(dpb.DeregisterRequest(service_id=ids[0]), metadata=GW)
-            await _until_applied(lambda: index_b.revision, gone.revision)
+            await _until_applied(index_b, gone.revision)
             code, _, _ = await rpc_error(
                 stub_b.GetSidecarConfig(pb.GetSidecarConfigRequest(service_id=ids[0]), metadata=GW)
             )
             assert code == grpc.StatusCode.NOT_FOUND
             # B's discovery index knows it is gone too: configuring it again is 404.
             discovery_b = second.system(DiscoverySystem).index
-            await _until_applied(lambda: discovery_b.revision, gone.revision)
+            await _until_applied(discovery_b, gone.revision)
             code, reason, _ = await rpc_error(
                 stub_b.ConfigureSidecar(
                     pb.ConfigureSidecarRequest(configuration=config(ids[0])), metadata=GW
