@@ -104,7 +104,8 @@ class SidecarServiceServicer:
 
     def UpdateSidecarPolicy(self, request, context):
         """Replaces the policy in every stored configuration of the service that holds it, in one
-        store txn (at most 128 configurations: more is 400 LUCID_ERR_1911, nothing written).
+        store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
+        request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
         404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -74,7 +74,8 @@ class SidecarServiceStub:
     """404 (LUCID_ERR_1907) when none is stored. 200 with the revision (as mesh's deletes)."""
     UpdateSidecarPolicy: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.UpdateSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]
     """Replaces the policy in every stored configuration of the service that holds it, in one
-    store txn (at most 128 configurations: more is 400 LUCID_ERR_1911, nothing written).
+    store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
+    request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
     404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
     """
     GetSidecarPolicy: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]
@@ -103,7 +104,8 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
     """404 (LUCID_ERR_1907) when none is stored. 200 with the revision (as mesh's deletes)."""
     UpdateSidecarPolicy: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.UpdateSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]  # type: ignore[assignment]
     """Replaces the policy in every stored configuration of the service that holds it, in one
-    store txn (at most 128 configurations: more is 400 LUCID_ERR_1911, nothing written).
+    store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
+    request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
     404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
     """
     GetSidecarPolicy: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]  # type: ignore[assignment]
@@ -153,7 +155,8 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sidecar_pb2.SidecarPolicyResponse, _abc.Awaitable[_sidecar_pb2.SidecarPolicyResponse]]:
         """Replaces the policy in every stored configuration of the service that holds it, in one
-        store txn (at most 128 configurations: more is 400 LUCID_ERR_1911, nothing written).
+        store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
+        request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
         404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
         """
 
