@@ -119,11 +119,12 @@ class SidecarControl:
         """Creates or replaces the configuration of instance ``cfg.serviceId``'s sidecar."""
         instance = self._instances.get(cfg.service_id)
         if instance is None:
-            # Registered through another replica, perhaps: let discovery's index catch up with
-            # the store before answering 404.
-            revision = await self._store.current_revision()
-            await self._instances.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
-            instance = self._instances.get(cfg.service_id)
+            # Registered through another replica, perhaps: the store says; if so, let
+            # discovery's index catch up with that write before answering 404.
+            stored = await self._store.get(instance_key(cfg.service_id))
+            if stored is not None:
+                await self._instances.wait_for(stored.mod_revision, READ_YOUR_WRITES_TIMEOUT)
+                instance = self._instances.get(cfg.service_id)
             if instance is None:
                 raise self._not_registered(cfg.service_id)
         principal.require_acts_as(instance.service_name)
