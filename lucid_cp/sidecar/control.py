@@ -218,33 +218,31 @@ class SidecarControl:
                 "; ".join(f"{v.field}: {v.description}" for v in violations), violations
             )
         warnings = checks.policy_warnings(policy)
-        # The candidates come from the index: first let it catch up with the store, so a
-        # configuration written through another replica is not missed.
-        await self._read_your_write(await self._store.current_revision())
+        # The candidates are read from the store itself, at one revision: a configuration written
+        # through another replica is never missed, and no wait on this replica's index is needed
+        # (it only sees revisions written under its own prefix).
         # Configurations whose lease is gone (expired, not yet reaped: their keys still exist
         # on sqlite and memory) are left out: their instance is no longer registered.
         expired: set[str] = set()
         for _ in range(CAS_ATTEMPTS):
-            ids = [
-                r.configuration.service_id
-                for r in self._index.holding(owner, policy_id)
-                if r.configuration.service_id not in expired
+            stored = [
+                kv
+                for kv in (await self._store.range(keys.CONFIGS)).kvs
+                if keys.parse(kv.key) not in expired and _holds(kv, owner, policy_id)
             ]
-            if not ids:
+            if not stored:
                 raise self._policy_not_found(owner, policy_id)
-            if len(ids) > MAX_TXN_OPS:
+            if len(stored) > MAX_TXN_OPS:
                 raise TooManyConfigurations(
-                    f"policy {policy_id} is held by {len(ids)} configurations of service "
+                    f"policy {policy_id} is held by {len(stored)} configurations of service "
                     f"{owner}; one update rewrites at most {MAX_TXN_OPS} configurations and "
                     f"{MAX_REQUEST_BYTES} bytes (one store txn)",
                     details={
-                        "configurations": len(ids),
+                        "configurations": len(stored),
                         "limit": MAX_TXN_OPS,
                         "byteLimit": MAX_REQUEST_BYTES,
                     },
                 )
-            read = await self._store.txn([], [Get(keys.config_key(sid)) for sid in ids])
-            stored = [kv for kv in read.responses if isinstance(kv, KeyValue)]
             current = max((kv.mod_revision for kv in stored), default=0)
             if expected_revision is not None and current > expected_revision:
                 raise Conflict(
@@ -270,9 +268,7 @@ class SidecarControl:
                 updated.append(record.configuration.service_id)
                 leases.append(kv.lease)
             if not puts:
-                # Deleted meanwhile: look again once the index has seen the deletions.
-                await self._read_your_write(read.revision)
-                continue
+                continue  # every holder changed meanwhile: read again
             self._check_size(policy_id, owner, compares, puts)
             try:
                 result = await self._store.txn(compares, puts)
@@ -281,7 +277,6 @@ class SidecarControl:
                 if not gone:
                     raise
                 expired |= gone
-                await self._read_your_write(await self._store.current_revision())
                 continue
             if result.succeeded:
                 await self._read_your_write(result.revision)
@@ -417,3 +412,11 @@ def _stored_form(cfg: pb.SidecarConfiguration) -> pb.SidecarConfiguration:
     if cfg.security.HasField("mtls"):
         out.security.mtls.ClearField("client_key")
     return out
+
+
+def _holds(kv: KeyValue, service_name: str, policy_id: str) -> bool:
+    """Whether the stored configuration ``kv`` belongs to ``service_name`` and holds the policy."""
+    record = Record.FromString(kv.value)
+    return record.service_name == service_name and any(
+        p.policy_id == policy_id for p in record.configuration.policies
+    )

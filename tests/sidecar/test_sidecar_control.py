@@ -3,6 +3,7 @@ that changes under a policy update, on the memory store driven by a FakeClock.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from lucid_cp.sidecar.errors import (
     TooManyConfigurations,
 )
 from lucid_cp.sidecar.index import SidecarIndex
-from lucid_cp.store.base import MAX_REQUEST_BYTES, MAX_TXN_OPS, Get
+from lucid_cp.store.base import MAX_REQUEST_BYTES, MAX_TXN_OPS, Put
 from lucid_cp.store.memory import MemoryStore
 
 from .conftest import config, policy
@@ -189,45 +190,20 @@ async def test_update_policy_refuses_more_bytes_than_one_txn(env: Env) -> None:
     assert await env.store.current_revision() == before  # nothing written
 
 
-class LaggingIndex:
-    """The sidecar index, frozen at a snapshot of ``holding`` until the core waits for
-    ``until``."""
-
-    def __init__(self, inner: SidecarIndex) -> None:
-        self.inner = inner
-        self.frozen: list[pb.SidecarConfigurationResponse] | None = None
-        self.until = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def holding(self, service_name: str, policy_id: str) -> list[pb.SidecarConfigurationResponse]:
-        if self.frozen is not None:
-            return self.frozen
-        return self.inner.holding(service_name, policy_id)
-
-    async def wait_for(self, revision: int, timeout: float) -> bool:
-        if self.frozen is not None and revision >= self.until:
-            self.frozen = None
-        return await self.inner.wait_for(revision, timeout)
-
-
 class DeletingStore:
-    """Deletes every configuration just before the update's read (deregistered meanwhile)."""
+    """Deletes every configuration just before the update's write (deregistered meanwhile)."""
 
-    def __init__(self, inner: MemoryStore, index: LaggingIndex) -> None:
-        self.inner, self.index, self.done = inner, index, False
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner, self.done = inner, False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     async def txn(self, compares: Any, success: Any, failure: Any = ()) -> Any:
-        if not self.done and not compares and all(isinstance(op, Get) for op in success):
+        if not self.done and compares and all(isinstance(op, Put) for op in success):
             self.done = True
-            self.index.frozen = self.index.inner.holding("api-gateway", "rate-limit-api")
             for op in success:
                 await self.inner.delete(op.key)
-            self.index.until = await self.inner.current_revision()
         return await self.inner.txn(compares, success, failure)
 
 
@@ -237,7 +213,23 @@ async def test_update_policy_answers_404_when_every_holder_is_deleted_meanwhile(
     for sid in SIDS[:2]:
         await env.register(sid)
         await env.control().configure(GW, config(sid, policies=[policy()]))
-    index = LaggingIndex(env.index)
-    control = env.control(DeletingStore(env.store, index), index)
+    store = DeletingStore(env.store)
+    control = env.control(store, env.index)
     with pytest.raises(SidecarResourceNotFound):
         await control.update_policy(GW, "rate-limit-api", parsed(requests=3), "", None)
+    assert store.done  # the write lost its compares to the deletions, then found no holder
+
+
+async def test_update_policy_does_not_wait_for_writes_outside_the_sidecar_prefix(
+    env: Env,
+) -> None:
+    await env.register(SIDS[0])
+    await env.control().configure(GW, config(SIDS[0], policies=[policy()]))
+    # The newest store revision is a write the sidecar index never sees (another system's key):
+    # waiting for the index to reach it would stall until the read-your-writes timeout.
+    await env.store.put(b"/lucid/elsewhere/key", b"x")
+    response = await asyncio.wait_for(
+        env.control().update_policy(GW, "rate-limit-api", parsed(requests=3), "", None), 5
+    )
+    assert response.configurations_updated == 1
+    assert env.index.read_your_writes_timeouts == 0
