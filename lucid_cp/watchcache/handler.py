@@ -9,6 +9,7 @@ an owner keeps side records (e.g. discovery's per-instance load counters).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -20,16 +21,16 @@ V = TypeVar("V")
 M = TypeVar("M", bound=Message)
 
 
-class Handler(Generic[V]):
+class Handler(abc.ABC, Generic[V]):
     def key(self, store_key: bytes) -> str | None:
         """The cache key ``store_key`` holds a value for, or None when it is not a cached value.
         May raise (e.g. a key that is not UTF-8): the record is logged and skipped."""
         return store_key.decode()
 
+    @abc.abstractmethod
     def decode(self, key: str, kv: KeyValue) -> V:
         """The value stored at ``kv``. Raise anything for a bad record: it is logged and the key
         treated as absent (a bad record never stalls the cache)."""
-        raise NotImplementedError
 
     def group(self, value: V) -> str:
         """The fan-out group of a value (e.g. its service name); "" = no group."""
