@@ -44,7 +44,7 @@ _READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER, MALFORMED_HEADER}
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _CODE_NAMES = {number: c.name for number, c in _CODES.items()}
 
-if TYPE_CHECKING:  # the stubs are generic, the runtime classes are not
+if TYPE_CHECKING:  # generic in the type hints only; the runtime classes are not
     Handler = grpc.RpcMethodHandler[Any, Any]
     Context = grpc.aio.ServicerContext[Any, Any]
 
