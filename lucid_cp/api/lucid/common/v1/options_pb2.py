@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlucid/common/v1/options.proto\x12\x0flucid.common.v1\x1a google/protobuf/descriptor.proto\"k\n\x0eStructProperty\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.lucid.common.v1.StructKind\x12\x14\n\x07max_len\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_max_len\"\xaa\x03\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x14\n\x07min_len\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07max_len\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x14\n\x07minimum\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x07maximum\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12-\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1d.lucid.common.v1.StringFormat\x12\x16\n\tmin_items\x18\x08 \x01(\rH\x04\x88\x01\x01\x12\x16\n\tmax_items\x18\t \x01(\rH\x05\x88\x01\x01\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\n \x01(\t\x12\x16\n\tmax_bytes\x18\x0b \x01(\rH\x06\x88\x01\x01\x12:\n\x11struct_properties\x18\x0c \x03(\x0b\x32\x1f.lucid.common.v1.StructPropertyB\n\n\x08_min_lenB\n\n\x08_max_lenB\n\n\x08_minimumB\n\n\x08_maximumB\x0c\n\n_min_itemsB\x0c\n\n_max_itemsB\x0c\n\n_max_bytes\"G\n\x0bMessageRule\x12\x12\n\nwhen_field\x18\x01 \x01(\t\x12\x13\n\x0bwhen_equals\x18\x02 \x01(\t\x12\x0f\n\x07require\x18\x03 \x01(\t\"1\n\x0bHttpOptions\x12\x16\n\x0esuccess_status\x18\x01 \x01(\rJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"=\n\x0cMethodPolicy\x12\x19\n\x11rate_limit_bucket\x18\x01 \x01(\t\x12\x12\n\nadmin_only\x18\x02 \x01(\x08*g\n\x0cStringFormat\x12\x1d\n\x19STRING_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12STRING_FORMAT_UUID\x10\x01\x12 \n\x1cSTRING_FORMAT_HOSTNAME_OR_IP\x10\x02*\xc0\x01\n\nStructKind\x12\x1b\n\x17STRUCT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12STRUCT_KIND_STRING\x10\x01\x12\x1b\n\x17STRUCT_KIND_STRING_LIST\x10\x02\x12\x16\n\x12STRUCT_KIND_OBJECT\x10\x03\x12\x1a\n\x16STRUCT_KIND_STRING_MAP\x10\x04\x12\x16\n\x12STRUCT_KIND_NUMBER\x10\x05\x12\x14\n\x10STRUCT_KIND_BOOL\x10\x06:1\n\x04wire\x12!.google.protobuf.EnumValueOptions\x18\xb9\x8e\x03 \x01(\t:K\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1b.lucid.common.v1.FieldRules:V\n\rmessage_rules\x12\x1f.google.protobuf.MessageOptions\x18\xbd\x8e\x03 \x03(\x0b\x32\x1c.lucid.common.v1.MessageRule:T\n\x0chttp_options\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\x0b\x32\x1c.lucid.common.v1.HttpOptions:O\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xbc\x8e\x03 \x01(\x0b\x32\x1d.lucid.common.v1.MethodPolicyB\x03\x90\x01\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlucid/common/v1/options.proto\x12\x0flucid.common.v1\x1a google/protobuf/descriptor.proto\"k\n\x0eStructProperty\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.lucid.common.v1.StructKind\x12\x14\n\x07max_len\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_max_len\"\xaa\x03\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x14\n\x07min_len\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07max_len\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x14\n\x07minimum\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x14\n\x07maximum\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12-\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x1d.lucid.common.v1.StringFormat\x12\x16\n\tmin_items\x18\x08 \x01(\rH\x04\x88\x01\x01\x12\x16\n\tmax_items\x18\t \x01(\rH\x05\x88\x01\x01\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\n \x01(\t\x12\x16\n\tmax_bytes\x18\x0b \x01(\rH\x06\x88\x01\x01\x12:\n\x11struct_properties\x18\x0c \x03(\x0b\x32\x1f.lucid.common.v1.StructPropertyB\n\n\x08_min_lenB\n\n\x08_max_lenB\n\n\x08_minimumB\n\n\x08_maximumB\x0c\n\n_min_itemsB\x0c\n\n_max_itemsB\x0c\n\n_max_bytes\"G\n\x0bMessageRule\x12\x12\n\nwhen_field\x18\x01 \x01(\t\x12\x13\n\x0bwhen_equals\x18\x02 \x01(\t\x12\x0f\n\x07require\x18\x03 \x01(\t\"b\n\x0bHttpOptions\x12\x16\n\x0esuccess_status\x18\x01 \x01(\r\x12\x18\n\x10unhealthy_status\x18\x04 \x01(\r\x12\x15\n\rhealthy_field\x18\x05 \x01(\tJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"=\n\x0cMethodPolicy\x12\x19\n\x11rate_limit_bucket\x18\x01 \x01(\t\x12\x12\n\nadmin_only\x18\x02 \x01(\x08*g\n\x0cStringFormat\x12\x1d\n\x19STRING_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12STRING_FORMAT_UUID\x10\x01\x12 \n\x1cSTRING_FORMAT_HOSTNAME_OR_IP\x10\x02*\xc0\x01\n\nStructKind\x12\x1b\n\x17STRUCT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12STRUCT_KIND_STRING\x10\x01\x12\x1b\n\x17STRUCT_KIND_STRING_LIST\x10\x02\x12\x16\n\x12STRUCT_KIND_OBJECT\x10\x03\x12\x1a\n\x16STRUCT_KIND_STRING_MAP\x10\x04\x12\x16\n\x12STRUCT_KIND_NUMBER\x10\x05\x12\x14\n\x10STRUCT_KIND_BOOL\x10\x06:1\n\x04wire\x12!.google.protobuf.EnumValueOptions\x18\xb9\x8e\x03 \x01(\t:K\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1b.lucid.common.v1.FieldRules:V\n\rmessage_rules\x12\x1f.google.protobuf.MessageOptions\x18\xbd\x8e\x03 \x03(\x0b\x32\x1c.lucid.common.v1.MessageRule:T\n\x0chttp_options\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\x0b\x32\x1c.lucid.common.v1.HttpOptions:O\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xbc\x8e\x03 \x01(\x0b\x32\x1d.lucid.common.v1.MethodPolicyB\x03\x90\x01\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lucid.common.v1.options_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\220\001\000'
-  _globals['_STRINGFORMAT']._serialized_start=809
-  _globals['_STRINGFORMAT']._serialized_end=912
-  _globals['_STRUCTKIND']._serialized_start=915
-  _globals['_STRUCTKIND']._serialized_end=1107
+  _globals['_STRINGFORMAT']._serialized_start=858
+  _globals['_STRINGFORMAT']._serialized_end=961
+  _globals['_STRUCTKIND']._serialized_start=964
+  _globals['_STRUCTKIND']._serialized_end=1156
   _globals['_STRUCTPROPERTY']._serialized_start=84
   _globals['_STRUCTPROPERTY']._serialized_end=191
   _globals['_FIELDRULES']._serialized_start=194
@@ -45,7 +45,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGERULE']._serialized_start=622
   _globals['_MESSAGERULE']._serialized_end=693
   _globals['_HTTPOPTIONS']._serialized_start=695
-  _globals['_HTTPOPTIONS']._serialized_end=744
-  _globals['_METHODPOLICY']._serialized_start=746
-  _globals['_METHODPOLICY']._serialized_end=807
+  _globals['_HTTPOPTIONS']._serialized_end=793
+  _globals['_METHODPOLICY']._serialized_start=795
+  _globals['_METHODPOLICY']._serialized_end=856
 # @@protoc_insertion_point(module_scope)

@@ -242,16 +242,26 @@ class HttpOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUCCESS_STATUS_FIELD_NUMBER: _builtins.int
+    UNHEALTHY_STATUS_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_FIELD_NUMBER: _builtins.int
     success_status: _builtins.int
     """HTTP status of a successful call; 200 when unset."""
+    unhealthy_status: _builtins.int
+    """For a response that reports health: when its bool field named `healthy_field` (proto
+    name) is false, the gateway answers `unhealthy_status` (e.g. 503) with the same body.
+    gRPC answers OK either way. Both or neither.
+    """
+    healthy_field: _builtins.str
     def __init__(
         self,
         *,
         success_status: _builtins.int = ...,
+        unhealthy_status: _builtins.int = ...,
+        healthy_field: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["success_status", b"success_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["healthy_field", b"healthy_field", "success_status", b"success_status", "unhealthy_status", b"unhealthy_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

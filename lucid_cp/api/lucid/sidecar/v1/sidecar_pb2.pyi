@@ -1665,7 +1665,10 @@ class SidecarMetrics(_message.Message):
 
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp:
-        """Start of the window (timestamp - timeRange)."""
+        """Start of the window: the first whole minute at or after timestamp - timeRange (reports
+        are kept per minute; the window covers the minutes starting inside it, the current one
+        included).
+        """
 
     def __init__(
         self,
@@ -1740,6 +1743,8 @@ class SidecarStatus(_message.Message):
     SELF_HEALTHY_FIELD_NUMBER: _builtins.int
     SELF_REASON_FIELD_NUMBER: _builtins.int
     LAST_NACK_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    BUILD_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
     healthy: _builtins.bool
     """Whether every condition holds."""
@@ -1754,6 +1759,9 @@ class SidecarStatus(_message.Message):
     """What its last report said (false without a report)."""
     self_reason: _builtins.str
     """Its reason when it said unhealthy."""
+    service_name: _builtins.str
+    build: _builtins.str
+    """The sidecar's build, from its Hello."""
     @_builtins.property
     def failed(self) -> _containers.RepeatedScalarFieldContainer[Global___HealthCondition.ValueType]:
         """The conditions that do not hold (empty when healthy)."""
@@ -1784,10 +1792,12 @@ class SidecarStatus(_message.Message):
         self_healthy: _builtins.bool = ...,
         self_reason: _builtins.str = ...,
         last_nack: Global___NackStatus | None = ...,
+        service_name: _builtins.str = ...,
+        build: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connected_since", b"connected_since", "last_ack", b"last_ack", "last_nack", b"last_nack", "last_report", b"last_report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "connected", b"connected", "connected_since", b"connected_since", "failed", b"failed", "healthy", b"healthy", "last_ack", b"last_ack", "last_nack", b"last_nack", "last_report", b"last_report", "latest_version", b"latest_version", "replica", b"replica", "self_healthy", b"self_healthy", "self_reason", b"self_reason", "service_id", b"service_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "build", b"build", "connected", b"connected", "connected_since", b"connected_since", "failed", b"failed", "healthy", b"healthy", "last_ack", b"last_ack", "last_nack", b"last_nack", "last_report", b"last_report", "latest_version", b"latest_version", "replica", b"replica", "self_healthy", b"self_healthy", "self_reason", b"self_reason", "service_id", b"service_id", "service_name", b"service_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1839,6 +1849,230 @@ class SidecarHealth(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SidecarHealth: _TypeAlias = SidecarHealth  # noqa: Y015
+
+@_typing.final
+class GetEffectiveConfigRequest(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Distribution status: rollout, the sidecar list, the effective configuration.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEffectiveConfigRequest: _TypeAlias = GetEffectiveConfigRequest  # noqa: Y015
+
+@_typing.final
+class GetRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The store revision of the change asked about; absent: the latest mesh or sidecar
+    configuration write this replica has applied.
+    """
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_revision", b"_revision", "revision", b"revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_revision", b"_revision", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__revision: _TypeAlias = _typing.Literal["revision"]  # noqa: Y015
+    _WhichOneofArgType__revision: _TypeAlias = _typing.Literal["_revision", b"_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__revision) -> _WhichOneofReturnType__revision | None: ...
+
+Global___GetRolloutRequest: _TypeAlias = GetRolloutRequest  # noqa: Y015
+
+@_typing.final
+class StaleSidecar(_message.Message):
+    """A connected sidecar that has not applied the revision asked about."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    APPLIED_VERSION_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    NACK_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    service_name: _builtins.str
+    replica: _builtins.str
+    applied_version: _builtins.int
+    """The snapshot version it has applied (0: none)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Stale since: when the snapshot it has not ACKed was sent (its connection time when none
+        was sent yet).
+        """
+
+    @_builtins.property
+    def nack(self) -> Global___NackStatus:
+        """Its NACK of a snapshot it was sent after its last ACK (absent when it has not NACKed): it
+        keeps applied_version, its last good configuration.
+        """
+
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        service_name: _builtins.str = ...,
+        replica: _builtins.str = ...,
+        applied_version: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        nack: Global___NackStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["nack", b"nack", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "nack", b"nack", "replica", b"replica", "service_id", b"service_id", "service_name", b"service_name", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StaleSidecar: _TypeAlias = StaleSidecar  # noqa: Y015
+
+@_typing.final
+class RolloutStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    NACKED_FIELD_NUMBER: _builtins.int
+    ACK_P50_MS_FIELD_NUMBER: _builtins.int
+    ACK_P99_MS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    CHECKED_AT_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """The revision asked about (or the default)."""
+    connected: _builtins.int
+    """Connected sidecars, on every live replica."""
+    applied: _builtins.int
+    """Of those, the ones that have applied `revision` or later: they ACKed a snapshot of that
+    version or later, or they ACKed the newest snapshot their replica has for them and that
+    replica has evaluated every change up to `revision` (a change that does not affect a
+    sidecar sends it nothing).
+    """
+    nacked: _builtins.int
+    """How many of the stale ones NACKed."""
+    ack_p50_ms: _builtins.float
+    """Milliseconds from the change to the ACK, over the applied sidecars that ACKed a snapshot
+    of version >= revision (from their replica observing the change to the ACK arriving).
+    """
+    ack_p99_ms: _builtins.float
+    @_builtins.property
+    def stale(self) -> _containers.RepeatedCompositeFieldContainer[Global___StaleSidecar]:
+        """The others, in serviceId order; NACKed ones carry their error."""
+
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The live replicas counted."""
+
+    @_builtins.property
+    def checked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        connected: _builtins.int = ...,
+        applied: _builtins.int = ...,
+        stale: _abc.Iterable[Global___StaleSidecar] | None = ...,
+        nacked: _builtins.int = ...,
+        ack_p50_ms: _builtins.float = ...,
+        ack_p99_ms: _builtins.float = ...,
+        replicas: _abc.Iterable[_builtins.str] | None = ...,
+        checked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_p50_ms", b"ack_p50_ms", "ack_p99_ms", b"ack_p99_ms", "applied", b"applied", "checked_at", b"checked_at", "connected", b"connected", "nacked", b"nacked", "replicas", b"replicas", "revision", b"revision", "stale", b"stale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatus: _TypeAlias = RolloutStatus  # noqa: Y015
+
+@_typing.final
+class ListSidecarsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    INCLUDE_DISCONNECTED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    service_name: _builtins.str
+    """Only the sidecars of this service."""
+    include_disconnected: _builtins.bool
+    """Include sidecars that are not connected now (they connected once and their instance is
+    still registered).
+    """
+    limit: _builtins.int
+    offset: _builtins.int
+    def __init__(
+        self,
+        *,
+        service_name: _builtins.str = ...,
+        include_disconnected: _builtins.bool = ...,
+        limit: _builtins.int | None = ...,
+        offset: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_offset", b"_offset", "limit", b"limit", "offset", b"offset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_offset", b"_offset", "include_disconnected", b"include_disconnected", "limit", b"limit", "offset", b"offset", "service_name", b"service_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
+    _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offset) -> _WhichOneofReturnType__offset | None: ...
+
+Global___ListSidecarsRequest: _TypeAlias = ListSidecarsRequest  # noqa: Y015
+
+@_typing.final
+class SidecarList(_message.Message):
+    """Like `istioctl proxy-status`: one row per sidecar, in serviceId order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIDECARS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    CHECKED_AT_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Matching sidecars before limit/offset."""
+    @_builtins.property
+    def sidecars(self) -> _containers.RepeatedCompositeFieldContainer[Global___SidecarStatus]: ...
+    @_builtins.property
+    def checked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sidecars: _abc.Iterable[Global___SidecarStatus] | None = ...,
+        total: _builtins.int = ...,
+        checked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "sidecars", b"sidecars", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SidecarList: _TypeAlias = SidecarList  # noqa: Y015
 
 @_typing.final
 class ConfigureSidecarRequest(_message.Message):

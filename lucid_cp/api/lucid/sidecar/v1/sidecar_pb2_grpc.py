@@ -29,11 +29,9 @@ if _version_not_supported:
 class SidecarServiceStub:
     """---------------------------------------------------------------------------------------------
 
-    Sidecar configuration. ServiceAuth: a service token acts for the sidecars of its own service's
+    Sidecar management. ServiceAuth: a service token acts for the sidecars of its own service's
     instances (403, LUCID_ERR_1902, otherwise), an admin for any. A configuration lives under its
     instance's store lease: deregistration (or expiry) of the instance deletes it, for good.
-    Configurations are stored, not yet pushed: the Connect stream that distributes them is planned
-    (below), so no sidecar receives anything from these RPCs today.
     """
 
     def __init__(self, channel):
@@ -57,6 +55,11 @@ class SidecarServiceStub:
                 request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.DeleteSidecarConfigRequest.SerializeToString,
                 response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.DeleteSidecarConfigResponse.FromString,
                 _registered_method=True)
+        self.GetEffectiveConfig = channel.unary_unary(
+                '/lucid.sidecar.v1.SidecarService/GetEffectiveConfig',
+                request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetEffectiveConfigRequest.SerializeToString,
+                response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectResponse.FromString,
+                _registered_method=True)
         self.UpdateSidecarPolicy = channel.unary_unary(
                 '/lucid.sidecar.v1.SidecarService/UpdateSidecarPolicy',
                 request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.UpdateSidecarPolicyRequest.SerializeToString,
@@ -67,22 +70,46 @@ class SidecarServiceStub:
                 request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarPolicyRequest.SerializeToString,
                 response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarPolicyResponse.FromString,
                 _registered_method=True)
+        self.GetSidecarMetrics = channel.unary_unary(
+                '/lucid.sidecar.v1.SidecarService/GetSidecarMetrics',
+                request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarMetricsRequest.SerializeToString,
+                response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarMetrics.FromString,
+                _registered_method=True)
+        self.GetSidecarHealth = channel.unary_unary(
+                '/lucid.sidecar.v1.SidecarService/GetSidecarHealth',
+                request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarHealthRequest.SerializeToString,
+                response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarHealth.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/lucid.sidecar.v1.SidecarService/GetRollout',
+                request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.ListSidecars = channel.unary_unary(
+                '/lucid.sidecar.v1.SidecarService/ListSidecars',
+                request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ListSidecarsRequest.SerializeToString,
+                response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarList.FromString,
+                _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/lucid.sidecar.v1.SidecarService/Connect',
+                request_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectResponse.FromString,
+                _registered_method=True)
 
 
 class SidecarServiceServicer:
     """---------------------------------------------------------------------------------------------
 
-    Sidecar configuration. ServiceAuth: a service token acts for the sidecars of its own service's
+    Sidecar management. ServiceAuth: a service token acts for the sidecars of its own service's
     instances (403, LUCID_ERR_1902, otherwise), an admin for any. A configuration lives under its
     instance's store lease: deregistration (or expiry) of the instance deletes it, for good.
-    Configurations are stored, not yet pushed: the Connect stream that distributes them is planned
-    (below), so no sidecar receives anything from these RPCs today.
     """
 
     def ConfigureSidecar(self, request, context):
         """Creates or replaces the configuration of the sidecar of instance `serviceId`: 404
         (LUCID_ERR_1002) when the instance is not registered; 400 LUCID_ERR_1103 when only routing
         is invalid, LUCID_ERR_1101 otherwise (field violations; write-time checks at the top).
+        The sidecar, when connected, receives a new snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,11 +129,20 @@ class SidecarServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEffectiveConfig(self, request, context):
+        """The snapshot the sidecar of instance `serviceId` gets now (version: the current one; no
+        nonce). 404 (LUCID_ERR_1002) when the instance is not registered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateSidecarPolicy(self, request, context):
         """Replaces the policy in every stored configuration of the service that holds it, in one
         store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
         request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
         404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
+        Each of those sidecars, when connected, receives a new snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +150,51 @@ class SidecarServiceServicer:
 
     def GetSidecarPolicy(self, request, context):
         """The policy as held by the most recently written configuration holding it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSidecarMetrics(self, request, context):
+        """Metrics of one sidecar (`serviceId`) or of a service's sidecars aggregated (default: the
+        caller's service), from the reports over the window, on any replica: reports reach the
+        store once a minute, so a replica that does not hold a sidecar's stream sees its reports up
+        to its last completed minute. 404 (LUCID_ERR_1002) for an unregistered instance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSidecarHealth(self, request, context):
+        """200 when every sidecar asked about is healthy (HealthCondition), 503 with the same body
+        otherwise (over gRPC: OK, `healthy` false). 404 (LUCID_ERR_1907) when no sidecar of that
+        instance or service has ever connected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Rollout status of a change (the "applied" receipt). Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSidecars(self, request, context):
+        """The sidecars, like `istioctl proxy-status`. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Connect(self, request_iterator, context):
+        """The distribution stream (gRPC only, no REST path): see "Connect" above. The token must be
+        of the Hello's instance's service (PERMISSION_DENIED otherwise, admin included: a sidecar
+        acts as its service); NOT_FOUND when that instance is not registered, and the stream ends
+        with NOT_FOUND when the instance is deregistered. The first message must be a Hello
+        (INVALID_ARGUMENT otherwise), and only one Hello per stream. A second stream for the same
+        instance replaces the first (which ends with ABORTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +218,11 @@ def add_SidecarServiceServicer_to_server(servicer, server):
                     request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.DeleteSidecarConfigRequest.FromString,
                     response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.DeleteSidecarConfigResponse.SerializeToString,
             ),
+            'GetEffectiveConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEffectiveConfig,
+                    request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetEffectiveConfigRequest.FromString,
+                    response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectResponse.SerializeToString,
+            ),
             'UpdateSidecarPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateSidecarPolicy,
                     request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.UpdateSidecarPolicyRequest.FromString,
@@ -146,6 +232,31 @@ def add_SidecarServiceServicer_to_server(servicer, server):
                     servicer.GetSidecarPolicy,
                     request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarPolicyRequest.FromString,
                     response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarPolicyResponse.SerializeToString,
+            ),
+            'GetSidecarMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSidecarMetrics,
+                    request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarMetricsRequest.FromString,
+                    response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarMetrics.SerializeToString,
+            ),
+            'GetSidecarHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSidecarHealth,
+                    request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarHealthRequest.FromString,
+                    response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarHealth.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetRolloutRequest.FromString,
+                    response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.RolloutStatus.SerializeToString,
+            ),
+            'ListSidecars': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSidecars,
+                    request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ListSidecarsRequest.FromString,
+                    response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarList.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectRequest.FromString,
+                    response_serializer=lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -158,11 +269,9 @@ def add_SidecarServiceServicer_to_server(servicer, server):
 class SidecarService:
     """---------------------------------------------------------------------------------------------
 
-    Sidecar configuration. ServiceAuth: a service token acts for the sidecars of its own service's
+    Sidecar management. ServiceAuth: a service token acts for the sidecars of its own service's
     instances (403, LUCID_ERR_1902, otherwise), an admin for any. A configuration lives under its
     instance's store lease: deregistration (or expiry) of the instance deletes it, for good.
-    Configurations are stored, not yet pushed: the Connect stream that distributes them is planned
-    (below), so no sidecar receives anything from these RPCs today.
     """
 
     @staticmethod
@@ -247,6 +356,33 @@ class SidecarService:
             _registered_method=True)
 
     @staticmethod
+    def GetEffectiveConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.sidecar.v1.SidecarService/GetEffectiveConfig',
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetEffectiveConfigRequest.SerializeToString,
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def UpdateSidecarPolicy(request,
             target,
             options=(),
@@ -290,6 +426,141 @@ class SidecarService:
             '/lucid.sidecar.v1.SidecarService/GetSidecarPolicy',
             lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarPolicyRequest.SerializeToString,
             lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSidecarMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.sidecar.v1.SidecarService/GetSidecarMetrics',
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarMetricsRequest.SerializeToString,
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarMetrics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSidecarHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.sidecar.v1.SidecarService/GetSidecarHealth',
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetSidecarHealthRequest.SerializeToString,
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarHealth.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.sidecar.v1.SidecarService/GetRollout',
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.GetRolloutRequest.SerializeToString,
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSidecars(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.sidecar.v1.SidecarService/ListSidecars',
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ListSidecarsRequest.SerializeToString,
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.SidecarList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/lucid.sidecar.v1.SidecarService/Connect',
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectRequest.SerializeToString,
+            lucid_dot_sidecar_dot_v1_dot_sidecar__pb2.ConnectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,11 +52,9 @@ GRPC_VERSION: str
 class SidecarServiceStub:
     """---------------------------------------------------------------------------------------------
 
-    Sidecar configuration. ServiceAuth: a service token acts for the sidecars of its own service's
+    Sidecar management. ServiceAuth: a service token acts for the sidecars of its own service's
     instances (403, LUCID_ERR_1902, otherwise), an admin for any. A configuration lives under its
     instance's store lease: deregistration (or expiry) of the instance deletes it, for good.
-    Configurations are stored, not yet pushed: the Connect stream that distributes them is planned
-    (below), so no sidecar receives anything from these RPCs today.
     """
 
     @_typing.overload
@@ -67,29 +65,56 @@ class SidecarServiceStub:
     """Creates or replaces the configuration of the sidecar of instance `serviceId`: 404
     (LUCID_ERR_1002) when the instance is not registered; 400 LUCID_ERR_1103 when only routing
     is invalid, LUCID_ERR_1101 otherwise (field violations; write-time checks at the top).
+    The sidecar, when connected, receives a new snapshot.
     """
     GetSidecarConfig: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarConfigRequest, _sidecar_pb2.SidecarConfigurationResponse]
     """The stored configuration; 404 (LUCID_ERR_1907) when none is stored."""
     DeleteSidecarConfig: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.DeleteSidecarConfigRequest, _sidecar_pb2.DeleteSidecarConfigResponse]
     """404 (LUCID_ERR_1907) when none is stored. 200 with the revision (as mesh's deletes)."""
+    GetEffectiveConfig: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetEffectiveConfigRequest, _sidecar_pb2.ConnectResponse]
+    """The snapshot the sidecar of instance `serviceId` gets now (version: the current one; no
+    nonce). 404 (LUCID_ERR_1002) when the instance is not registered.
+    """
     UpdateSidecarPolicy: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.UpdateSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]
     """Replaces the policy in every stored configuration of the service that holds it, in one
     store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
     request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
     404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
+    Each of those sidecars, when connected, receives a new snapshot.
     """
     GetSidecarPolicy: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]
     """The policy as held by the most recently written configuration holding it."""
+    GetSidecarMetrics: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarMetricsRequest, _sidecar_pb2.SidecarMetrics]
+    """Metrics of one sidecar (`serviceId`) or of a service's sidecars aggregated (default: the
+    caller's service), from the reports over the window, on any replica: reports reach the
+    store once a minute, so a replica that does not hold a sidecar's stream sees its reports up
+    to its last completed minute. 404 (LUCID_ERR_1002) for an unregistered instance.
+    """
+    GetSidecarHealth: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarHealthRequest, _sidecar_pb2.SidecarHealth]
+    """200 when every sidecar asked about is healthy (HealthCondition), 503 with the same body
+    otherwise (over gRPC: OK, `healthy` false). 404 (LUCID_ERR_1907) when no sidecar of that
+    instance or service has ever connected.
+    """
+    GetRollout: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetRolloutRequest, _sidecar_pb2.RolloutStatus]
+    """Rollout status of a change (the "applied" receipt). Admin only."""
+    ListSidecars: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.ListSidecarsRequest, _sidecar_pb2.SidecarList]
+    """The sidecars, like `istioctl proxy-status`. Admin only."""
+    Connect: _grpc.StreamStreamMultiCallable[_sidecar_pb2.ConnectRequest, _sidecar_pb2.ConnectResponse]
+    """The distribution stream (gRPC only, no REST path): see "Connect" above. The token must be
+    of the Hello's instance's service (PERMISSION_DENIED otherwise, admin included: a sidecar
+    acts as its service); NOT_FOUND when that instance is not registered, and the stream ends
+    with NOT_FOUND when the instance is deregistered. The first message must be a Hello
+    (INVALID_ARGUMENT otherwise), and only one Hello per stream. A second stream for the same
+    instance replaces the first (which ends with ABORTED).
+    """
 
 @_typing.type_check_only
 class SidecarServiceAsyncStub(SidecarServiceStub):
     """---------------------------------------------------------------------------------------------
 
-    Sidecar configuration. ServiceAuth: a service token acts for the sidecars of its own service's
+    Sidecar management. ServiceAuth: a service token acts for the sidecars of its own service's
     instances (403, LUCID_ERR_1902, otherwise), an admin for any. A configuration lives under its
     instance's store lease: deregistration (or expiry) of the instance deletes it, for good.
-    Configurations are stored, not yet pushed: the Connect stream that distributes them is planned
-    (below), so no sidecar receives anything from these RPCs today.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -97,28 +122,55 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
     """Creates or replaces the configuration of the sidecar of instance `serviceId`: 404
     (LUCID_ERR_1002) when the instance is not registered; 400 LUCID_ERR_1103 when only routing
     is invalid, LUCID_ERR_1101 otherwise (field violations; write-time checks at the top).
+    The sidecar, when connected, receives a new snapshot.
     """
     GetSidecarConfig: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarConfigRequest, _sidecar_pb2.SidecarConfigurationResponse]  # type: ignore[assignment]
     """The stored configuration; 404 (LUCID_ERR_1907) when none is stored."""
     DeleteSidecarConfig: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.DeleteSidecarConfigRequest, _sidecar_pb2.DeleteSidecarConfigResponse]  # type: ignore[assignment]
     """404 (LUCID_ERR_1907) when none is stored. 200 with the revision (as mesh's deletes)."""
+    GetEffectiveConfig: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetEffectiveConfigRequest, _sidecar_pb2.ConnectResponse]  # type: ignore[assignment]
+    """The snapshot the sidecar of instance `serviceId` gets now (version: the current one; no
+    nonce). 404 (LUCID_ERR_1002) when the instance is not registered.
+    """
     UpdateSidecarPolicy: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.UpdateSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]  # type: ignore[assignment]
     """Replaces the policy in every stored configuration of the service that holds it, in one
     store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
     request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
     404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
+    Each of those sidecars, when connected, receives a new snapshot.
     """
     GetSidecarPolicy: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarPolicyRequest, _sidecar_pb2.SidecarPolicyResponse]  # type: ignore[assignment]
     """The policy as held by the most recently written configuration holding it."""
+    GetSidecarMetrics: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarMetricsRequest, _sidecar_pb2.SidecarMetrics]  # type: ignore[assignment]
+    """Metrics of one sidecar (`serviceId`) or of a service's sidecars aggregated (default: the
+    caller's service), from the reports over the window, on any replica: reports reach the
+    store once a minute, so a replica that does not hold a sidecar's stream sees its reports up
+    to its last completed minute. 404 (LUCID_ERR_1002) for an unregistered instance.
+    """
+    GetSidecarHealth: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetSidecarHealthRequest, _sidecar_pb2.SidecarHealth]  # type: ignore[assignment]
+    """200 when every sidecar asked about is healthy (HealthCondition), 503 with the same body
+    otherwise (over gRPC: OK, `healthy` false). 404 (LUCID_ERR_1907) when no sidecar of that
+    instance or service has ever connected.
+    """
+    GetRollout: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetRolloutRequest, _sidecar_pb2.RolloutStatus]  # type: ignore[assignment]
+    """Rollout status of a change (the "applied" receipt). Admin only."""
+    ListSidecars: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.ListSidecarsRequest, _sidecar_pb2.SidecarList]  # type: ignore[assignment]
+    """The sidecars, like `istioctl proxy-status`. Admin only."""
+    Connect: _aio.StreamStreamMultiCallable[_sidecar_pb2.ConnectRequest, _sidecar_pb2.ConnectResponse]  # type: ignore[assignment]
+    """The distribution stream (gRPC only, no REST path): see "Connect" above. The token must be
+    of the Hello's instance's service (PERMISSION_DENIED otherwise, admin included: a sidecar
+    acts as its service); NOT_FOUND when that instance is not registered, and the stream ends
+    with NOT_FOUND when the instance is deregistered. The first message must be a Hello
+    (INVALID_ARGUMENT otherwise), and only one Hello per stream. A second stream for the same
+    instance replaces the first (which ends with ABORTED).
+    """
 
 class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
 
-    Sidecar configuration. ServiceAuth: a service token acts for the sidecars of its own service's
+    Sidecar management. ServiceAuth: a service token acts for the sidecars of its own service's
     instances (403, LUCID_ERR_1902, otherwise), an admin for any. A configuration lives under its
     instance's store lease: deregistration (or expiry) of the instance deletes it, for good.
-    Configurations are stored, not yet pushed: the Connect stream that distributes them is planned
-    (below), so no sidecar receives anything from these RPCs today.
     """
 
     @_abc_1.abstractmethod
@@ -130,6 +182,7 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates or replaces the configuration of the sidecar of instance `serviceId`: 404
         (LUCID_ERR_1002) when the instance is not registered; 400 LUCID_ERR_1103 when only routing
         is invalid, LUCID_ERR_1101 otherwise (field violations; write-time checks at the top).
+        The sidecar, when connected, receives a new snapshot.
         """
 
     @_abc_1.abstractmethod
@@ -149,6 +202,16 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         """404 (LUCID_ERR_1907) when none is stored. 200 with the revision (as mesh's deletes)."""
 
     @_abc_1.abstractmethod
+    def GetEffectiveConfig(
+        self,
+        request: _sidecar_pb2.GetEffectiveConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.ConnectResponse, _abc.Awaitable[_sidecar_pb2.ConnectResponse]]:
+        """The snapshot the sidecar of instance `serviceId` gets now (version: the current one; no
+        nonce). 404 (LUCID_ERR_1002) when the instance is not registered.
+        """
+
+    @_abc_1.abstractmethod
     def UpdateSidecarPolicy(
         self,
         request: _sidecar_pb2.UpdateSidecarPolicyRequest,
@@ -158,6 +221,7 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         store txn: at most 128 configurations and 1.5 MiB of rewritten configurations (the store's
         request size); more is 400 LUCID_ERR_1911 naming both limits, nothing written.
         404 (LUCID_ERR_1907) when no configuration of the service holds it; 400 LUCID_ERR_1102.
+        Each of those sidecars, when connected, receives a new snapshot.
         """
 
     @_abc_1.abstractmethod
@@ -167,5 +231,58 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sidecar_pb2.SidecarPolicyResponse, _abc.Awaitable[_sidecar_pb2.SidecarPolicyResponse]]:
         """The policy as held by the most recently written configuration holding it."""
+
+    @_abc_1.abstractmethod
+    def GetSidecarMetrics(
+        self,
+        request: _sidecar_pb2.GetSidecarMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.SidecarMetrics, _abc.Awaitable[_sidecar_pb2.SidecarMetrics]]:
+        """Metrics of one sidecar (`serviceId`) or of a service's sidecars aggregated (default: the
+        caller's service), from the reports over the window, on any replica: reports reach the
+        store once a minute, so a replica that does not hold a sidecar's stream sees its reports up
+        to its last completed minute. 404 (LUCID_ERR_1002) for an unregistered instance.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSidecarHealth(
+        self,
+        request: _sidecar_pb2.GetSidecarHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.SidecarHealth, _abc.Awaitable[_sidecar_pb2.SidecarHealth]]:
+        """200 when every sidecar asked about is healthy (HealthCondition), 503 with the same body
+        otherwise (over gRPC: OK, `healthy` false). 404 (LUCID_ERR_1907) when no sidecar of that
+        instance or service has ever connected.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRollout(
+        self,
+        request: _sidecar_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.RolloutStatus, _abc.Awaitable[_sidecar_pb2.RolloutStatus]]:
+        """Rollout status of a change (the "applied" receipt). Admin only."""
+
+    @_abc_1.abstractmethod
+    def ListSidecars(
+        self,
+        request: _sidecar_pb2.ListSidecarsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.SidecarList, _abc.Awaitable[_sidecar_pb2.SidecarList]]:
+        """The sidecars, like `istioctl proxy-status`. Admin only."""
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_sidecar_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sidecar_pb2.ConnectResponse], _abc.AsyncIterator[_sidecar_pb2.ConnectResponse]]:
+        """The distribution stream (gRPC only, no REST path): see "Connect" above. The token must be
+        of the Hello's instance's service (PERMISSION_DENIED otherwise, admin included: a sidecar
+        acts as its service); NOT_FOUND when that instance is not registered, and the stream ends
+        with NOT_FOUND when the instance is deregistered. The first message must be a Hello
+        (INVALID_ARGUMENT otherwise), and only one Hello per stream. A second stream for the same
+        instance replaces the first (which ends with ABORTED).
+        """
 
 def add_SidecarServiceServicer_to_server(servicer: SidecarServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
