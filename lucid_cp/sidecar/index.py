@@ -59,7 +59,7 @@ class SidecarIndex:
     def __init__(self, store: WatchedPrefix, *, clock: Clock, history: int = 1_000) -> None:
         self._keys = _ConfigKeys()
         self._cache: Reflector[Record] = Reflector(
-            store, keys.PREFIX, self._keys, clock=clock, history=history, name="sidecar"
+            store, keys.CONFIGS, self._keys, clock=clock, history=history, name="sidecar"
         )
         self.read_your_writes_timeouts = 0  # fed by the core when wait_for gives up
 

@@ -1,17 +1,28 @@
-"""Store key layout of the sidecar system. Everything lives under one prefix so the index needs
-one watch.
+"""Store key layout of the sidecar system.
 
-/lucid/sidecar/configs/<serviceId>   SidecarConfigurationResponse: configuration, serviceName,
-                                     createdAt; under the instance's store lease
+/lucid/sidecar/configs/<serviceId>            SidecarConfigurationResponse: configuration,
+                                              serviceName, createdAt; under the instance's lease
+/lucid/sidecar/status/sessions/<serviceId>    SidecarSession (storage.proto): the sidecar as
+                                              the control plane knows it; the instance's lease
+/lucid/sidecar/status/replicas/<replica>      ReplicaProgress: a replica's evaluated revision;
+                                              under the replica's own lease
+/lucid/sidecar/usage/<serviceName>/<serviceId>/<minute>
+                                              UsageMinute: one sidecar's reports of one minute;
+                                              the instance's lease, deleted after 24 h
 
-Values are binary protobuf: the read response with only what is stored set (``version`` and
-``revision`` are the record's mod_revision, filled on read; warnings belong to a write).
+Each index watches only its own part (configs, status); usage is read by range on demand.
+Values are binary protobuf: for configurations, the read response with only what is stored set
+(``version`` and ``revision`` are the record's mod_revision, filled on read).
 """
 
 from __future__ import annotations
 
 PREFIX = b"/lucid/sidecar/"
 CONFIGS = PREFIX + b"configs/"
+STATUS = PREFIX + b"status/"
+SESSIONS = STATUS + b"sessions/"
+REPLICAS = STATUS + b"replicas/"
+USAGE = PREFIX + b"usage/"
 
 
 def config_key(service_id: str) -> bytes:
@@ -23,3 +34,29 @@ def parse(key: bytes) -> str | None:
     if not key.startswith(CONFIGS):
         return None
     return key[len(CONFIGS) :].decode() or None
+
+
+def session_key(service_id: str) -> bytes:
+    return SESSIONS + service_id.encode()
+
+
+def replica_key(replica: str) -> bytes:
+    return REPLICAS + replica.encode()
+
+
+def usage_prefix(service_name: str, service_id: str = "") -> bytes:
+    """Every usage record of the service, or of one of its sidecars."""
+    if service_id:
+        return USAGE + f"{service_name}/{service_id}/".encode()
+    return USAGE + f"{service_name}/".encode()
+
+
+def usage_key(service_name: str, service_id: str, minute: int) -> bytes:
+    # Zero-padded so that keys sort by minute.
+    return usage_prefix(service_name, service_id) + f"{minute:012d}".encode()
+
+
+def usage_minute(key: bytes) -> int | None:
+    """The minute of a usage key, None when it is not one."""
+    tail = key.rsplit(b"/", 1)[-1]
+    return int(tail) if key.startswith(USAGE) and tail.isdigit() else None

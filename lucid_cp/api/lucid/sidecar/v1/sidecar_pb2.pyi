@@ -2427,7 +2427,6 @@ class Endpoint(_message.Message):
     PORT_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
-    ACTIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
     host: _builtins.str
@@ -2435,8 +2434,6 @@ class Endpoint(_message.Message):
     protocol: _discovery_pb2.Protocol.ValueType
     weight: _builtins.int
     """The registered weight (weighted balancing)."""
-    active_connections: _builtins.int
-    """The last active-connection count reported to discovery (least-connections)."""
     version: _builtins.str
     def __init__(
         self,
@@ -2446,12 +2443,11 @@ class Endpoint(_message.Message):
         port: _builtins.int = ...,
         protocol: _discovery_pb2.Protocol.ValueType = ...,
         weight: _builtins.int = ...,
-        active_connections: _builtins.int = ...,
         version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "host", b"host", "port", b"port", "protocol", b"protocol", "service_id", b"service_id", "version", b"version", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port", "protocol", b"protocol", "service_id", b"service_id", "version", b"version", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

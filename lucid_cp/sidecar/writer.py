@@ -1,0 +1,211 @@
+"""The replica's writes of sidecar status: batched, bounded, never on a stream's hot path.
+
+What it writes (keys in ``keys.py``):
+- session records, latest value wins: on connect, ACK, NACK, a change of the sidecar's own
+  health, disconnect, and once a minute with its usage. Under the instance's store lease.
+- usage records: one per sidecar per completed minute (``usage.py``), plus the deletion of the
+  record of the same minute a day earlier (24 h retention). Under the instance's lease.
+- this replica's progress record, only when its evaluated revision advanced. Under the
+  replica's own lease (kept alive here; revoked on stop: its sessions then read as
+  disconnected on every replica at once).
+
+Pending writes are flushed every ``interval`` seconds in store txns of at most
+``MAX_TXN_OPS`` ops. A write whose instance lease is gone is dropped (the instance, and so its
+sidecar's records, are gone for good). On a store error the batch stays pending and the flush
+is retried with backoff: a store outage delays status, it never loses the latest value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from lucid_cp.api.lucid.sidecar.v1 import storage_pb2 as spb
+from lucid_cp.clock import Clock
+from lucid_cp.sidecar import keys
+from lucid_cp.store.base import (
+    MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
+    OP_OVERHEAD_BYTES,
+    Delete,
+    KeyWriter,
+    LeaseNotFoundError,
+    Leases,
+    Put,
+)
+
+log = logging.getLogger("lucid_cp.sidecar.writer")
+
+DAY_MINUTES = 24 * 60
+
+
+class WriterStore(KeyWriter, Leases, Protocol):
+    """Txns and leases (never reads or watches)."""
+
+
+@dataclass(slots=True)
+class _Write:
+    value: bytes | None  # None: delete
+    lease: int  # 0: the replica's own lease
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        store: WriterStore,
+        lease_of: Callable[[str], int],
+        replica: str,
+        *,
+        clock: Clock,
+        interval: float = 0.05,
+        ttl: int = 10,
+    ) -> None:
+        self.replica = replica
+        self._store = store
+        self._lease_of = lease_of
+        self._clock = clock
+        self._interval = interval
+        self._ttl = ttl
+        self._lease = 0
+        self._pending: dict[bytes, _Write] = {}
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._progress = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failures = 0  # flushes that failed (store errors), for the metrics
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        lease = await self._store.grant_lease(self._ttl)
+        self._lease = lease.id
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="sidecar-status-writer"),
+            asyncio.create_task(self._keepalive_loop(), name="sidecar-status-keepalive"),
+        ]
+
+    async def stop(self) -> None:
+        """Flushes what is pending (briefly), then revokes the replica lease."""
+        with contextlib.suppress(Exception, TimeoutError):
+            async with self._clock.timeout(2.0):
+                await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._lease:
+            with contextlib.suppress(Exception):
+                await self._store.revoke_lease(self._lease)
+            self._lease = 0
+
+    # -- what to write -----------------------------------------------------------------------
+
+    def session(self, record: spb.SidecarSession) -> None:
+        self._queue(keys.session_key(record.service_id), record.SerializeToString(), record)
+
+    def usage(self, record: spb.UsageMinute) -> None:
+        name, sid = record.service_name, record.service_id
+        self._queue(keys.usage_key(name, sid, record.minute), record.SerializeToString(), record)
+        old = keys.usage_key(name, sid, record.minute - DAY_MINUTES)
+        self._pending.setdefault(old, _Write(None, 0))
+
+    def progress(self, evaluated: int, sidecars: int) -> None:
+        """The replica has evaluated every change up to ``evaluated``."""
+        if evaluated <= self._progress:
+            return
+        self._progress = evaluated
+        record = spb.ReplicaProgress(
+            replica=self.replica, evaluated_revision=evaluated, sidecars=sidecars
+        )
+        record.updated_at.FromNanoseconds(int(self._clock.now() * 1e9))
+        self._pending[keys.replica_key(self.replica)] = _Write(record.SerializeToString(), 0)
+        self._wake.set()
+
+    def _queue(
+        self, key: bytes, value: bytes, record: spb.SidecarSession | spb.UsageMinute
+    ) -> None:
+        lease = self._lease_of(record.service_id)
+        if lease == 0:
+            return  # the instance is gone: so are its records
+        self._pending[key] = _Write(value, lease)
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Returns once everything queued so far is written (tests, stop)."""
+        while self._pending:
+            self._flushed.clear()
+            self._wake.set()
+            await self._flushed.wait()
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        delay = self._interval
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._clock.sleep(self._interval)  # gather what arrives meanwhile
+            try:
+                await self._flush()
+            except Exception as exc:
+                self.failures += 1
+                log.warning("sidecar status write failed (%s); retrying in %.1fs", exc, delay)
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._wake.set()
+                continue
+            delay = self._interval
+            self._flushed.set()
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        items = list(batch.items())
+        try:
+            while items:
+                chunk = _chunk(items)
+                ops = [
+                    Put(k, w.value, w.lease or self._lease) if w.value is not None else Delete(k)
+                    for k, w in chunk
+                ]
+                try:
+                    await self._store.txn([], ops)
+                except LeaseNotFoundError as exc:
+                    if exc.lease_id == self._lease:
+                        raise  # our own lease expired: the keepalive loop re-grants it
+                    items = [(k, w) for k, w in items if w.lease != exc.lease_id]
+                    continue
+                items = items[len(chunk) :]
+        except BaseException:
+            for key, write in items:  # keep what was not written, unless replaced meanwhile
+                self._pending.setdefault(key, write)
+            raise
+
+    async def _keepalive_loop(self) -> None:
+        period = max(self._ttl / 3, 0.1)
+        while True:
+            await self._clock.sleep(period)
+            try:
+                await self._store.keepalive(self._lease)
+            except LeaseNotFoundError:
+                log.warning("sidecar replica lease %x expired; granting a new one", self._lease)
+                with contextlib.suppress(Exception):
+                    self._lease = (await self._store.grant_lease(self._ttl)).id
+                    self._progress = 0  # rewrite the progress record under the new lease
+            except Exception as exc:
+                log.warning("sidecar replica keepalive failed (%s); retrying", exc)
+
+
+def _chunk(items: list[tuple[bytes, _Write]]) -> list[tuple[bytes, _Write]]:
+    """The longest prefix of ``items`` that fits one txn (op count and request size)."""
+    size = 0
+    for i, (key, write) in enumerate(items[:MAX_TXN_OPS]):
+        size += len(key) + len(write.value or b"") + OP_OVERHEAD_BYTES
+        if size > MAX_REQUEST_BYTES and i > 0:
+            return items[:i]
+    return items[:MAX_TXN_OPS]
