@@ -243,7 +243,9 @@ def window(
             if gauge > gauges.get(record.service_id, (-1, -1, -1)):
                 gauges[record.service_id] = gauge
 
-    seconds = (now - start) or 1.0
+    # Rates divide by the window's length, at least a minute: a report counts in the minute its
+    # windowEnd falls in, so just after a minute starts its reports reach back before `start`.
+    seconds = max(now - start, 60.0)
     out = pb.SidecarMetrics(
         time_range=time_range,  # type: ignore[arg-type]
         timestamp=_timestamp(now),
