@@ -83,6 +83,8 @@ class DiscoverySystem:
         self.index = InstanceIndex(env.store, clock=env.clock, history=self.settings.watch_history)
         self.registry = Registry(env.store, self.index, env.clock)
         self.checker: HealthChecker | None = None
+        # This replica's id among those sharing a store (health checks, sidecar streams).
+        self.replica_id = self.settings.health_replica_id or uuid.uuid4().hex
 
     async def start(self) -> None:
         await self.index.start()
@@ -123,7 +125,7 @@ class DiscoverySystem:
         """Replicas share checks through store leases, except on the single-process sqlite and
         memory stores, where this replica checks everything."""
         settings, store = self.settings, self._env.store
-        replica_id = settings.health_replica_id or uuid.uuid4().hex
+        replica_id = self.replica_id
         user_agent = f"lucid-health-check/{replica_id}"
         membership: Membership
         if not store.shared:

@@ -180,6 +180,13 @@ class SidecarControl:
         out.read_revision = self._index.revision
         return out
 
+    def require_instance_access(self, principal: Principal, service_id: str) -> None:
+        """404 when the instance is not registered, 403 when it is another service's."""
+        instance = self._instances.get(service_id)
+        if instance is None:
+            raise self._not_registered(service_id)
+        principal.require_acts_as(instance.service_name)
+
     async def delete_config(self, principal: Principal, service_id: str) -> int:
         key = keys.config_key(service_id)
         for _ in range(CAS_ATTEMPTS):

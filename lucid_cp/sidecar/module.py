@@ -1,8 +1,12 @@
 """The sidecar system as a module (see lucid_cp.system): declarations, and the build, start and
-stop of its index, core and servicer. It builds on discovery (a configuration belongs to a
-registered instance and lives under its lease) and on the mesh (the mesh-wide mTLS mode, for a
-warning), both started before it. Configuration only for now: nothing is pushed to sidecars
-(the Connect stream is a later step)."""
+stop of its indexes, cores and servicer. It builds on discovery (a configuration belongs to a
+registered instance and lives under its lease; snapshots carry endpoints) and on the mesh
+(policies, circuit breakers and mTLS go into snapshots), both started before it.
+
+Start order: the configuration index, the status index, the status writer (it takes the
+replica's lease), then the distributor (its watch replays what the indexes applied meanwhile).
+Stop in reverse: streams end, their sessions are recorded as disconnected and written, and the
+replica lease is revoked."""
 
 from __future__ import annotations
 
@@ -18,30 +22,44 @@ from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 from lucid_cp.config import RateLimit
 from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.errors import InvalidArgument, InvalidRequestError
+from lucid_cp.mesh import keys
 from lucid_cp.mesh.module import MeshSystem
 from lucid_cp.rpc.metrics import count_from
 from lucid_cp.sidecar.control import SidecarControl
+from lucid_cp.sidecar.distributor import Distributor
 from lucid_cp.sidecar.errors import INVALID_REQUEST, STATUS_ROWS, InvalidSidecarConfiguration
 from lucid_cp.sidecar.index import SidecarIndex
+from lucid_cp.sidecar.observe import Observer
 from lucid_cp.sidecar.service import SidecarServicer
+from lucid_cp.sidecar.snapshot import SnapshotBuilder
+from lucid_cp.sidecar.status import StatusIndex
+from lucid_cp.sidecar.writer import StatusWriter
 from lucid_cp.system import Environment
 
 
 @dataclass(frozen=True, slots=True)
 class SidecarSettings:
-    # Changes retained by the index's history (for the distribution stream to come).
+    # Changes retained by the configuration index's history.
     index_history: int = 1_000
+    # Seconds between batched status writes (sessions, usage, replica progress).
+    status_write_interval: float = 0.05
+    # TTL of this replica's lease: a replica gone this long has its sidecars read as disconnected.
+    replica_ttl: int = 10
 
 
 class SidecarSystem:
     name: ClassVar[str] = "sidecar"
     files: ClassVar[tuple[FileDescriptor, ...]] = (sidecar_pb2.DESCRIPTOR,)
     # The seed's table (api-spec.md, "Rate Limiting"), per principal: sidecar configuration
-    # updates 10/min, metrics retrieval 100/min (the reads of configurations and policies
-    # share it, as planned in sidecar.proto).
+    # updates 10/min, metrics retrieval 100/min (the reads of configurations, policies and
+    # distribution status share it), sidecar health 1000/min. Connect: 1000 stream openings
+    # per minute per principal (a reconnect storm of one service's sidecars is not throttled
+    # below what they need; messages on an open stream are not counted).
     rate_limits: ClassVar[Mapping[str, RateLimit]] = {
         "sidecar-config": RateLimit(10),
         "sidecar-metrics": RateLimit(100),
+        "sidecar-health": RateLimit(1000),
+        "sidecar-connect": RateLimit(1000),
     }
     status_rows: ClassVar[Mapping[type[Exception], int]] = STATUS_ROWS
     invalid_request: ClassVar[type[InvalidArgument]] = InvalidSidecarConfiguration
@@ -61,12 +79,80 @@ class SidecarSystem:
         settings = env.settings.section(SidecarSettings)
         discovery = env.system(DiscoverySystem)
         mesh = env.system(MeshSystem)
+        self._discovery, self._mesh = discovery, mesh
         self.index = SidecarIndex(env.store, clock=env.clock, history=settings.index_history)
         self.control = SidecarControl(env.store, self.index, discovery.index, mesh.index, env.clock)
+        self.status = StatusIndex(env.store, clock=env.clock)
+        self.writer = StatusWriter(
+            env.store,
+            discovery.index.lease_of,
+            discovery.replica_id,
+            clock=env.clock,
+            interval=settings.status_write_interval,
+            ttl=settings.replica_ttl,
+        )
+        self.builder = SnapshotBuilder(discovery.index, self.index, mesh.index)
+        self.distributor = Distributor(
+            env.store,
+            self.builder,
+            instances=discovery.index,
+            configs=self.index,
+            mesh=mesh.index,
+            status=self.status,
+            writer=self.writer,
+            clock=env.clock,
+        )
+        distributor = self.distributor
+        self.observer = Observer(
+            env.store,
+            self.status,
+            discovery.index,
+            (mesh.index, self.index),
+            lambda: distributor.sessions,
+            env.clock,
+        )
 
     async def start(self) -> None:
         await self.index.start()
-        index = self.index
+        await self.status.start()
+        await self.writer.start()
+        mesh, discovery = self._mesh.index, self._discovery.index
+        policies = [
+            (
+                keys.policy_key(kind, r.policy.namespace, r.policy.name),
+                r.policy.source,
+                r.policy.destination,
+            )
+            for kind, records in (
+                (keys.Kind.TRAFFIC, mesh.traffic_policies()),
+                (keys.Kind.SECURITY, mesh.security_policies()),
+            )
+            for r in records
+        ]
+        await self.distributor.start(
+            policies,
+            [(i.service_id, i.service_name) for i in discovery.ordered()],
+            [(sid, r.service_name) for sid, r in self.index.items()],
+        )
+        index, distributor, writer = self.index, self.distributor, self.writer
+        count_from(
+            self._env.metrics,
+            "lucid_sidecar_snapshots_pushed",
+            "Snapshots queued to connected sidecars by this replica.",
+            lambda: distributor.pushes,
+        )
+        count_from(
+            self._env.metrics,
+            "lucid_sidecar_snapshots_unchanged",
+            "Snapshots rebuilt after a change and not sent: the sidecar already had that content.",
+            lambda: distributor.skipped,
+        )
+        count_from(
+            self._env.metrics,
+            "lucid_sidecar_status_write_failures",
+            "Batched sidecar status writes that failed (retried with backoff).",
+            lambda: writer.failures,
+        )
         count_from(
             self._env.metrics,
             "lucid_sidecar_read_your_writes_timeouts",
@@ -76,9 +162,12 @@ class SidecarSystem:
 
     def register(self, server: grpc.aio.Server) -> None:
         sidecar_pb2_grpc.add_SidecarServiceServicer_to_server(
-            SidecarServicer(self.control),  # type: ignore[arg-type]
+            SidecarServicer(self.control, self.distributor, self.observer),  # type: ignore[arg-type]
             server,
         )
 
     async def stop(self) -> None:
+        await self.distributor.stop()
+        await self.writer.stop()
+        await self.status.stop()
         await self.index.stop()

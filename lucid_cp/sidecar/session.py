@@ -71,6 +71,7 @@ class Session:
         self._closed = False
         self.error: Exception | None = None
         self.minutes: dict[int, spb.UsageMinute] = {}
+        self._written_through = 0  # the newest minute handed to the writer
         self.latest_digest = b""
         now = clock.now()
         record = spb.SidecarSession(
@@ -79,7 +80,6 @@ class Session:
             replica=writer.replica,
             connected=True,
             build=build,
-            self_healthy=True,
             report_interval=DEFAULT_REPORT_INTERVAL,
         )
         record.connected_since.CopyFrom(_ts(now))
@@ -107,11 +107,10 @@ class Session:
     def applied_digest(self) -> bytes:
         return self.record.applied_digest
 
-    def current(self, version: int, digest: bytes) -> bool:
-        """Whether the sidecar already has this content (applied, or sent and pending)."""
-        return digest == self.latest_digest and version <= max(
-            self.record.latest_version, self.record.applied_version
-        )
+    def has(self, digest: bytes) -> bool:
+        """Whether the sidecar already has this content: the last snapshot sent (or, on a
+        reconnection, the one it applied) had it. Nothing is resent then, whatever its version."""
+        return digest == self.latest_digest
 
     def offer(self, snapshot: pb.ConnectResponse, digest: bytes, observed_at: float) -> None:
         """Queues ``snapshot`` (version set) for sending; it replaces an unsent older one."""
@@ -157,6 +156,7 @@ class Session:
                 self.latest_digest = digest
                 self.record.latest_version = snapshot.version
                 self.record.latest_sent_at.CopyFrom(_ts(now))
+                self._save()
                 return snapshot
             self._wake.clear()
             await self._wake.wait()
@@ -227,7 +227,9 @@ class Session:
         r.self_healthy = report.healthy
         r.self_reason = report.reason
         end = report.window_end.ToNanoseconds() / 1e9
-        minute = usage.minute_of(end)
+        # A late report of a minute already written counts in the first unwritten one: a
+        # minute's record is written once and never overwritten by a partial one.
+        minute = max(usage.minute_of(end), self._written_through + 1)
         record = self.minutes.get(minute)
         if record is None:
             record = self.minutes[minute] = spb.UsageMinute(
@@ -254,6 +256,7 @@ class Session:
         done = [m for m in self.minutes if final or m < current]
         for minute in sorted(done):
             self._writer.usage(self.minutes.pop(minute))
+            self._written_through = max(self._written_through, minute)
         return bool(done)
 
     def unflushed(self) -> list[spb.UsageMinute]:

@@ -174,6 +174,9 @@ class SnapshotBuilder:
         self._mesh = mesh
         self._endpoints: dict[str, tuple[list[pb.Endpoint], bytes]] = {}
 
+    def instance(self, service_id: str) -> dpb.ServiceInstance | None:
+        return self._instances.get(service_id)
+
     def forget(self, service: str) -> None:
         self._endpoints.pop(service, None)
 

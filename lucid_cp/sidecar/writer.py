@@ -75,6 +75,7 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._progress = 0
+        self._progress_record: bytes | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.failures = 0  # flushes that failed (store errors), for the metrics
 
@@ -91,14 +92,16 @@ class StatusWriter:
         ]
 
     async def stop(self) -> None:
-        """Flushes what is pending (briefly), then revokes the replica lease."""
-        with contextlib.suppress(Exception, TimeoutError):
-            async with self._clock.timeout(2.0):
-                await self.drain()
+        """Writes what is pending (one attempt: the store's own deadlines bound it), then
+        revokes the replica lease."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        try:
+            await self._flush()
+        except Exception as exc:
+            log.warning("sidecar status: %d writes lost at stop (%s)", len(self._pending), exc)
         if self._lease:
             with contextlib.suppress(Exception):
                 await self._store.revoke_lease(self._lease)
@@ -115,16 +118,17 @@ class StatusWriter:
         old = keys.usage_key(name, sid, record.minute - DAY_MINUTES)
         self._pending.setdefault(old, _Write(None, 0))
 
-    def progress(self, evaluated: int, sidecars: int) -> None:
+    def progress(self, evaluated: int, sidecars: int, *, force: bool = False) -> None:
         """The replica has evaluated every change up to ``evaluated``."""
-        if evaluated <= self._progress:
-            return
+        if evaluated <= self._progress or (sidecars == 0 and self._progress and not force):
+            return  # with no sidecar connected, only liveness matters: written once
         self._progress = evaluated
         record = spb.ReplicaProgress(
             replica=self.replica, evaluated_revision=evaluated, sidecars=sidecars
         )
         record.updated_at.FromNanoseconds(int(self._clock.now() * 1e9))
-        self._pending[keys.replica_key(self.replica)] = _Write(record.SerializeToString(), 0)
+        self._progress_record = record.SerializeToString()
+        self._pending[keys.replica_key(self.replica)] = _Write(self._progress_record, 0)
         self._wake.set()
 
     def _queue(
@@ -196,7 +200,10 @@ class StatusWriter:
                 log.warning("sidecar replica lease %x expired; granting a new one", self._lease)
                 with contextlib.suppress(Exception):
                     self._lease = (await self._store.grant_lease(self._ttl)).id
-                    self._progress = 0  # rewrite the progress record under the new lease
+                    progress = keys.replica_key(self.replica)
+                    if self._progress_record is not None:  # back under the new lease
+                        self._pending.setdefault(progress, _Write(self._progress_record, 0))
+                        self._wake.set()
             except Exception as exc:
                 log.warning("sidecar replica keepalive failed (%s); retrying", exc)
 

@@ -1,0 +1,439 @@
+"""Config distribution: which connected sidecar needs a new snapshot after a store change, and
+getting it there.
+
+One watch on /lucid/ (every system's keys, in store order) tells the distributor what changed.
+For each batch it first waits until the index holding the changed keys has applied the batch's
+revision (the snapshot is built from the indexes), then marks the affected sidecars:
+
+- a traffic or security policy: the sidecars whose workload its old or new source or
+  destination selector matches;
+- a circuit breaker of service X, a sidecar configuration of an instance of X, an endpoint
+  change of X (only when X's usable endpoints actually changed): the sidecars that route to X
+  (the dependency index: destination service -> sidecars, kept from each sidecar's last
+  snapshot); a configuration also marks its own sidecar;
+- the mesh-wide mTLS settings: every sidecar;
+- the sidecar's own instance: its sidecar (deregistered: its stream ends with NOT_FOUND).
+
+Marked sidecars are rebuilt together by one task; a snapshot whose content digest equals what
+the sidecar already has is not sent. The version of a snapshot is the revision the distributor
+has evaluated when building it, so "version >= N" means "built after every change up to N".
+Everything else (other systems' keys, status writes) only advances the evaluated revision.
+
+A store outage ends the watch: it is resumed from the last evaluated revision + 1 with backoff
+(pushes pause, then resume with the latest snapshot); if that revision was compacted meanwhile,
+every sidecar is marked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
+from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
+from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
+from lucid_cp.auth.tokens import Principal
+from lucid_cp.clock import Clock
+from lucid_cp.discovery import keys as discovery_keys
+from lucid_cp.errors import Conflict, PermissionDenied
+from lucid_cp.mesh import keys as mesh_keys
+from lucid_cp.mesh.selectors import Workload
+from lucid_cp.sidecar import keys
+from lucid_cp.sidecar.errors import InstanceNotRegistered
+from lucid_cp.sidecar.session import Session
+from lucid_cp.sidecar.snapshot import SnapshotBuilder, selects, workload_of
+from lucid_cp.sidecar.status import StatusIndex
+from lucid_cp.sidecar.writer import StatusWriter
+from lucid_cp.store.base import (
+    CompactedError,
+    EventType,
+    KeyReader,
+    WatchBatch,
+    Watcher,
+    WatchEvent,
+)
+from lucid_cp.watchcache import Backoff
+
+K = TypeVar("K")
+log = logging.getLogger("lucid_cp.sidecar.distributor")
+
+ROOT = b"/lucid/"
+INDEX_WAIT = 2.0  # seconds to wait for an index to apply a batch before building anyway
+TICK = 5.0  # seconds between flushes of completed usage minutes
+
+
+class SessionReplaced(Conflict):
+    """A newer Connect stream of the same sidecar took over (ABORTED)."""
+
+
+class Index(Protocol):
+    @property
+    def revision(self) -> int: ...
+
+    async def wait_for(self, revision: int, timeout: float) -> bool: ...
+
+
+class DistributorStore(KeyReader, Watcher, Protocol):
+    """Reads and one watch."""
+
+
+@dataclass(slots=True)
+class _Mark:
+    observed_at: float
+
+
+class Distributor:
+    def __init__(
+        self,
+        store: DistributorStore,
+        builder: SnapshotBuilder,
+        *,
+        instances: Index,
+        configs: Index,
+        mesh: Index,
+        status: StatusIndex,
+        writer: StatusWriter,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._builder = builder
+        self._instances = instances
+        self._configs = configs
+        self._mesh = mesh
+        self._status = status
+        self._writer = writer
+        self._clock = clock
+        self.sessions: dict[str, Session] = {}
+        self._by_destination: dict[str, set[str]] = {}
+        self._by_workload: dict[Workload, set[str]] = {}
+        self._selectors: dict[bytes, tuple[str, str]] = {}  # policy key -> (source, destination)
+        self._instance_service: dict[str, str] = {}
+        self._config_service: dict[str, str] = {}
+        self._endpoint_digests: dict[str, bytes] = {}
+        self._dirty: dict[str, _Mark] = {}
+        self._wake = asyncio.Event()
+        self._evaluated_event = asyncio.Event()
+        self.evaluated = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pushes = 0  # snapshots sent
+        self.skipped = 0  # rebuilt snapshots equal to what the sidecar had
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(
+        self,
+        policies: Iterable[tuple[bytes, str, str]],
+        instances: Iterable[tuple[str, str]],
+        configs: Iterable[tuple[str, str]],
+    ) -> None:
+        """``policies``: (key, source, destination) of the stored policies; ``instances`` and
+        ``configs``: (serviceId, serviceName) of what the indexes hold now. Changes after the
+        oldest index's revision are replayed through the watch."""
+        self.evaluated = min(self._instances.revision, self._configs.revision, self._mesh.revision)
+        self._selectors = {k: (s, d) for k, s, d in policies}
+        self._instance_service = dict(instances)
+        self._config_service = dict(configs)
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="sidecar-distributor-watch"),
+            asyncio.create_task(self._push_loop(), name="sidecar-distributor-push"),
+            asyncio.create_task(self._tick_loop(), name="sidecar-distributor-tick"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for session in list(self.sessions.values()):
+            session.close()
+            self._forget(session, replaced=False)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    async def open(self, principal: Principal, hello: pb.Hello) -> Session:
+        """A session for the sidecar saying ``hello``; its first snapshot is queued unless the
+        version it has is current."""
+        instance = self._builder_instance(hello.service_id)
+        if instance is None:
+            stored = await self._store.get(discovery_keys.instance_key(hello.service_id))
+            if stored is not None:  # registered through another replica: let the index catch up
+                await self._instances.wait_for(stored.mod_revision, INDEX_WAIT)
+                instance = self._builder_instance(hello.service_id)
+        if instance is None:
+            raise InstanceNotRegistered(
+                f"no instance {hello.service_id} is registered",
+                details={"serviceId": hello.service_id},
+            )
+        if principal.subject != instance.service_name:
+            # Admin included: a sidecar acts as its own service, never on another's behalf.
+            raise PermissionDenied(
+                f"token subject {principal.subject!r} may not connect the sidecar of an instance "
+                f"of service {instance.service_name!r}",
+                details={"subject": principal.subject, "serviceName": instance.service_name},
+            )
+        if hello.version > self.evaluated:
+            # It was served by a replica further ahead: catch up before comparing versions.
+            with contextlib.suppress(TimeoutError):
+                async with self._clock.timeout(INDEX_WAIT):
+                    while self.evaluated < hello.version:
+                        self._evaluated_event.clear()
+                        await self._evaluated_event.wait()
+        old = self.sessions.get(hello.service_id)
+        if old is not None:
+            old.close(SessionReplaced("a newer Connect stream of this sidecar took over"))
+            self._forget(old, replaced=True)
+        previous = self._status.session(hello.service_id)
+        if previous is not None and previous.applied_version != hello.version:
+            previous = None  # it does not have what it last ACKed: treat as new
+        session = Session(
+            hello.service_id,
+            instance.service_name,
+            workload_of(instance),
+            hello.build,
+            clock=self._clock,
+            writer=self._writer,
+            previous=previous,
+        )
+        self.sessions[hello.service_id] = session
+        self._by_workload.setdefault(session.workload, set()).add(hello.service_id)
+        self._push(session, self._clock.now())
+        self._progress()
+        return session
+
+    def close(self, session: Session) -> None:
+        """The stream ended (however): forget the session unless a newer one replaced it."""
+        session.close()
+        if self.sessions.get(session.service_id) is session:
+            self._forget(session, replaced=False)
+            self._progress()
+
+    def _forget(self, session: Session, *, replaced: bool) -> None:
+        sid = session.service_id
+        if self.sessions.get(sid) is session:
+            del self.sessions[sid]
+        for dest in session.destinations:
+            self._unlink(self._by_destination, dest, sid)
+        self._unlink(self._by_workload, session.workload, sid)
+        self._dirty.pop(sid, None)
+        session.disconnected(replaced=replaced)
+
+    @staticmethod
+    def _unlink(index: dict[K, set[str]], key: K, sid: str) -> None:
+        found = index.get(key)
+        if found is not None:
+            found.discard(sid)
+            if not found:
+                del index[key]
+
+    def _builder_instance(self, service_id: str) -> dpb.ServiceInstance | None:
+        return self._builder.instance(service_id)
+
+    # -- the effective configuration ---------------------------------------------------------
+
+    def effective(self, service_id: str) -> pb.ConnectResponse | None:
+        built = self._builder.build(service_id)
+        if built is None:
+            return None
+        out = pb.ConnectResponse()
+        out.CopyFrom(built.response)
+        out.version = self.evaluated
+        return out
+
+    # -- pushing -----------------------------------------------------------------------------
+
+    def _mark(self, sids: Iterable[str], observed_at: float) -> None:
+        for sid in sids:
+            if sid in self.sessions and sid not in self._dirty:
+                self._dirty[sid] = _Mark(observed_at)
+        if self._dirty:
+            self._wake.set()
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, {}
+            for sid, mark in dirty.items():
+                session = self.sessions.get(sid)
+                if session is not None:
+                    self._push(session, mark.observed_at)
+            self._progress()
+            await asyncio.sleep(0)
+
+    def _push(self, session: Session, observed_at: float) -> None:
+        built = self._builder.build(session.service_id)
+        if built is None:
+            return  # deregistered: the watch ends the session
+        sid = session.service_id
+        if built.destinations != session.destinations:
+            for dest in session.destinations - built.destinations:
+                self._unlink(self._by_destination, dest, sid)
+            for dest in built.destinations - session.destinations:
+                self._by_destination.setdefault(dest, set()).add(sid)
+            session.destinations = built.destinations
+        for dest in built.destinations:
+            self._endpoint_digests.setdefault(dest, self._builder.endpoints(dest)[1])
+        if built.workload != session.workload:
+            self._unlink(self._by_workload, session.workload, sid)
+            session.workload = built.workload
+            self._by_workload.setdefault(built.workload, set()).add(sid)
+        interval = built.response.configuration.monitoring.metrics.interval
+        session.set_report_interval(interval or 30)
+        if session.has(built.digest):
+            self.skipped += 1
+            return
+        snapshot = pb.ConnectResponse()
+        snapshot.CopyFrom(built.response)
+        snapshot.version = self.evaluated
+        session.offer(snapshot, built.digest, observed_at)
+        self.pushes += 1
+
+    def _progress(self) -> None:
+        self._writer.progress(self.evaluated, len(self.sessions))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await self._clock.sleep(TICK)
+            for session in list(self.sessions.values()):
+                session.tick()
+
+    # -- following the store -----------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        backoff = Backoff()
+        delay = backoff.initial
+        while True:
+            try:
+                async for batch in self._watch():
+                    await self._evaluate(batch.revision, batch.events)
+                    delay = backoff.initial
+            except asyncio.CancelledError:
+                raise
+            except CompactedError:
+                log.warning(
+                    "sidecar distributor: revision %d compacted; re-evaluating every sidecar",
+                    self.evaluated + 1,
+                )
+                self.evaluated = await self._store.current_revision()
+                self._mark(list(self.sessions), self._clock.now())
+                continue
+            except Exception as exc:
+                log.warning("sidecar distributor watch failed (%s); retrying in %.1fs", exc, delay)
+            await self._clock.sleep(delay)
+            delay = backoff.next(delay)
+
+    def _watch(self) -> AsyncIterator[WatchBatch]:
+        return self._store.watch(ROOT, self.evaluated + 1)
+
+    async def _evaluate(self, revision: int, events: list[WatchEvent]) -> None:
+        observed_at = self._clock.now()
+        waits: set[int] = set()
+        for event in events:
+            key = event.kv.key
+            if key.startswith(mesh_keys.PREFIX):
+                waits.add(id(self._mesh))
+            elif key.startswith(keys.CONFIGS):
+                waits.add(id(self._configs))
+            elif key.startswith(discovery_keys.INSTANCES):
+                waits.add(id(self._instances))
+        for index in (self._mesh, self._configs, self._instances):
+            if id(index) in waits and not await index.wait_for(revision, INDEX_WAIT):
+                log.warning("sidecar distributor: an index has not applied %d yet", revision)
+        affected: set[str] = set()
+        for event in events:
+            affected |= self._affected(event)
+        self.evaluated = revision
+        self._evaluated_event.set()
+        if affected:
+            self._mark(affected, observed_at)
+        elif waits:
+            self._progress()
+
+    def _affected(self, event: WatchEvent) -> set[str]:
+        key = event.kv.key
+        deleted = event.type is EventType.DELETE
+        parsed = mesh_keys.parse(key)
+        if parsed is not None:
+            kind, ident = parsed
+            if kind is mesh_keys.Kind.MTLS:
+                return set(self.sessions)
+            if kind is mesh_keys.Kind.CIRCUIT_BREAKER:
+                return set(self._by_destination.get(ident, ()))
+            return self._policy_change(key, kind, event, deleted)
+        sid = keys.parse(key)
+        if sid is not None:
+            return self._config_change(sid, event, deleted)
+        found = discovery_keys.parse(key)
+        if found is not None and found[0] == discovery_keys.INSTANCES:
+            return self._instance_change(found[1], deleted)
+        return set()
+
+    def _policy_change(
+        self, key: bytes, kind: mesh_keys.Kind, event: WatchEvent, deleted: bool
+    ) -> set[str]:
+        selectors = [self._selectors.pop(key)] if key in self._selectors else []
+        if not deleted:
+            decode = (
+                mpb.TrafficPolicyResponse
+                if kind is mesh_keys.Kind.TRAFFIC
+                else mpb.SecurityPolicyResponse
+            )
+            try:
+                policy = decode.FromString(event.kv.value).policy
+            except Exception:
+                policy = None
+            if policy is not None:
+                self._selectors[key] = (policy.source, policy.destination)
+                selectors.append(self._selectors[key])
+        texts = {t for pair in selectors for t in pair}
+        out: set[str] = set()
+        for workload, sids in self._by_workload.items():
+            if any(selects(t, workload) for t in texts):
+                out |= sids
+        return out
+
+    def _config_change(self, sid: str, event: WatchEvent, deleted: bool) -> set[str]:
+        service = self._config_service.pop(sid, None)
+        if not deleted:
+            try:
+                service = pb.SidecarConfigurationResponse.FromString(event.kv.value).service_name
+            except Exception:
+                return set()
+            self._config_service[sid] = service
+        out = {sid} if sid in self.sessions else set()
+        if service:
+            out |= self._by_destination.get(service, set())
+        return out
+
+    def _instance_change(self, sid: str, deleted: bool) -> set[str]:
+        session = self.sessions.get(sid)
+        if deleted:
+            service = self._instance_service.pop(sid, None)
+            if session is not None:
+                session.close(
+                    InstanceNotRegistered(
+                        f"instance {sid} was deregistered", details={"serviceId": sid}
+                    )
+                )
+                self.close(session)
+        else:
+            instance = self._builder_instance(sid)
+            service = instance.service_name if instance is not None else None
+            if service:
+                self._instance_service[sid] = service
+        out = {sid} if session is not None and not deleted else set()
+        if service:
+            self._builder.forget(service)
+            dependents = self._by_destination.get(service)
+            if dependents:
+                digest = self._builder.endpoints(service)[1]
+                if digest != self._endpoint_digests.get(service):
+                    self._endpoint_digests[service] = digest
+                    out |= dependents
+            else:
+                self._endpoint_digests.pop(service, None)
+        return out
