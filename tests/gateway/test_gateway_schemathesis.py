@@ -47,6 +47,9 @@ BEYOND_SCHEMA = {
     "POST /sidecar-proxy/config",
     "PUT /sidecar-proxy/policies/{policyId}",
     "GET /sidecar-proxy/policies/{policyId}",
+    # An admin must name the service (serviceId or serviceName) whose sidecars it asks about.
+    "GET /sidecar-proxy/health",
+    "GET /sidecar-proxy/metrics",
 }
 # (operation, status) of every generated request, to prove the run exercised the happy paths.
 SEEN: Counter[tuple[str, int]] = Counter()
