@@ -89,6 +89,10 @@ class SidecarIndex:
     def get(self, service_id: str) -> Record | None:
         return self._cache.get(service_id)
 
+    def services(self) -> list[str]:
+        """The names of the services with stored configurations, in order."""
+        return sorted(self._keys.by_service)
+
     def of_service(self, service_name: str) -> dict[str, Record]:
         """serviceId -> configuration, for the service's stored configurations."""
         return dict(self._keys.by_service.get(service_name, {}))
