@@ -83,8 +83,8 @@ class MeshIndex:
         self._cache: Reflector[Record] = Reflector(
             store, keys.PREFIX, self._keys, clock=clock, history=history, name="mesh"
         )
-        # (mesh revision, defaults, defaults revision) -> the configuration compiled then.
-        self._compiled: tuple[tuple[int, DestinationDefaults | None, int], MeshConfig] | None = None
+        # The last configuration compiled: (its revisions (index, defaults), defaults, it).
+        self._compiled: tuple[tuple[int, int], DestinationDefaults | None, MeshConfig] | None = None
         self.read_your_writes_timeouts = 0  # fed by the core when wait_for gives up
 
     async def start(self) -> None:
@@ -145,9 +145,9 @@ class MeshIndex:
         """The decision engine's effective configuration and the store revision it was compiled
         at: the index's, or the defaults' when newer. ``defaults`` (None: none) give the deny-all
         destinations and the sources' retry and timeout settings."""
-        defaults_revision = defaults.revision if defaults is not None else 0
-        key = (self.revision, defaults, defaults_revision)
-        if self._compiled is None or self._compiled[0] != key:
+        revisions = (self.revision, defaults.revision if defaults is not None else 0)
+        cached = self._compiled
+        if cached is None or cached[0] != revisions or cached[1] is not defaults:
             destinations = {
                 cb.service_name: pb.DestinationSettings(circuit_breaker=cb.config)
                 for cb in self.circuit_breakers()
@@ -159,8 +159,8 @@ class MeshIndex:
                 deny_all=defaults.deny_all() if defaults is not None else (),
                 outbound=defaults.outbound if defaults is not None else None,
             )
-            self._compiled = (key, config)
-        return self._compiled[1], max(self.revision, defaults_revision)
+            cached = self._compiled = (revisions, defaults, config)
+        return cached[2], max(revisions)
 
     def _get(self, store_key: bytes) -> Record | None:
         return self._cache.get(store_key[len(keys.PREFIX) :].decode())

@@ -140,6 +140,12 @@ async def test_the_configuration_is_recompiled_when_either_revision_moves(env: E
     assert env.control.explain(explain()).revision == written.revision
 
 
+async def test_another_provider_at_the_same_revision_is_compiled_anew(env: Env) -> None:
+    assert env.control.explain(explain()).verdict.decision == pb.DECISION_ALLOW
+    env.control.use_destination_defaults(FakeDefaults(denied={"blockchain-core"}))
+    assert env.control.explain(explain()).verdict.decision == pb.DECISION_DENY
+
+
 async def test_without_defaults_explain_is_as_before(env: Env) -> None:
     env.defaults.denied = {"blockchain-core"}
     env.defaults.routes = {("api-gateway", "blockchain-core"): (RETRY, TIMEOUT)}
