@@ -5,13 +5,12 @@ configuration follows both revisions. A fake provider over a real MeshIndex (mem
 from __future__ import annotations
 
 import ast
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from lucid_cp.api.lucid.discovery.v1 import discovery_pb2
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as pb
 from lucid_cp.clock import FakeClock
 from lucid_cp.mesh.control import SECURITY, MeshControl
@@ -19,7 +18,7 @@ from lucid_cp.mesh.defaults import DestinationDefaults, Outbound
 from lucid_cp.mesh.index import MeshIndex
 from lucid_cp.store.memory import MemoryStore
 
-from .conftest import security
+from .conftest import NoServices, security
 
 ROOT = Path(__file__).resolve().parents[2]
 RETRY = pb.RetryConfig(max_attempts=3, initial_delay=200)
@@ -39,14 +38,6 @@ class FakeDefaults:
 
     def outbound(self, source_service: str, destination_service: str) -> Outbound:
         return self.routes.get((source_service, destination_service), (None, None))
-
-
-class NoServices:
-    def of_service(self, service_name: str) -> dict[str, discovery_pb2.ServiceInstance]:
-        return {}
-
-    def ordered(self, service_name: str = "") -> Iterator[discovery_pb2.ServiceInstance]:
-        return iter(())
 
 
 @dataclass

@@ -3,7 +3,7 @@ SidecarIndex over the memory store, records written as the core stores them)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from lucid_cp.sidecar.defaults import SidecarDefaults
 from lucid_cp.sidecar.index import SidecarIndex
 from lucid_cp.store.base import Put
 from lucid_cp.store.memory import MemoryStore
+from tests.mesh.conftest import NoServices
 
 SIDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(1, 5)]
 DENY_ALL = {"authorization": {"enabled": True, "policy": "AUTHORIZATION_POLICY_DENY_ALL"}}
@@ -47,16 +48,6 @@ class Env:
         deleted, revision = await self.store.delete(keys.config_key(sid))
         assert deleted == 1
         assert await self.index.wait_for(revision, 5.0)
-
-
-class NoServices:
-    """Discovery as the mesh core sees it (Explain asks nothing of it)."""
-
-    def of_service(self, service_name: str) -> dict[str, Any]:
-        return {}
-
-    def ordered(self, service_name: str = "") -> Iterator[Any]:
-        return iter(())
 
 
 @pytest.fixture
