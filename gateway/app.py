@@ -208,7 +208,7 @@ class Gateway:
             return Response(status_code=204, headers=headers)
         return Response(
             encode_response(route, reply),
-            status_code=route.success_status,
+            status_code=_status_of(route, reply),
             headers=headers,
             media_type=JSON_TYPE,
         )
@@ -308,6 +308,14 @@ def _api_error(route: Route, exc: grpc.aio.AioRpcError) -> ApiError:
         cast(Sequence[tuple[str, str | bytes]] | None, exc.trailing_metadata()),
         strip_field_prefix=field_prefix(route),
     )
+
+
+def _status_of(route: Route, reply: Message) -> int:
+    """The HTTP status of a successful call: ``unhealthy_status`` when the method reports
+    health and the reply says unhealthy, else the success status."""
+    if route.healthy_field is not None and not getattr(reply, route.healthy_field.name):
+        return route.unhealthy_status
+    return route.success_status
 
 
 def _request_id(header: str | None) -> str:

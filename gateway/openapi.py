@@ -4,10 +4,10 @@ Paths come from the google.api.http templates (path variables named by the field
 names). When every template starts with ``/api/v1`` (as in the seed), that prefix moves into
 ``servers`` and the paths read like the seed's (``/service-discovery/services``). Schemas are
 one component per message, constraints come from ``(lucid.common.v1.rules)``, enums are their
-wire strings, success statuses come from ``(lucid.common.v1.http_options)``, security (admin-only) from
-``(lucid.common.v1.policy)``. Cross-field rules (``(lucid.common.v1.message_rules)``) are listed
-as ``x-lucid-rules`` on the message's schema (and on the operation, for the request message) and
-described on the field they make required.
+wire strings, success and unhealthy statuses come from ``(lucid.common.v1.http_options)``,
+security (admin-only) from ``(lucid.common.v1.policy)``. Cross-field rules
+(``(lucid.common.v1.message_rules)``) are listed as ``x-lucid-rules`` on the message's schema
+(and on the operation, for the request message) and described on the field they make required.
 """
 
 from __future__ import annotations
@@ -260,6 +260,8 @@ class _Builder:
                     '{"error": ...} line if the stream fails'
                 )
         responses: dict[str, Any] = {status: success}
+        if route.healthy_field is not None:
+            responses[str(route.unhealthy_status)] = self._unhealthy(route, success)
         codes = ["400", "401", "403", "404"]
         if route.http_method != "GET":
             codes.append("409")
@@ -267,8 +269,23 @@ class _Builder:
             codes.append("413")
         codes += ["429", "default"]
         for code in codes:
-            responses[code] = {"$ref": f"#/components/responses/{_ERRORS[code][0]}"}
+            responses.setdefault(code, {"$ref": f"#/components/responses/{_ERRORS[code][0]}"})
         return responses
+
+    @staticmethod
+    def _unhealthy(route: Route, success: Schema) -> Schema:
+        """The status a reply reporting ill health is answered with: the success body, or the
+        standard error shape when the call itself failed with that status (e.g. 503)."""
+        assert route.healthy_field is not None
+        [(media, content)] = success["content"].items()
+        schema = {"oneOf": [content["schema"], _ref(ERROR_SCHEMA)]}
+        return {
+            "description": (
+                f"Unhealthy: the success body with {route.healthy_field.json_name} false; or"
+                " the standard error shape when the call itself fails with this status"
+            ),
+            "content": {media: {"schema": schema}},
+        }
 
     # ---------------------------------------------------------------- schemas
 

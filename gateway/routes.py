@@ -31,6 +31,11 @@ class Route:
     server_streaming: bool
     success_status: int
     admin_only: bool
+    # A response that reports health ((lucid.common.v1.http_options)): when its bool field
+    # ``healthy_field`` is false the call is answered ``unhealthy_status`` with the same body.
+    # 0 and None when the method declares none.
+    unhealthy_status: int
+    healthy_field: FieldDescriptor | None
     # Path variables: proto field-name path -> resolved field chain.
     path_fields: dict[tuple[str, ...], FieldPath]
     body_field: FieldDescriptor | None  # set when body names one field
@@ -178,6 +183,7 @@ def _route(
     status = http.success_status or 200
     if not 200 <= status <= 299:
         raise TemplateError(f"success_status {status} is not a 2xx status")
+    healthy_field = _healthy_field(method, http, status)
     return Route(
         method=method,
         binding=binding,
@@ -187,10 +193,35 @@ def _route(
         server_streaming=method.server_streaming,
         success_status=status,
         admin_only=policy.admin_only,
+        unhealthy_status=http.unhealthy_status,
+        healthy_field=healthy_field,
         path_fields=path_fields,
         body_field=body_field,
         response_field=response_field,
     )
+
+
+def _healthy_field(
+    method: MethodDescriptor, http: options_pb2.HttpOptions, success_status: int
+) -> FieldDescriptor | None:
+    """The response's bool field ``healthy_field`` names, checked with ``unhealthy_status``;
+    None when the method declares neither."""
+    status, name = http.unhealthy_status, http.healthy_field
+    if not status and not name:
+        return None
+    if not (status and name):
+        raise TemplateError("unhealthy_status and healthy_field must be set together")
+    if not 400 <= status <= 599:
+        raise TemplateError(f"unhealthy_status {status} is not a 4xx or 5xx status")
+    if method.server_streaming:
+        raise TemplateError("unhealthy_status applies to unary methods only")
+    if success_status == 204:
+        raise TemplateError("unhealthy_status needs a response body (success_status is 204)")
+    response = method.output_type
+    field = _top_level_field(response, name, "healthy_field")
+    if field.type != FieldDescriptor.TYPE_BOOL or field.is_repeated:
+        raise TemplateError(f"healthy_field {name!r} is not a bool field of {response.full_name}")
+    return field
 
 
 def _rules(field: FieldDescriptor) -> options_pb2.FieldRules:

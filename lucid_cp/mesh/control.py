@@ -23,6 +23,7 @@ from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.errors import Conflict, FieldViolation, InvalidArgument
 from lucid_cp.mesh import checks, keys
+from lucid_cp.mesh.defaults import DestinationDefaults
 from lucid_cp.mesh.engine import Request, decide, to_explain_response
 from lucid_cp.mesh.errors import (
     InvalidCircuitBreaker,
@@ -144,6 +145,13 @@ class MeshControl:
         self._index = index
         self._services = services
         self._clock = clock
+        self._defaults: DestinationDefaults | None = None
+
+    def use_destination_defaults(self, defaults: DestinationDefaults | None) -> None:
+        """What Explain reads besides the mesh's resources: the deny-all destinations and the
+        sources' retry and timeout settings (set by a system built on the mesh, e.g. the
+        sidecar's configurations). None (the default): neither, the mesh default is allow."""
+        self._defaults = defaults
 
     @property
     def revision(self) -> int:
@@ -337,7 +345,7 @@ class MeshControl:
     # -- Explain -----------------------------------------------------------------------------
 
     def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
-        config, revision = self._index.config()
+        config, revision = self._index.config(self._defaults)
         return to_explain_response(decide(Request.from_proto(request), config), config, revision)
 
     # -- the write and read steps ------------------------------------------------------------

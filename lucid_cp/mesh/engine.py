@@ -2,7 +2,8 @@
 (Explain) and by the sidecar.
 
 Input: a ``Request`` and a ``MeshConfig`` (the enabled policies compiled once, the destinations'
-settings, the destinations whose SecurityConfig says deny-all). Output: a ``Result``, the
+settings, the destinations whose SecurityConfig says deny-all, the retry and timeout settings
+each source applies to its destinations). Output: a ``Result``, the
 ``Verdict`` of the enforcing policies with its trace, plus the shadow verdict when it differs.
 ``to_explain_response`` turns it into an ExplainResponse.
 
@@ -32,12 +33,13 @@ verdict's trace, marked by their policy's mode; they never change the decision.
 
 Weighted split: with ``draw`` (a number in [0, 1) from the caller's random source) the branch is
 chosen deterministically (cumulative weights); without it (Explain) every branch is reported and
-none chosen. Every target carries its destination's circuit breaker, retry and timeout settings.
+none chosen. In the ExplainResponse every target carries its destination's circuit breaker and
+the retry and timeout settings the request's source applies to it (``MeshConfig.settings``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,6 +64,9 @@ TRAFFIC = pb.TRACE_STAGE_TRAFFIC
 ROUTED = pb.TRACE_STAGE_TRAFFIC_DEFAULT
 _TOKEN_METHODS = frozenset({pb.AUTH_METHOD_JWT, pb.AUTH_METHOD_API_KEY, pb.AUTH_METHOD_OAUTH2})
 
+
+# (retry, timeout) a source applies to its requests to a destination; None: not configured.
+Outbound = tuple[pb.RetryConfig | None, pb.TimeoutConfig | None]
 
 _STAGE_ORDER: dict[int, int] = {
     stage: i for i, stage in enumerate((REQUIREMENT, ACCESS, DEFAULT, TRAFFIC, ROUTED))
@@ -243,6 +248,10 @@ def _ordered(policies: Iterable[Any]) -> tuple[_Policy, ...]:
     return tuple(sorted(compiled, key=lambda p: (-p.priority, p.namespace, p.name)))
 
 
+def _no_outbound(source: str, destination: str) -> Outbound:
+    return None, None
+
+
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
     """The effective configuration, compiled once. Disabled policies are dropped; policies must
@@ -252,6 +261,7 @@ class MeshConfig:
     security: tuple[_Policy, ...]
     destinations: Mapping[str, pb.DestinationSettings]
     deny_all: frozenset[str]
+    outbound: Callable[[str, str], Outbound]
 
     @classmethod
     def compile(
@@ -260,16 +270,42 @@ class MeshConfig:
         security: Iterable[pb.SecurityPolicy] = (),
         destinations: Mapping[str, pb.DestinationSettings] | None = None,
         deny_all: Collection[str] = (),
+        outbound: Callable[[str, str], Outbound] | None = None,
     ) -> MeshConfig:
         """``destinations``: service -> its circuit breaker, retry and timeout settings;
-        ``deny_all``: services whose SecurityConfig authorization policy is deny-all."""
+        ``deny_all``: services whose SecurityConfig authorization policy is deny-all;
+        ``outbound``: (source, destination) -> the (retry, timeout) the source applies to its
+        requests to the destination, each None when it configures none. A lookup in memory over
+        the state the configuration is compiled from (``lucid_cp.mesh.defaults``): whoever holds
+        a compiled configuration recompiles when that state changes."""
         return cls(
-            _ordered(traffic), _ordered(security), dict(destinations or {}), frozenset(deny_all)
+            _ordered(traffic),
+            _ordered(security),
+            dict(destinations or {}),
+            frozenset(deny_all),
+            outbound or _no_outbound,
         )
 
     @property
     def has_shadow(self) -> bool:
         return any(p.shadow for p in (*self.traffic, *self.security))
+
+    def settings(self, source: str, destination: str) -> pb.DestinationSettings | None:
+        """What comes with ``destination`` for requests from ``source``: its settings from
+        ``destinations``, with the retry and timeout ``source`` applies to it instead of theirs
+        when it applies any; None when there are none."""
+        base = self.destinations.get(destination)
+        retry, timeout = self.outbound(source, destination)
+        if retry is None and timeout is None:
+            return base
+        out = pb.DestinationSettings()
+        if base is not None:
+            out.CopyFrom(base)
+        if retry is not None:
+            out.retry.CopyFrom(retry)
+        if timeout is not None:
+            out.timeout.CopyFrom(timeout)
+        return out
 
 
 # --- the result ---------------------------------------------------------------------------------
@@ -314,13 +350,15 @@ class Verdict:
 class Result:
     verdict: Verdict
     shadow: Verdict | None  # set only when it differs from verdict
+    source: str  # the request's source service (whose outbound settings its targets get)
 
 
 def decide(request: Request, config: MeshConfig, *, draw: float | None = None) -> Result:
     """The decision for ``request``; ``draw`` in [0, 1) chooses a weighted-split branch."""
     verdict = _evaluate(request, config, shadow=False, draw=draw)
+    source = request.source.name
     if not config.has_shadow:
-        return Result(verdict, None)
+        return Result(verdict, None, source)
     shadow = _evaluate(request, config, shadow=True, draw=draw)
     would = [
         replace(e, reason=f"shadow, would have: {e.reason}")
@@ -331,7 +369,7 @@ def decide(request: Request, config: MeshConfig, *, draw: float | None = None) -
     # within each stage.
     trace = sorted((*verdict.trace, *would), key=lambda e: _STAGE_ORDER[e.stage])
     verdict = replace(verdict, trace=tuple(trace))
-    return Result(verdict, None if shadow.same_outcome(verdict) else shadow)
+    return Result(verdict, None if shadow.same_outcome(verdict) else shadow, source)
 
 
 # --- the combining order ------------------------------------------------------------------------
@@ -566,7 +604,7 @@ def _choose(branches: list[Target], draw: float | None) -> tuple[Target, ...]:
 # --- ExplainResponse ----------------------------------------------------------------------------
 
 
-def _verdict_proto(v: Verdict, config: MeshConfig) -> pb.Verdict:
+def _verdict_proto(v: Verdict, config: MeshConfig, source: str) -> pb.Verdict:
     out = pb.Verdict(decision=v.decision, http_status=v.http_status, summary=v.summary)  # type: ignore[arg-type]
     for t in v.targets:
         target = out.targets.add(
@@ -576,7 +614,7 @@ def _verdict_proto(v: Verdict, config: MeshConfig) -> pb.Verdict:
             percent=t.percent,
             chosen=t.chosen,
         )
-        settings = config.destinations.get(t.service)
+        settings = config.settings(source, t.service)
         if settings is not None:
             target.settings.CopyFrom(settings)
     for e in v.trace:
@@ -597,7 +635,8 @@ def to_explain_response(
     result: Result, config: MeshConfig, revision: int = 0
 ) -> pb.ExplainResponse:
     """``revision``: the store revision ``config`` was read at."""
-    response = pb.ExplainResponse(verdict=_verdict_proto(result.verdict, config), revision=revision)
+    verdict = _verdict_proto(result.verdict, config, result.source)
+    response = pb.ExplainResponse(verdict=verdict, revision=revision)
     if result.shadow is not None:
-        response.shadow.CopyFrom(_verdict_proto(result.shadow, config))
+        response.shadow.CopyFrom(_verdict_proto(result.shadow, config, result.source))
     return response

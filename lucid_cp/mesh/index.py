@@ -6,7 +6,9 @@ List and Explain read only from here. Cached messages are immutable once inserte
 never mutated): readers copy before filling in anything.
 
 ``config()`` compiles the decision engine's effective configuration (enabled policies, circuit
-breakers by destination) once per applied revision, so Explain does not recompile per call.
+breakers by destination, and what the destination defaults say: deny-all destinations, the
+sources' retry and timeout settings) once per (applied revision, defaults revision), so Explain
+does not recompile per call.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.mesh import keys
+from lucid_cp.mesh.defaults import DestinationDefaults
 from lucid_cp.mesh.engine import MeshConfig
 from lucid_cp.store.base import KeyValue, WatchedPrefix
 from lucid_cp.watchcache import Handler, Reflector
@@ -80,7 +83,8 @@ class MeshIndex:
         self._cache: Reflector[Record] = Reflector(
             store, keys.PREFIX, self._keys, clock=clock, history=history, name="mesh"
         )
-        self._compiled: tuple[int, MeshConfig] | None = None
+        # The last configuration compiled: (its revisions (index, defaults), defaults, it).
+        self._compiled: tuple[tuple[int, int], DestinationDefaults | None, MeshConfig] | None = None
         self.read_your_writes_timeouts = 0  # fed by the core when wait_for gives up
 
     async def start(self) -> None:
@@ -137,10 +141,13 @@ class MeshIndex:
         """In service-name order."""
         return self._sorted(keys.Kind.CIRCUIT_BREAKER)  # type: ignore[return-value]
 
-    def config(self) -> tuple[MeshConfig, int]:
-        """The decision engine's effective configuration and the revision it was compiled at."""
-        revision = self.revision
-        if self._compiled is None or self._compiled[0] != revision:
+    def config(self, defaults: DestinationDefaults | None = None) -> tuple[MeshConfig, int]:
+        """The decision engine's effective configuration and the store revision it was compiled
+        at: the index's, or the defaults' when newer. ``defaults`` (None: none) give the deny-all
+        destinations and the sources' retry and timeout settings."""
+        revisions = (self.revision, defaults.revision if defaults is not None else 0)
+        cached = self._compiled
+        if cached is None or cached[0] != revisions or cached[1] is not defaults:
             destinations = {
                 cb.service_name: pb.DestinationSettings(circuit_breaker=cb.config)
                 for cb in self.circuit_breakers()
@@ -149,9 +156,11 @@ class MeshIndex:
                 (r.policy for r in self.traffic_policies()),
                 (r.policy for r in self.security_policies()),
                 destinations,
+                deny_all=defaults.deny_all() if defaults is not None else (),
+                outbound=defaults.outbound if defaults is not None else None,
             )
-            self._compiled = (revision, config)
-        return self._compiled[1], revision
+            cached = self._compiled = (revisions, defaults, config)
+        return cached[2], max(revisions)
 
     def _get(self, store_key: bytes) -> Record | None:
         return self._cache.get(store_key[len(keys.PREFIX) :].decode())

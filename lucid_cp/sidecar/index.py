@@ -93,6 +93,10 @@ class SidecarIndex:
         """(serviceId, configuration) of every stored configuration."""
         return list(self._cache.items())
 
+    def services(self) -> list[str]:
+        """The names of the services with stored configurations, in order."""
+        return sorted(self._keys.by_service)
+
     def of_service(self, service_name: str) -> dict[str, Record]:
         """serviceId -> configuration, for the service's stored configurations."""
         return dict(self._keys.by_service.get(service_name, {}))

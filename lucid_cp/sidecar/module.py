@@ -26,6 +26,7 @@ from lucid_cp.mesh import keys
 from lucid_cp.mesh.module import MeshSystem
 from lucid_cp.rpc.metrics import count_from
 from lucid_cp.sidecar.control import SidecarControl
+from lucid_cp.sidecar.defaults import SidecarDefaults
 from lucid_cp.sidecar.distributor import Distributor
 from lucid_cp.sidecar.errors import INVALID_REQUEST, STATUS_ROWS, InvalidSidecarConfiguration
 from lucid_cp.sidecar.index import SidecarIndex
@@ -82,6 +83,7 @@ class SidecarSystem:
         self._discovery, self._mesh = discovery, mesh
         self.index = SidecarIndex(env.store, clock=env.clock, history=settings.index_history)
         self.control = SidecarControl(env.store, self.index, discovery.index, mesh.index, env.clock)
+        mesh.control.use_destination_defaults(SidecarDefaults(self.index))
         self.status = StatusIndex(env.store, clock=env.clock)
         self.writer = StatusWriter(
             env.store,

@@ -8,8 +8,8 @@ A snapshot holds (ConnectResponse in sidecar.proto):
 - its destinations: the services its routes and default route name, and the single services
   that traffic policies selecting it as source name as destination or as redirect, mirror or
   split target. Each comes with its circuit breaker (mesh), the retry and timeout this sidecar
-  applies to it (its own routing: the first route to it, else routing.retry/timeout), whether
-  its sidecars' authorization is deny-all, and its endpoints: the non-draining instances that
+  applies to it (``defaults.outbound``), whether its sidecars' authorization is deny-all
+  (``defaults.denies_all`` of the service's newest configuration), and its endpoints: the non-draining instances that
   are healthy (or, when none is, degraded), as Resolve picks them;
 - the mesh-wide mTLS settings.
 
@@ -31,6 +31,7 @@ from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
 from lucid_cp.mesh.engine import plain
 from lucid_cp.mesh.selectors import SelectorError, Workload, parse, single_service
+from lucid_cp.sidecar.defaults import denies_all, latest, outbound
 
 _TARGET_ACTIONS = frozenset(
     {mpb.TRAFFIC_ACTION_REDIRECT, mpb.TRAFFIC_ACTION_MIRROR, mpb.TRAFFIC_ACTION_WEIGHTED_SPLIT}
@@ -94,43 +95,6 @@ def usable_endpoints(instances: Iterable[dpb.ServiceInstance]) -> list[dpb.Servi
         if chosen:
             return sorted(chosen, key=lambda i: i.service_id)
     return []
-
-
-def outbound_settings(
-    cfg: pb.SidecarConfiguration | None, destination: str
-) -> tuple[mpb.RetryConfig | None, mpb.TimeoutConfig | None]:
-    """The retry and timeout a sidecar with configuration ``cfg`` applies to calls to
-    ``destination``: its first route to that service, else its routing-wide settings. A route's
-    ``timeout`` (ms) overrides the request timeout."""
-    if cfg is None:
-        return None, None
-    routing = cfg.routing
-    retry = routing.retry if routing.HasField("retry") else None
-    timeout = mpb.TimeoutConfig()
-    if routing.HasField("timeout"):
-        timeout.CopyFrom(routing.timeout)
-    has_timeout = routing.HasField("timeout")
-    for route in routing.routes:
-        if route.destination != destination:
-            continue
-        if route.HasField("retry"):
-            retry = route.retry
-        if route.HasField("timeout"):
-            timeout.request = route.timeout
-            has_timeout = True
-        break
-    return retry, (timeout if has_timeout else None)
-
-
-def deny_all(configs: Iterable[pb.SidecarConfigurationResponse]) -> bool:
-    """Whether a service's sidecars deny by default: its most recently written configuration
-    has authorization enabled with policy deny-all."""
-    latest = max(configs, key=lambda r: r.revision, default=None)
-    if latest is None:
-        return False
-    authz = latest.configuration.security.authorization
-    enabled = authz.enabled if authz.HasField("enabled") else True
-    return enabled and authz.policy == pb.AUTHORIZATION_POLICY_DENY_ALL
 
 
 def _route_services(cfg: pb.SidecarConfiguration) -> set[str]:
@@ -203,7 +167,8 @@ class SnapshotBuilder:
         return cached
 
     def deny_all(self, service: str) -> bool:
-        return deny_all(self._configs.of_service(service).values())
+        found = latest(self._configs.of_service(service))
+        return found is not None and denies_all(found)
 
     def build(self, service_id: str) -> Built | None:
         """The snapshot of instance ``service_id``'s sidecar; None when it is not registered."""
@@ -253,7 +218,7 @@ class SnapshotBuilder:
         breaker = self._mesh.circuit_breaker(service)
         if breaker is not None:
             out.settings.circuit_breaker.CopyFrom(breaker.config)
-        retry, timeout = outbound_settings(cfg, service)
+        retry, timeout = outbound(cfg, service)
         if retry is not None:
             out.settings.retry.CopyFrom(retry)
         if timeout is not None:

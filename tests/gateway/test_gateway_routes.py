@@ -22,9 +22,15 @@ _T = descriptor_pb2.FieldDescriptorProto
 
 
 def one_method_service(
-    rule: http_pb2.HttpRule, *, client_streaming: bool = False, success_status: int = 0
+    rule: http_pb2.HttpRule,
+    *,
+    client_streaming: bool = False,
+    server_streaming: bool = False,
+    success_status: int = 0,
+    http_options: options_pb2.HttpOptions | None = None,
 ) -> ServiceDescriptor:
-    """A throwaway service with Req{id, ids[], sub{id}} in the default pool."""
+    """A throwaway service with Req{id, ids[], sub{id}} and Resp{ok, count, oks[]} in the
+    default pool."""
     n = next(_counter)
     package = f"lucid.gwbad{n}.v1"
     f = descriptor_pb2.FileDescriptorProto(name=f"lucid/gwbad{n}.proto", package=package)
@@ -42,14 +48,20 @@ def one_method_service(
         label=_T.LABEL_OPTIONAL,
         type_name=f".{package}.Sub",
     )
-    f.message_type.add(name="Resp")
+    resp = f.message_type.add(name="Resp")
+    resp.field.add(name="ok", number=1, type=_T.TYPE_BOOL, label=_T.LABEL_OPTIONAL)
+    resp.field.add(name="count", number=2, type=_T.TYPE_INT32, label=_T.LABEL_OPTIONAL)
+    resp.field.add(name="oks", number=3, type=_T.TYPE_BOOL, label=_T.LABEL_REPEATED)
     method = f.service.add(name="BadService").method.add(
         name="Call",
         input_type=f".{package}.Req",
         output_type=f".{package}.Resp",
         client_streaming=client_streaming,
+        server_streaming=server_streaming,
     )
     method.options.Extensions[annotations_pb2.http].CopyFrom(rule)
+    if http_options is not None:
+        method.options.Extensions[options_pb2.http_options].CopyFrom(http_options)
     if success_status:
         method.options.Extensions[options_pb2.http_options].success_status = success_status
     pool = descriptor_pool.Default()

@@ -66,6 +66,8 @@ def test_api_conforms_to_its_openapi_document(case: Any) -> None:
     excluded = [positive_data_acceptance] if case.operation.label in BEYOND_SCHEMA else []
     response = case.call_and_validate(headers=ADMIN, timeout=10, excluded_checks=excluded)
     SEEN[(case.operation.label, response.status_code)] += 1
+    if case.operation.label == "GET /sidecar-proxy/health" and response.status_code == 503:
+        return  # documented: a sidecar that is not healthy (same body as 200)
     assert response.status_code < 500
 
 

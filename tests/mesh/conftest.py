@@ -3,7 +3,7 @@ health checks off), gRPC stubs for mesh and discovery, and request builders."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,16 @@ SETTINGS = Settings(
     sections=(DiscoverySettings(health_checks_enabled=False),),
 )
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+class NoServices:
+    """Discovery as the mesh core sees it, with nothing registered (for cores built by hand)."""
+
+    def of_service(self, service_name: str) -> dict[str, dpb.ServiceInstance]:
+        return {}
+
+    def ordered(self, service_name: str = "") -> Iterator[dpb.ServiceInstance]:
+        return iter(())
 
 
 def traffic(**over: Any) -> pb.TrafficPolicy:

@@ -673,3 +673,59 @@ def test_targets_go_through_the_single_service_parse() -> None:
     [target] = response.verdict.targets
     assert target.service == "chain-v2"
     assert target.settings.circuit_breaker.failure_threshold == 5
+
+
+# --- the sources' retry and timeout settings (MeshConfig.outbound) ------------------------------
+
+OUT_RETRY = pb.RetryConfig(max_attempts=4)
+OUT_TIMEOUT = pb.TimeoutConfig(request=2000)
+
+
+def _outbound(source: str, destination: str) -> tuple[Any, Any]:
+    """api-gateway retries blockchain-core and times out tron-wallet; nothing else."""
+    table = {
+        ("api-gateway", "blockchain-core"): (OUT_RETRY, None),
+        ("api-gateway", "tron-wallet"): (None, OUT_TIMEOUT),
+    }
+    return table.get((source, destination), (None, None))
+
+
+def test_targets_carry_the_retry_and_timeout_their_source_applies() -> None:
+    breaker = pb.CircuitBreakerConfig(failure_threshold=5, recovery_timeout=30)
+    config = MeshConfig.compile(
+        traffic=[tp("t", [r(MIRROR, **to("tron-wallet", percent=10))])],
+        destinations={
+            "blockchain-core": pb.DestinationSettings(
+                circuit_breaker=breaker, retry=pb.RetryConfig(max_attempts=9)
+            )
+        },
+        outbound=_outbound,
+    )
+    response = to_explain_response(decide(Request(GW, CORE), config), config)
+    primary, mirror = response.verdict.targets
+    # The destination's breaker stays; the source's retry replaces the destination's.
+    assert primary.settings == pb.DestinationSettings(circuit_breaker=breaker, retry=OUT_RETRY)
+    assert mirror.settings == pb.DestinationSettings(timeout=OUT_TIMEOUT)
+    # Another source applies none: only the destination's own settings.
+    other = decide(Request(WALLET, CORE), config)
+    primary, mirror = to_explain_response(other, config).verdict.targets
+    assert primary.settings.retry.max_attempts == 9
+    assert not mirror.HasField("settings")
+
+
+def test_shadow_targets_carry_the_source_settings_too() -> None:
+    config = MeshConfig.compile(
+        traffic=[tp("canary", [r(REDIRECT, **to("tron-wallet"))], **SHADOW)], outbound=_outbound
+    )
+    response = to_explain_response(decide(Request(GW, CORE), config), config)
+    assert response.verdict.targets[0].settings.retry == OUT_RETRY
+    [redirected] = response.shadow.targets
+    assert (redirected.service, redirected.settings.timeout) == ("tron-wallet", OUT_TIMEOUT)
+
+
+def test_settings_without_any_are_none() -> None:
+    config = MeshConfig.compile(outbound=_outbound)
+    assert config.settings("tron-wallet", "blockchain-core") is None
+    assert config.settings("api-gateway", "blockchain-core") == pb.DestinationSettings(
+        retry=OUT_RETRY
+    )

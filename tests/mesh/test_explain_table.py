@@ -12,8 +12,8 @@ from lucid_cp.mesh.selectors import CLUSTERS, PLANES, Workload
 from .conftest import ADMIN, Mesh
 from .test_engine import CASES, CORE, GW, Case, wire
 
-# Every step of the combining order, and shadow mode; deny-all defaults cannot be written
-# through the API yet (they come with sidecar configuration), so those cases stay unit tests.
+# Every step of the combining order, and shadow mode. Deny-all defaults come from sidecar
+# configurations: tests/sidecar/test_sidecar_defaults.py runs those through Explain.
 IDS = (
     "require-auth-unmet-401",
     "require-auth-required-claim-held",

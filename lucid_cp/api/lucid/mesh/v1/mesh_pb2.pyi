@@ -1606,10 +1606,10 @@ Global___ExplainRequest: _TypeAlias = ExplainRequest  # noqa: Y015
 
 @_typing.final
 class DestinationSettings(_message.Message):
-    """What comes with a destination: its circuit breaker, and the retry and timeout settings that
-    apply to it (each absent when none is configured). Explain fills only `circuit_breaker` (from
-    UpdateCircuitBreaker): retry and timeout settings come with sidecar configuration
-    (lucid.sidecar.v1), which Explain does not read yet, so they are always absent there.
+    """What comes with a destination: its circuit breaker (UpdateCircuitBreaker), and the retry and
+    timeout settings the request's source applies to it (from the source service's newest sidecar
+    configuration, lucid.sidecar.v1: its first route to this destination, else routing.retry /
+    routing.timeout; a route's `timeout` replaces `request`). Each absent when none is configured.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1779,7 +1779,9 @@ class ExplainResponse(_message.Message):
     SHADOW_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
-    """Store revision of the configuration evaluated."""
+    """Store revision of the configuration evaluated: the newer of the mesh and sidecar
+    configuration revisions read.
+    """
     @_builtins.property
     def verdict(self) -> Global___Verdict:
         """The decision with only enforcing policies."""

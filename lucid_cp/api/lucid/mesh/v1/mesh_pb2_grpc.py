@@ -243,9 +243,9 @@ class MeshServiceServicer:
 
     def Explain(self, request, context):
         """The decision engine on one request, with its trace (as a sidecar would decide it now, from
-        the enabled policies and circuit breakers this replica's index holds). Not yet passed to it:
-        destinations' SecurityConfig deny-all defaults and retry/timeout settings (they come with
-        sidecar configuration), so the mesh default is always allow here.
+        the enabled policies and circuit breakers this replica's index holds, and the stored sidecar
+        configurations: a destination whose newest configuration says deny-all is denied at step 3,
+        and targets carry the source's retry and timeout settings).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

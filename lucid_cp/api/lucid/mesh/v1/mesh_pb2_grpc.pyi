@@ -98,9 +98,9 @@ class MeshServiceStub:
     """404 until mTLS has been configured."""
     Explain: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.ExplainRequest, _mesh_pb2.ExplainResponse]
     """The decision engine on one request, with its trace (as a sidecar would decide it now, from
-    the enabled policies and circuit breakers this replica's index holds). Not yet passed to it:
-    destinations' SecurityConfig deny-all defaults and retry/timeout settings (they come with
-    sidecar configuration), so the mesh default is always allow here.
+    the enabled policies and circuit breakers this replica's index holds, and the stored sidecar
+    configurations: a destination whose newest configuration says deny-all is denied at step 3,
+    and targets carry the source's retry and timeout settings).
     """
 
 @_typing.type_check_only
@@ -140,9 +140,9 @@ class MeshServiceAsyncStub(MeshServiceStub):
     """404 until mTLS has been configured."""
     Explain: _aio.UnaryUnaryMultiCallable[_mesh_pb2.ExplainRequest, _mesh_pb2.ExplainResponse]  # type: ignore[assignment]
     """The decision engine on one request, with its trace (as a sidecar would decide it now, from
-    the enabled policies and circuit breakers this replica's index holds). Not yet passed to it:
-    destinations' SecurityConfig deny-all defaults and retry/timeout settings (they come with
-    sidecar configuration), so the mesh default is always allow here.
+    the enabled policies and circuit breakers this replica's index holds, and the stored sidecar
+    configurations: a destination whose newest configuration says deny-all is denied at step 3,
+    and targets carry the source's retry and timeout settings).
     """
 
 class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -281,9 +281,9 @@ class MeshServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mesh_pb2.ExplainResponse, _abc.Awaitable[_mesh_pb2.ExplainResponse]]:
         """The decision engine on one request, with its trace (as a sidecar would decide it now, from
-        the enabled policies and circuit breakers this replica's index holds). Not yet passed to it:
-        destinations' SecurityConfig deny-all defaults and retry/timeout settings (they come with
-        sidecar configuration), so the mesh default is always allow here.
+        the enabled policies and circuit breakers this replica's index holds, and the stored sidecar
+        configurations: a destination whose newest configuration says deny-all is denied at step 3,
+        and targets carry the source's retry and timeout settings).
         """
 
 def add_MeshServiceServicer_to_server(servicer: MeshServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
