@@ -99,3 +99,84 @@ async def test_two_replicas_share_sidecar_configurations(fresh_etcd) -> None:
     finally:
         await first.stop(grace=0.5)
         await second.stop(grace=0.5)
+
+
+async def test_pushes_and_rollout_across_two_replicas(fresh_etcd) -> None:
+    """A sidecar on replica A gets a policy written through B and an endpoint change made
+    through B; rollout status on either replica counts the sidecars connected to both."""
+    from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
+    from lucid_cp.api.lucid.mesh.v1 import mesh_pb2_grpc
+    from tests.mesh.conftest import traffic
+
+    from .conftest import ADMIN
+    from .fake_sidecar import FakeSidecar
+    from .test_connect import until
+
+    settings = replace(SETTINGS, store_url=fresh_etcd.url)
+    first, second = await start_control_plane(settings), await start_control_plane(settings)
+    sides: list[FakeSidecar] = []
+    try:
+        async with (
+            grpc.aio.insecure_channel(first.grpc_target) as a,
+            grpc.aio.insecure_channel(second.grpc_target) as b,
+        ):
+            disc_b = discovery_pb2_grpc.DiscoveryServiceStub(b)
+            stubs = (sidecar_pb2_grpc.SidecarServiceStub(a), sidecar_pb2_grpc.SidecarServiceStub(b))
+            core = []
+            for _ in range(2):
+                reg = registration("blockchain-core")
+                md = auth("blockchain-core")
+                await disc_b.Register(dpb.RegisterRequest(registration=reg), metadata=md)
+                up = dpb.HealthUpdate(status=dpb.HEALTH_STATE_HEALTHY)
+                await disc_b.UpdateHealth(
+                    dpb.UpdateHealthRequest(service_id=reg.service_id, update=up), metadata=md
+                )
+                core.append(reg.service_id)
+            gws = []
+            for stub in stubs:  # one sidecar on each replica
+                reg = registration("api-gateway")
+                await disc_b.Register(dpb.RegisterRequest(registration=reg), metadata=GW)
+                written = await stubs[1].ConfigureSidecar(
+                    pb.ConfigureSidecarRequest(configuration=config(reg.service_id)), metadata=GW
+                )
+                await _until_applied(first.system(SidecarSystem).index, written.revision)
+                gws.append(reg.service_id)
+                sides.append(FakeSidecar(stub, reg.service_id, GW))
+            for side in sides:
+                first_snapshot = await side.wait(1)
+                (dest,) = first_snapshot.destinations
+                assert sorted(e.service_id for e in dest.endpoints) == sorted(core)
+
+            created = await mesh_pb2_grpc.MeshServiceStub(b).CreateTrafficPolicy(
+                mpb.CreateTrafficPolicyRequest(policy=traffic(source="api-gateway")),
+                metadata=ADMIN,
+            )
+            for side in sides:
+                assert (await side.wait(2)).version >= created.revision
+
+            for stub in stubs:
+
+                async def applied(stub: sidecar_pb2_grpc.SidecarServiceStub = stub) -> bool:
+                    status = await stub.GetRollout(
+                        pb.GetRolloutRequest(revision=created.revision), metadata=ADMIN
+                    )
+                    return (
+                        status.connected == 2 and status.applied == 2 and len(status.replicas) == 2
+                    )
+
+                await until(applied)
+
+            await disc_b.Deregister(
+                dpb.DeregisterRequest(service_id=core[1]), metadata=auth("blockchain-core")
+            )
+            for side in sides:
+                (dest,) = (await side.wait(3)).destinations
+                assert [e.service_id for e in dest.endpoints] == [core[0]]
+            listed = await stubs[0].ListSidecars(pb.ListSidecarsRequest(), metadata=ADMIN)
+            assert sorted(r.service_id for r in listed.sidecars) == sorted(gws)
+            assert len({r.replica for r in listed.sidecars}) == 2
+    finally:
+        for side in sides:
+            await side.close()
+        await first.stop(grace=0.5)
+        await second.stop(grace=0.5)
