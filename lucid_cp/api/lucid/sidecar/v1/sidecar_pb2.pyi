@@ -8,9 +8,8 @@ configuration and receives its receipts (ACK/NACK) and metrics reports. Schemas 
 data-models.md ("Beta Sidecar Models"; RetryConfig and TimeoutConfig of "Configuration
 Models" are lucid.mesh.v1's, imported: the same schemas, one definition).
 
-SidecarService (at the end) serves the configuration RPCs; the metrics, health, rollout and
-Connect RPCs come with the distribution stream (planned list at the end). Nothing is pushed to
-sidecars yet: a stored configuration is what a sidecar will receive once Connect exists.
+SidecarService (at the end) serves the configuration RPCs, the Connect stream, and the reads
+of what sidecars applied and reported (rollout, sidecar list, health, metrics).
 
 DESTINATIONS. A route's `destination` and `routing.defaultRoute` name either a registered
 service (^[a-z0-9-]{3,50}$: requests go to its healthy, non-draining instances, which the
@@ -1396,8 +1395,8 @@ class SidecarPolicyResponse(_message.Message):
 
     @_builtins.property
     def service_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The instances (serviceIds) whose configuration holds it, in serviceId order. (Once the
-        Connect stream exists each gets a new snapshot; nothing is pushed yet.)
+        """The instances (serviceIds) whose configuration holds it, in serviceId order (each, when
+        connected, gets a new snapshot).
         """
 
     @_builtins.property
@@ -2201,6 +2200,15 @@ class Hello(_message.Message):
     `nack` for every snapshot and a `report` every monitoring.metrics.interval seconds; the
     control plane sends a snapshot on connect (unless the hello's version is current) and after
     every change that affects the sidecar.
+
+    VERSIONS. A snapshot's version is the store revision through which the replica had evaluated
+    every change when it built it: version >= N means "built after every change up to N". A
+    change that does not alter a sidecar's content sends it nothing (its version stays); rollout
+    status still counts it as current for N once its replica has evaluated N. A snapshot queued
+    but not yet read by a slow sidecar is replaced by a newer one, never queued behind it.
+    What a snapshot carries and which changes reach which sidecars: lucid_cp/sidecar/snapshot.py
+    and distributor.py (dependency index: destination service -> sidecars; policy selectors are
+    matched against the connected sidecars' workloads).
 
     LATENCY BUCKETS. Upper bounds in milliseconds, inclusive, fixed for every sidecar so reports
     merge by adding counts:

@@ -8,9 +8,8 @@ configuration and receives its receipts (ACK/NACK) and metrics reports. Schemas 
 data-models.md ("Beta Sidecar Models"; RetryConfig and TimeoutConfig of "Configuration
 Models" are lucid.mesh.v1's, imported: the same schemas, one definition).
 
-SidecarService (at the end) serves the configuration RPCs; the metrics, health, rollout and
-Connect RPCs come with the distribution stream (planned list at the end). Nothing is pushed to
-sidecars yet: a stored configuration is what a sidecar will receive once Connect exists.
+SidecarService (at the end) serves the configuration RPCs, the Connect stream, and the reads
+of what sidecars applied and reported (rollout, sidecar list, health, metrics).
 
 DESTINATIONS. A route's `destination` and `routing.defaultRoute` name either a registered
 service (^[a-z0-9-]{3,50}$: requests go to its healthy, non-draining instances, which the
