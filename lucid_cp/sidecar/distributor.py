@@ -175,6 +175,7 @@ class Distributor:
                 f"of service {instance.service_name!r}",
                 details={"subject": principal.subject, "serviceName": instance.service_name},
             )
+        await self._caught_up()
         if hello.version > self.evaluated:
             # It was served by a replica further ahead: catch up before comparing versions.
             with contextlib.suppress(TimeoutError):
@@ -252,10 +253,24 @@ class Distributor:
         if self._dirty:
             self._wake.set()
 
+    async def _caught_up(self) -> None:
+        """Waits (briefly) until every change the indexes hold has been evaluated: a snapshot
+        is built from the indexes, so its version (the evaluated revision) must not be older
+        than what it contains."""
+        target = max(self._instances.revision, self._configs.revision, self._mesh.revision)
+        if self.evaluated >= target:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with self._clock.timeout(INDEX_WAIT):
+                while self.evaluated < target:
+                    self._evaluated_event.clear()
+                    await self._evaluated_event.wait()
+
     async def _push_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._caught_up()
             dirty, self._dirty = self._dirty, {}
             for sid, mark in dirty.items():
                 session = self.sessions.get(sid)
