@@ -31,7 +31,7 @@ from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
 from lucid_cp.discovery.keys import instance_key
-from lucid_cp.errors import Conflict, FieldViolation, PermissionDenied
+from lucid_cp.errors import Conflict, FieldViolation
 from lucid_cp.sidecar import checks, keys
 from lucid_cp.sidecar.errors import (
     InstanceNotRegistered,
@@ -41,6 +41,7 @@ from lucid_cp.sidecar.errors import (
     invalid_configuration,
 )
 from lucid_cp.sidecar.index import SidecarIndex
+from lucid_cp.sidecar.ownership import addressed_service
 from lucid_cp.store.base import (
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
@@ -345,20 +346,7 @@ class SidecarControl:
     @staticmethod
     def _owner(principal: Principal, service_name: str) -> str:
         """The service whose policy is addressed: an admin names it, a service token is it."""
-        if principal.is_admin:
-            if not service_name:
-                raise InvalidSidecarPolicy(
-                    "serviceName: is required with an admin token",
-                    [FieldViolation("serviceName", "is required with an admin token")],
-                )
-            return service_name
-        if service_name and service_name != principal.subject:
-            raise PermissionDenied(
-                f"token subject {principal.subject!r} may not address the policies of "
-                f"service {service_name!r}",
-                details={"subject": principal.subject, "serviceName": service_name},
-            )
-        return principal.subject
+        return addressed_service(principal, service_name, InvalidSidecarPolicy, "the policies")
 
     # -- helpers -----------------------------------------------------------------------------
 

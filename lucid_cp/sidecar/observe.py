@@ -19,13 +19,13 @@ from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
 from lucid_cp.api.lucid.sidecar.v1 import storage_pb2 as spb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
-from lucid_cp.errors import FieldViolation, PermissionDenied
 from lucid_cp.sidecar import keys, usage
 from lucid_cp.sidecar.errors import (
     InstanceNotRegistered,
     InvalidSidecarConfiguration,
     SidecarResourceNotFound,
 )
+from lucid_cp.sidecar.ownership import addressed_service
 from lucid_cp.sidecar.session import Session
 from lucid_cp.sidecar.status import StatusIndex
 from lucid_cp.store.base import KeyReader
@@ -212,20 +212,9 @@ class Observer:
 
     @staticmethod
     def _service(principal: Principal, service_name: str) -> str:
-        if principal.is_admin:
-            if not service_name:
-                raise InvalidSidecarConfiguration(
-                    "serviceName: serviceId or serviceName is required with an admin token",
-                    [FieldViolation("serviceName", "serviceId or serviceName is required")],
-                )
-            return service_name
-        if service_name and service_name != principal.subject:
-            raise PermissionDenied(
-                f"token subject {principal.subject!r} may not read the sidecars of service "
-                f"{service_name!r}",
-                details={"subject": principal.subject, "serviceName": service_name},
-            )
-        return principal.subject
+        return addressed_service(
+            principal, service_name, InvalidSidecarConfiguration, "the sidecars"
+        )
 
     # -- metrics -----------------------------------------------------------------------------
 
