@@ -37,8 +37,9 @@ async def rollout(sc: Sidecars, **kw: Any) -> pb.RolloutStatus:
 async def until(check: Any, timeout: float = 5.0) -> Any:
     """Polls the async ``check`` until it returns something truthy."""
     async with asyncio.timeout(timeout):
-        while not (found := await check()):
-            await asyncio.sleep(0.02)  # noqa: ASYNC110 (polling another process's state)
+        # Polling another process's state: there is no event to wait on.
+        while not (found := await check()):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     return found
 
 
