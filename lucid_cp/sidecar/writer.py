@@ -72,6 +72,7 @@ class StatusWriter:
         self._ttl = ttl
         self._lease = 0
         self._pending: dict[bytes, _Write] = {}
+        self._in_flight = 0  # flushes under way: their batch is out of _pending, not yet written
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._progress = 0
@@ -142,7 +143,7 @@ class StatusWriter:
 
     async def drain(self) -> None:
         """Returns once everything queued so far is written (tests, stop)."""
-        while self._pending:
+        while self._pending or self._in_flight:
             self._flushed.clear()
             self._wake.set()
             await self._flushed.wait()
@@ -170,6 +171,7 @@ class StatusWriter:
     async def _flush(self) -> None:
         batch, self._pending = self._pending, {}
         items = list(batch.items())
+        self._in_flight += 1
         try:
             while items:
                 chunk = _chunk(items)
@@ -189,6 +191,8 @@ class StatusWriter:
             for key, write in items:  # keep what was not written, unless replaced meanwhile
                 self._pending.setdefault(key, write)
             raise
+        finally:
+            self._in_flight -= 1
 
     async def _keepalive_loop(self) -> None:
         period = max(self._ttl / 3, 0.1)
