@@ -6,9 +6,10 @@
                                               the control plane knows it; the instance's lease
 /lucid/sidecar/status/replicas/<replica>      ReplicaProgress: a replica's evaluated revision;
                                               under the replica's own lease
-/lucid/sidecar/usage/<serviceName>/<serviceId>/<minute>
-                                              UsageMinute: one sidecar's reports of one minute;
-                                              the instance's lease, deleted after 24 h
+/lucid/sidecar/usage/<serviceName>/<serviceId>/<minute>/<stream>
+                                              UsageMinute: one sidecar's reports of one minute
+                                              on one stream; the instance's lease, deleted
+                                              after 24 h
 
 Each index watches only its own part (configs, status); usage is read by range on demand.
 Values are binary protobuf: for configurations, the read response with only what is stored set
@@ -51,12 +52,26 @@ def usage_prefix(service_name: str, service_id: str = "") -> bytes:
     return USAGE + f"{service_name}/".encode()
 
 
-def usage_key(service_name: str, service_id: str, minute: int) -> bytes:
-    # Zero-padded so that keys sort by minute.
-    return usage_prefix(service_name, service_id) + f"{minute:012d}".encode()
+def usage_minute_prefix(service_name: str, service_id: str, minute: int) -> bytes:
+    """Every stream's record of one sidecar's minute. Zero-padded: keys sort by minute."""
+    return usage_prefix(service_name, service_id) + f"{minute:012d}/".encode()
+
+
+def usage_key(service_name: str, service_id: str, minute: int, stream: str) -> bytes:
+    return usage_minute_prefix(service_name, service_id, minute) + stream.encode()
 
 
 def usage_minute(key: bytes) -> int | None:
     """The minute of a usage key, None when it is not one."""
-    tail = key.rsplit(b"/", 1)[-1]
-    return int(tail) if key.startswith(USAGE) and tail.isdigit() else None
+    parsed = parse_usage(key)
+    return parsed[2] if parsed is not None else None
+
+
+def parse_usage(key: bytes) -> tuple[str, str, int, str] | None:
+    """(serviceName, serviceId, minute, stream) of a usage key, None when it is not one."""
+    if not key.startswith(USAGE):
+        return None
+    parts = key[len(USAGE) :].decode().split("/")
+    if len(parts) != 4 or not parts[2].isdigit() or not all(parts):
+        return None
+    return parts[0], parts[1], int(parts[2]), parts[3]

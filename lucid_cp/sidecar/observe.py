@@ -69,6 +69,16 @@ def nacked(session: spb.SidecarSession) -> bool:
     return session.HasField("last_nack") and session.last_nack.version > session.applied_version
 
 
+def read_usage(key: bytes, value: bytes) -> spb.UsageMinute | None:
+    """A stored usage record with what its key says filled back in."""
+    parsed = keys.parse_usage(key)
+    if parsed is None:
+        return None
+    record = spb.UsageMinute.FromString(value)
+    record.service_name, record.service_id, record.minute, record.stream = parsed
+    return record
+
+
 class Observer:
     def __init__(
         self,
@@ -225,22 +235,23 @@ class Observer:
         sids = [request.service_id] if request.service_id else [s.service_id for s in sessions]
         now = self._clock.now()
         start_minute = usage.window_start_of(now, request.time_range) // 60
-        records: dict[tuple[str, int], spb.UsageMinute] = {}
+        records: dict[tuple[str, int, str], spb.UsageMinute] = {}
         revision = 0
         for sid in sids:
-            start = keys.usage_key(name, sid, start_minute)
+            start = keys.usage_minute_prefix(name, sid, start_minute)
             found = await self._store.range(keys.usage_prefix(name, sid), start=start)
             revision = max(revision, found.revision)
             for kv in found.kvs:
-                record = spb.UsageMinute.FromString(kv.value)
-                records[(sid, record.minute)] = record
+                record = read_usage(kv.key, kv.value)
+                if record is not None:
+                    records[(sid, record.minute, record.stream)] = record
         local = self._local()
         for sid in sids:
             session = local.get(sid)
             if session is None:
                 continue
             for record in session.unflushed():  # not written yet: only this replica has it
-                records.setdefault((sid, record.minute), record)
+                records.setdefault((sid, record.minute, record.stream), record)
         out = usage.window(
             records.values(), now=now, time_range=request.time_range, kinds=request.metrics
         )

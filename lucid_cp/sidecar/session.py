@@ -72,6 +72,7 @@ class Session:
         self.error: Exception | None = None
         self.minutes: dict[int, spb.UsageMinute] = {}
         self._written_through = 0  # the newest minute handed to the writer
+        self.stream = secrets.token_hex(8)  # names this stream's usage records
         self.latest_digest = b""
         now = clock.now()
         record = spb.SidecarSession(
@@ -128,12 +129,14 @@ class Session:
         self._wake.set()
 
     def disconnected(self, *, replaced: bool) -> None:
-        """Records the end of the stream (unless a newer stream of the sidecar took over)."""
+        """Records the end of the stream: its unwritten minutes are written now, and its session
+        record says disconnected (unless a newer stream of the sidecar took over: that one's
+        record stands)."""
+        self._flush_minutes(final=True)
         if replaced:
             return
         self.record.connected = False
         self.record.disconnected_at.CopyFrom(_ts(self._clock.now()))
-        self._flush_minutes(final=True)
         self._save()
 
     # -- the stream's side ---------------------------------------------------------------------
@@ -233,7 +236,10 @@ class Session:
         record = self.minutes.get(minute)
         if record is None:
             record = self.minutes[minute] = spb.UsageMinute(
-                service_id=self.service_id, service_name=self.service_name, minute=minute
+                service_id=self.service_id,
+                service_name=self.service_name,
+                minute=minute,
+                stream=self.stream,
             )
         usage.add_report(record, report)
         flushed = self._flush_minutes(final=False)

@@ -115,9 +115,14 @@ class StatusWriter:
 
     def usage(self, record: spb.UsageMinute) -> None:
         name, sid = record.service_name, record.service_id
-        self._queue(keys.usage_key(name, sid, record.minute), record.SerializeToString(), record)
-        old = keys.usage_key(name, sid, record.minute - DAY_MINUTES)
-        self._pending.setdefault(old, _Write(None, 0))
+        key = keys.usage_key(name, sid, record.minute, record.stream)
+        value = spb.UsageMinute()
+        value.CopyFrom(record)
+        for named_by_key in ("service_id", "service_name", "minute", "stream"):
+            value.ClearField(named_by_key)  # the key says them: ~110 bytes less per record
+        self._queue(key, value.SerializeToString(), record)
+        old = keys.usage_minute_prefix(name, sid, record.minute - DAY_MINUTES)
+        self._pending.setdefault(old, _Write(None, 0))  # every stream's record of that minute
 
     def progress(self, evaluated: int, sidecars: int, *, force: bool = False) -> None:
         """The replica has evaluated every change up to ``evaluated``."""
@@ -176,7 +181,9 @@ class StatusWriter:
             while items:
                 chunk = _chunk(items)
                 ops = [
-                    Put(k, w.value, w.lease or self._lease) if w.value is not None else Delete(k)
+                    Put(k, w.value, w.lease or self._lease)
+                    if w.value is not None
+                    else Delete(k, prefix=k.endswith(b"/"))
                     for k, w in chunk
                 ]
                 try:

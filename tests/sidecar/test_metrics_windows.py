@@ -363,7 +363,7 @@ async def test_a_late_report_counts_in_the_next_minute_and_never_overwrites(mesh
     at(mesh.clock, T0 + 61)
     a.tick()  # M0 is over: written
     await flushed(mesh.holder.writer, mesh.clock)
-    m0 = await mesh.store.get(keys.usage_key("orders", SID_A, M0))
+    m0 = await mesh.store.get(keys.usage_key("orders", SID_A, M0, a.stream))
     assert m0 is not None and spb.UsageMinute.FromString(m0.value).requests == 5
 
     # A report of M0 arriving in M1: merged into M1, the first minute not written yet.
@@ -399,7 +399,7 @@ async def test_a_late_report_counts_in_the_next_minute_and_never_overwrites(mesh
         M0 + 1: (1, 7),
         M0 + 2: (1, 1),
     }
-    again = await mesh.store.get(keys.usage_key("orders", SID_A, M0))
+    again = await mesh.store.get(keys.usage_key("orders", SID_A, M0, a.stream))
     assert again is not None and again.mod_revision == m0.mod_revision  # written once
 
 
@@ -420,12 +420,6 @@ async def test_who_may_read_which_metrics(mesh: Mesh) -> None:
     assert own.service_name == "billing" and not own.has_reports
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a sidecar reconnecting to another replica within the minute its old "
-    "stream ended has that minute written twice; the second (partial) record overwrites the "
-    "first, losing its reports",
-)
 async def test_a_reconnection_within_the_minute_keeps_both_streams_reports(mesh: Mesh) -> None:
     at(mesh.clock, T0 + 1)
     first = mesh.holder.connect(SID_A, mesh.instances)

@@ -238,12 +238,16 @@ async def test_a_new_minute_deletes_the_same_minute_a_day_before(parts: Parts) -
     writer = parts.replica.writer
     day = 24 * 60
     for minute in (M0 - day, M0 - day + 1):
-        writer.usage(spb.UsageMinute(service_id=SID_A, service_name="orders", minute=minute))
+        writer.usage(
+            spb.UsageMinute(service_id=SID_A, service_name="orders", minute=minute, stream="s1")
+        )
     await parts.flushed()
     prefix = keys.usage_prefix("orders", SID_A)
     found = await parts.store.range(prefix)
     assert [keys.usage_minute(kv.key) for kv in found.kvs] == [M0 - day, M0 - day + 1]
-    writer.usage(spb.UsageMinute(service_id=SID_A, service_name="orders", minute=M0, reports=1))
+    writer.usage(
+        spb.UsageMinute(service_id=SID_A, service_name="orders", minute=M0, reports=1, stream="s2")
+    )
     await parts.flushed()
     found = await parts.store.range(prefix)
     assert [keys.usage_minute(kv.key) for kv in found.kvs] == [M0 - day + 1, M0]

@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
 from lucid_cp.api.lucid.sidecar.v1.storage_pb2 import UsageMinute
 from lucid_cp.errors import FieldViolation
+from lucid_cp.sidecar import keys
 from lucid_cp.sidecar.usage import (
     BUCKETS,
     LATENCY_BOUNDS_MS,
@@ -500,10 +501,14 @@ def realistic_minute() -> UsageMinute:
 
 def test_stored_bytes_per_day() -> None:
     minute = realistic_minute()
-    key = f"/lucid/sidecar/usage/{minute.service_name}/{minute.service_id}/{minute.minute}"
-    value_len = len(minute.SerializeToString())
-    per_day = stored_bytes_per_day(minute, len(key.encode()))
+    key = keys.usage_key(minute.service_name, minute.service_id, minute.minute, "0" * 16).decode()
+    stored = UsageMinute()
+    stored.CopyFrom(minute)
+    for named_by_key in ("service_id", "service_name", "minute", "stream"):
+        stored.ClearField(named_by_key)  # as the status writer stores it
+    value_len = len(stored.SerializeToString())
+    per_day = stored_bytes_per_day(stored, len(key.encode()))
     print(f"usage record {value_len} B + key {len(key)} B; per sidecar per day {per_day} B")
     assert per_day == 1440 * (value_len + len(key))
-    assert (value_len, len(key), per_day) == (234, 117, 505_440)
+    assert (value_len, len(key), per_day) == (139, 138, 398_880)
     assert per_day < 512 * 1024

@@ -25,10 +25,13 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class UsageMinute(_message.Message):
-    """One sidecar's metrics reports of one minute, merged by adding counts. Written at most once
-    per sidecar per minute (when the minute is over, by the replica holding its stream) at
-    /lucid/sidecar/usage/<serviceName>/<serviceId>/<minute>, under the instance's store lease,
-    and deleted once older than 24 h. A report belongs to the minute its windowEnd falls in.
+    """One sidecar's metrics reports of one minute on one Connect stream, merged by adding counts.
+    Written once per stream per minute (when the minute is over, or the stream ends, by the
+    replica holding the stream) at /lucid/sidecar/usage/<serviceName>/<serviceId>/<minute>/<stream>,
+    under the instance's store lease, and deleted once older than 24 h. A report belongs to the
+    minute its windowEnd falls in. A sidecar that reconnects within a minute has one record per
+    stream for it; readers add them up. Stored without serviceId, serviceName, minute and stream
+    (the key holds them).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -67,6 +70,7 @@ class UsageMinute(_message.Message):
     CONNECTIONS_OPENED_FIELD_NUMBER: _builtins.int
     BYTES_IN_FIELD_NUMBER: _builtins.int
     BYTES_OUT_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
     service_name: _builtins.str
     minute: _builtins.int
@@ -81,6 +85,8 @@ class UsageMinute(_message.Message):
     connections_opened: _builtins.int
     bytes_in: _builtins.int
     bytes_out: _builtins.int
+    stream: _builtins.str
+    """The stream that received the reports (random, per Connect stream)."""
     @_builtins.property
     def by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Status class "1xx".."5xx" -> responses."""
@@ -108,10 +114,11 @@ class UsageMinute(_message.Message):
         connections_opened: _builtins.int = ...,
         bytes_in: _builtins.int = ...,
         bytes_out: _builtins.int = ...,
+        stream: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connections_at", b"connections_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_status", b"by_status", "bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "connections_active", b"connections_active", "connections_at", b"connections_at", "connections_opened", b"connections_opened", "errors", b"errors", "latency_buckets", b"latency_buckets", "latency_sum_ms", b"latency_sum_ms", "minute", b"minute", "reports", b"reports", "requests", b"requests", "service_id", b"service_id", "service_name", b"service_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_status", b"by_status", "bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "connections_active", b"connections_active", "connections_at", b"connections_at", "connections_opened", b"connections_opened", "errors", b"errors", "latency_buckets", b"latency_buckets", "latency_sum_ms", b"latency_sum_ms", "minute", b"minute", "reports", b"reports", "requests", b"requests", "service_id", b"service_id", "service_name", b"service_name", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
