@@ -29,16 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
+from lucid_cp.api.lucid.sidecar.v1 import storage_pb2 as spb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys as discovery_keys
+from lucid_cp.discovery.records import decode_record
 from lucid_cp.errors import Conflict, PermissionDenied
 from lucid_cp.mesh import keys as mesh_keys
 from lucid_cp.mesh.selectors import Workload
@@ -52,6 +54,7 @@ from lucid_cp.store.base import (
     CompactedError,
     EventType,
     KeyReader,
+    StoreUnavailableError,
     WatchBatch,
     Watcher,
     WatchEvent,
@@ -79,6 +82,37 @@ class Index(Protocol):
 
 class DistributorStore(KeyReader, Watcher, Protocol):
     """Reads and one watch."""
+
+
+class IndexContents(Protocol):
+    """What the indexes hold now, as the distributor's maps need it."""
+
+    def policies(self) -> Iterable[tuple[bytes, tuple[str, str]]]:
+        """(store key, (source, destination)) of every traffic and security policy."""
+        ...
+
+    def instances(self) -> Iterable[tuple[str, str]]:
+        """(serviceId, serviceName) of every registered instance."""
+        ...
+
+    def configs(self) -> Iterable[tuple[str, str]]:
+        """(serviceId, serviceName) of every stored sidecar configuration."""
+        ...
+
+
+async def _supervised(
+    loop: Callable[[], Awaitable[None]], name: str, sleep: Callable[[float], Awaitable[None]]
+) -> None:
+    """Runs ``loop`` for good: an unexpected error is logged and the loop restarted (a bug
+    must not silently end distribution)."""
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sidecar distributor: the %s loop failed; restarting it", name)
+            await sleep(1.0)
 
 
 @dataclass(slots=True)
@@ -119,29 +153,30 @@ class Distributor:
         self._evaluated_event = asyncio.Event()
         self.evaluated = 0
         self._tasks: list[asyncio.Task[None]] = []
+        status.on_session(self._record_written)
         self.pushes = 0  # snapshots sent
         self.skipped = 0  # rebuilt snapshots equal to what the sidecar had
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(
-        self,
-        policies: Iterable[tuple[bytes, str, str]],
-        instances: Iterable[tuple[str, str]],
-        configs: Iterable[tuple[str, str]],
-    ) -> None:
-        """``policies``: (key, source, destination) of the stored policies; ``instances`` and
-        ``configs``: (serviceId, serviceName) of what the indexes hold now. Changes after the
-        oldest index's revision are replayed through the watch."""
+    async def start(self, snapshot_of: IndexContents) -> None:
+        """``snapshot_of`` lists what the indexes hold (now, and again after a compaction).
+        Changes after the oldest index's revision are replayed through the watch."""
+        self._snapshot_of = snapshot_of
         self.evaluated = min(self._instances.revision, self._configs.revision, self._mesh.revision)
-        self._selectors = {k: (s, d) for k, s, d in policies}
-        self._instance_service = dict(instances)
-        self._config_service = dict(configs)
+        self._selectors = dict(snapshot_of.policies())
+        self._instance_service = dict(snapshot_of.instances())
+        self._config_service = dict(snapshot_of.configs())
         self._tasks = [
-            asyncio.create_task(self._follow(), name="sidecar-distributor-watch"),
-            asyncio.create_task(self._push_loop(), name="sidecar-distributor-push"),
-            asyncio.create_task(self._tick_loop(), name="sidecar-distributor-tick"),
+            asyncio.create_task(self._supervised(self._follow, "watch"), name="sidecar-watch"),
+            asyncio.create_task(self._supervised(self._push_loop, "push"), name="sidecar-push"),
+            asyncio.create_task(self._supervised(self._tick_loop, "tick"), name="sidecar-tick"),
         ]
+
+    def _supervised(
+        self, loop: Callable[[], Awaitable[None]], name: str
+    ) -> Coroutine[Any, Any, None]:
+        return _supervised(loop, name, self._clock.sleep)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -183,6 +218,18 @@ class Distributor:
                     while self.evaluated < hello.version:
                         self._evaluated_event.clear()
                         await self._evaluated_event.wait()
+            if hello.version > self.evaluated:
+                raise StoreUnavailableError(
+                    f"this replica has evaluated the store up to revision {self.evaluated}, "
+                    f"older than the sidecar's version {hello.version}; retry"
+                )
+        # Deregistered meanwhile (the watch saw it before this session existed)?
+        instance = self._builder_instance(hello.service_id)
+        if instance is None:
+            raise InstanceNotRegistered(
+                f"no instance {hello.service_id} is registered",
+                details={"serviceId": hello.service_id},
+            )
         old = self.sessions.get(hello.service_id)
         if old is not None:
             old.close(SessionReplaced("a newer Connect stream of this sidecar took over"))
@@ -201,7 +248,17 @@ class Distributor:
         )
         self.sessions[hello.service_id] = session
         self._by_workload.setdefault(session.workload, set()).add(hello.service_id)
-        self._push(session, self._clock.now())
+        try:
+            self._push(session, self._clock.now())
+        except BaseException:
+            self.close(session)
+            raise
+        if session.closed:  # its instance was gone after all
+            self.close(session)
+            raise session.error or InstanceNotRegistered(
+                f"no instance {hello.service_id} is registered",
+                details={"serviceId": hello.service_id},
+            )
         self._progress()
         return session
 
@@ -217,7 +274,7 @@ class Distributor:
         if self.sessions.get(sid) is session:
             del self.sessions[sid]
         for dest in session.destinations:
-            self._unlink(self._by_destination, dest, sid)
+            self._drop_dependency(dest, sid)
         self._unlink(self._by_workload, session.workload, sid)
         self._dirty.pop(sid, None)
         session.disconnected(replaced=replaced)
@@ -229,6 +286,24 @@ class Distributor:
             found.discard(sid)
             if not found:
                 del index[key]
+
+    def _record_written(self, record: spb.SidecarSession) -> None:
+        """Another replica wrote the record of a sidecar whose stream is open here: it was the
+        sidecar's previous stream ending late (a reconnection across replicas). This stream is
+        the newer one, so its record is written again."""
+        session = self.sessions.get(record.service_id)
+        if session is None or record.replica == self._writer.replica:
+            return
+        if not record.connected or record.connected_since.ToNanoseconds() <= (
+            session.record.connected_since.ToNanoseconds()
+        ):
+            session.save()
+
+    def _drop_dependency(self, destination: str, sid: str) -> None:
+        self._unlink(self._by_destination, destination, sid)
+        if destination not in self._by_destination:  # nobody routes there any more
+            self._endpoint_digests.pop(destination, None)
+            self._builder.forget(destination)
 
     def _builder_instance(self, service_id: str) -> dpb.ServiceInstance | None:
         return self._builder.instance(service_id)
@@ -281,12 +356,19 @@ class Distributor:
 
     def _push(self, session: Session, observed_at: float) -> None:
         built = self._builder.build(session.service_id)
-        if built is None:
-            return  # deregistered: the watch ends the session
+        if built is None:  # deregistered
+            session.close(
+                InstanceNotRegistered(
+                    f"instance {session.service_id} was deregistered",
+                    details={"serviceId": session.service_id},
+                )
+            )
+            self.close(session)
+            return
         sid = session.service_id
         if built.destinations != session.destinations:
             for dest in session.destinations - built.destinations:
-                self._unlink(self._by_destination, dest, sid)
+                self._drop_dependency(dest, sid)
             for dest in built.destinations - session.destinations:
                 self._by_destination.setdefault(dest, set()).add(sid)
             session.destinations = built.destinations
@@ -308,7 +390,11 @@ class Distributor:
         self.pushes += 1
 
     def _progress(self) -> None:
-        self._writer.progress(self.evaluated, len(self.sessions))
+        """Publishes the evaluated revision, only when no marked sidecar waits for its push:
+        rollout counts a sidecar current for N once its replica has evaluated N, so every
+        snapshot N caused must be queued (the session record then says it is stale) first."""
+        if not self._dirty:
+            self._writer.progress(self.evaluated, len(self.sessions))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -333,13 +419,33 @@ class Distributor:
                     "sidecar distributor: revision %d compacted; re-evaluating every sidecar",
                     self.evaluated + 1,
                 )
-                self.evaluated = await self._store.current_revision()
-                self._mark(list(self.sessions), self._clock.now())
+                await self._resync()
                 continue
             except Exception as exc:
                 log.warning("sidecar distributor watch failed (%s); retrying in %.1fs", exc, delay)
             await self._clock.sleep(delay)
             delay = backoff.next(delay)
+
+    async def _resync(self) -> None:
+        """The changes since the evaluated revision are gone (compacted): start over from the
+        indexes, as at start-up, and re-evaluate every sidecar (unchanged ones get nothing)."""
+        self.evaluated = await self._store.current_revision()
+        self._selectors = dict(self._snapshot_of.policies())
+        self._instance_service = dict(self._snapshot_of.instances())
+        self._config_service = dict(self._snapshot_of.configs())
+        for sid, session in list(self.sessions.items()):
+            if sid not in self._instance_service:
+                session.close(
+                    InstanceNotRegistered(
+                        f"instance {sid} was deregistered", details={"serviceId": sid}
+                    )
+                )
+                self.close(session)
+        self._endpoint_digests.clear()
+        for service in list(self._by_destination):
+            self._builder.forget(service)
+        self._evaluated_event.set()
+        self._mark(list(self.sessions), self._clock.now())
 
     def _watch(self) -> AsyncIterator[WatchBatch]:
         return self._store.watch(ROOT, self.evaluated + 1)
@@ -356,7 +462,11 @@ class Distributor:
             elif key.startswith(discovery_keys.INSTANCES):
                 waits.add(id(self._instances))
         for index in (self._mesh, self._configs, self._instances):
-            if id(index) in waits and not await index.wait_for(revision, INDEX_WAIT):
+            if id(index) not in waits:
+                continue
+            # The change is under that index's prefix, so it will apply it: wait as long as it
+            # takes (a stalled index stalls pushes rather than pushing without the change).
+            while not await index.wait_for(revision, INDEX_WAIT):
                 log.warning("sidecar distributor: an index has not applied %d yet", revision)
         affected: set[str] = set()
         for event in events:
@@ -384,7 +494,13 @@ class Distributor:
             return self._config_change(sid, event, deleted)
         found = discovery_keys.parse(key)
         if found is not None and found[0] == discovery_keys.INSTANCES:
-            return self._instance_change(found[1], deleted)
+            service = None
+            if not deleted:
+                try:
+                    service = decode_record(event.kv.value, event.kv.mod_revision)[0].service_name
+                except Exception:
+                    return set()
+            return self._instance_change(found[1], service)
         return set()
 
     def _policy_change(
@@ -424,9 +540,12 @@ class Distributor:
             out |= self._by_destination.get(service, set())
         return out
 
-    def _instance_change(self, sid: str, deleted: bool) -> set[str]:
+    def _instance_change(self, sid: str, registered_as: str | None) -> set[str]:
+        """``registered_as``: the instance's service after the change, None when deleted."""
         session = self.sessions.get(sid)
-        if deleted:
+        deleted = registered_as is None
+        service: str | None
+        if registered_as is None:
             service = self._instance_service.pop(sid, None)
             if session is not None:
                 session.close(
@@ -436,10 +555,8 @@ class Distributor:
                 )
                 self.close(session)
         else:
-            instance = self._builder_instance(sid)
-            service = instance.service_name if instance is not None else None
-            if service:
-                self._instance_service[sid] = service
+            service = registered_as
+            self._instance_service[sid] = service
         out = {sid} if session is not None and not deleted else set()
         if service:
             self._builder.forget(service)

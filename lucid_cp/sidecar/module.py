@@ -11,7 +11,8 @@ replica lease is revoked."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,9 +21,11 @@ from google.protobuf.descriptor import FileDescriptor
 
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 from lucid_cp.config import RateLimit
+from lucid_cp.discovery.index import InstanceIndex
 from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.errors import InvalidArgument, InvalidRequestError
 from lucid_cp.mesh import keys
+from lucid_cp.mesh.index import MeshIndex
 from lucid_cp.mesh.module import MeshSystem
 from lucid_cp.rpc.metrics import count_from
 from lucid_cp.sidecar.control import SidecarControl
@@ -46,6 +49,28 @@ class SidecarSettings:
     status_write_interval: float = 0.05
     # TTL of this replica's lease: a replica gone this long has its sidecars read as disconnected.
     replica_ttl: int = 10
+
+
+class _IndexContents:
+    """What the indexes hold, for the distributor's maps (IndexContents)."""
+
+    def __init__(self, mesh: MeshIndex, discovery: InstanceIndex, configs: SidecarIndex) -> None:
+        self._mesh, self._discovery, self._configs = mesh, discovery, configs
+
+    def policies(self) -> Iterator[tuple[bytes, tuple[str, str]]]:
+        for kind, records in (
+            (keys.Kind.TRAFFIC, self._mesh.traffic_policies()),
+            (keys.Kind.SECURITY, self._mesh.security_policies()),
+        ):
+            for r in records:
+                key = keys.policy_key(kind, r.policy.namespace, r.policy.name)
+                yield key, (r.policy.source, r.policy.destination)
+
+    def instances(self) -> Iterator[tuple[str, str]]:
+        return ((i.service_id, i.service_name) for i in self._discovery.ordered())
+
+    def configs(self) -> Iterator[tuple[str, str]]:
+        return ((sid, r.service_name) for sid, r in self._configs.items())
 
 
 class SidecarSystem:
@@ -88,7 +113,9 @@ class SidecarSystem:
         self.writer = StatusWriter(
             env.store,
             discovery.index.lease_of,
-            discovery.replica_id,
+            # Per process: a replica restarted with the same --replica-id must not make its
+            # predecessor's session records read as live again.
+            f"{discovery.replica_id}-{secrets.token_hex(3)}",
             clock=env.clock,
             interval=settings.status_write_interval,
             ttl=settings.replica_ttl,
@@ -118,23 +145,8 @@ class SidecarSystem:
         await self.index.start()
         await self.status.start()
         await self.writer.start()
-        mesh, discovery = self._mesh.index, self._discovery.index
-        policies = [
-            (
-                keys.policy_key(kind, r.policy.namespace, r.policy.name),
-                r.policy.source,
-                r.policy.destination,
-            )
-            for kind, records in (
-                (keys.Kind.TRAFFIC, mesh.traffic_policies()),
-                (keys.Kind.SECURITY, mesh.security_policies()),
-            )
-            for r in records
-        ]
         await self.distributor.start(
-            policies,
-            [(i.service_id, i.service_name) for i in discovery.ordered()],
-            [(sid, r.service_name) for sid, r in self.index.items()],
+            _IndexContents(self._mesh.index, self._discovery.index, self.index)
         )
         index, distributor, writer = self.index, self.distributor, self.writer
         count_from(

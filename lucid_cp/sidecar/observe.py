@@ -234,7 +234,8 @@ class Observer:
         name, sessions = self._scope(principal, request.service_id, request.service_name)
         sids = [request.service_id] if request.service_id else [s.service_id for s in sessions]
         now = self._clock.now()
-        start_minute = usage.window_start_of(now, request.time_range) // 60
+        time_range = request.time_range or pb.TIME_RANGE_15M  # UNSPECIFIED sent explicitly
+        start_minute = usage.window_start_of(now, time_range) // 60
         records: dict[tuple[str, int, str], spb.UsageMinute] = {}
         revision = 0
         for sid in sids:
@@ -252,9 +253,7 @@ class Observer:
                 continue
             for record in session.unflushed():  # not written yet: only this replica has it
                 records.setdefault((sid, record.minute, record.stream), record)
-        out = usage.window(
-            records.values(), now=now, time_range=request.time_range, kinds=request.metrics
-        )
+        out = usage.window(records.values(), now=now, time_range=time_range, kinds=request.metrics)
         out.service_id = request.service_id
         out.service_name = name
         out.revision = revision

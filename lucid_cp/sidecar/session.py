@@ -74,6 +74,8 @@ class Session:
         self._written_through = 0  # the newest minute handed to the writer
         self.stream = secrets.token_hex(8)  # names this stream's usage records
         self.latest_digest = b""
+        self._sent_version = 0  # the version of the last snapshot sent
+        self._pending_meta: tuple[bytes, float] = (b"", 0.0)
         now = clock.now()
         record = spb.SidecarSession(
             service_id=service_id,
@@ -95,6 +97,7 @@ class Session:
                 record.self_healthy = previous.self_healthy
                 record.self_reason = previous.self_reason
             self.latest_digest = previous.applied_digest
+            self._sent_version = previous.applied_version
         self.record = record
         self._save()
 
@@ -109,16 +112,32 @@ class Session:
         return self.record.applied_digest
 
     def has(self, digest: bytes) -> bool:
-        """Whether the sidecar already has this content: the last snapshot sent (or, on a
-        reconnection, the one it applied) had it. Nothing is resent then, whatever its version."""
+        """Whether the sidecar has, or is about to get, this content: the snapshot queued, else
+        the last one sent (or, on a reconnection, the one it applied). Nothing is sent then,
+        whatever its version. Content equal to what was last sent, while another snapshot is
+        still queued (a change undone before the sidecar read it), drops the queued one."""
+        if self._outbox is not None:
+            if digest == self._pending_meta[0]:
+                return True
+            if digest == self.latest_digest:
+                self._outbox = None
+                self.record.latest_version = self._sent_version
+                self._save()
+                return True
+            return False
         return digest == self.latest_digest
 
     def offer(self, snapshot: pb.ConnectResponse, digest: bytes, observed_at: float) -> None:
-        """Queues ``snapshot`` (version set) for sending; it replaces an unsent older one."""
+        """Queues ``snapshot`` (version set) for sending; it replaces an unsent older one. From
+        now on the record says the sidecar's latest version is this one (it is stale until it
+        ACKs it), whether or not it has read it yet."""
         if self._closed:
             return
         self._outbox = snapshot
         self._pending_meta = (digest, observed_at)
+        self.record.latest_version = snapshot.version
+        self.record.latest_sent_at.CopyFrom(_ts(self._clock.now()))
+        self._save()
         self._wake.set()
 
     def close(self, error: Exception | None = None) -> None:
@@ -157,14 +176,14 @@ class Session:
                 while len(self._sent) > SENT_KEPT:
                     self._sent.popitem(last=False)
                 self.latest_digest = digest
-                self.record.latest_version = snapshot.version
-                self.record.latest_sent_at.CopyFrom(_ts(now))
-                self._save()
+                self._sent_version = snapshot.version
                 return snapshot
             self._wake.clear()
             await self._wake.wait()
 
     def receive(self, message: pb.ConnectRequest) -> None:
+        if self._closed:
+            return  # replaced or ended: a late message must not overwrite the newer record
         kind = message.WhichOneof("kind")
         if kind == "ack":
             self._ack(message.ack)
@@ -230,9 +249,13 @@ class Session:
         r.self_healthy = report.healthy
         r.self_reason = report.reason
         end = report.window_end.ToNanoseconds() / 1e9
-        # A late report of a minute already written counts in the first unwritten one: a
-        # minute's record is written once and never overwritten by a partial one.
-        minute = max(usage.minute_of(end), self._written_through + 1)
+        now_minute = usage.minute_of(self._clock.now())
+        # The sidecar's clock says which minute, within reason: at most the current minute and
+        # at least the previous one (a skewed or hostile clock cannot scatter records over the
+        # day or force a write per report). A late report of a minute already written counts
+        # in the first unwritten one: a minute's record is written once per stream.
+        minute = min(max(usage.minute_of(end), now_minute - 1), now_minute)
+        minute = max(minute, self._written_through + 1)
         record = self.minutes.get(minute)
         if record is None:
             record = self.minutes[minute] = spb.UsageMinute(
@@ -268,6 +291,11 @@ class Session:
     def unflushed(self) -> list[spb.UsageMinute]:
         """The minutes not handed to the writer yet (this replica's view of the current one)."""
         return list(self.minutes.values())
+
+    def save(self) -> None:
+        """Writes the session record again (it was overwritten by an older stream's end)."""
+        if not self._closed:
+            self._save()
 
     def _save(self) -> None:
         out = spb.SidecarSession()

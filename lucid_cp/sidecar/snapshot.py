@@ -160,11 +160,22 @@ class SnapshotBuilder:
                 )
                 for i in chosen
             ]
+            labels = self._labels(service)
             digest = hashlib.sha256(
                 b"".join(e.SerializeToString(deterministic=True) for e in endpoints)
+                + f"|{labels[0]}|{labels[1]}".encode()
             ).digest()
             cached = self._endpoints[service] = (endpoints, digest)
         return cached
+
+    def _labels(self, service: str) -> tuple[int, int]:
+        """(cluster, plane) of a service: its instance with the lowest serviceId's, so every
+        replica says the same."""
+        instances = self._instances.of_service(service)
+        if not instances:
+            return 0, 0
+        first = instances[min(instances)]
+        return first.cluster, first.plane
 
     def deny_all(self, service: str) -> bool:
         found = latest(self._configs.of_service(service))
@@ -212,9 +223,7 @@ class SnapshotBuilder:
     def _destination(self, service: str, cfg: pb.SidecarConfiguration | None) -> pb.Destination:
         endpoints, _ = self.endpoints(service)
         out = pb.Destination(service=service, deny_all=self.deny_all(service))
-        for instance in self._instances.of_service(service).values():
-            out.cluster, out.plane = instance.cluster, instance.plane
-            break
+        out.cluster, out.plane = self._labels(service)  # type: ignore[assignment]
         breaker = self._mesh.circuit_breaker(service)
         if breaker is not None:
             out.settings.circuit_breaker.CopyFrom(breaker.config)

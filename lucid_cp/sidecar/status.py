@@ -8,6 +8,8 @@ status, the sidecar list and health read from here, so any replica answers for a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lucid_cp.api.lucid.sidecar.v1 import storage_pb2 as spb
 from lucid_cp.clock import Clock
 from lucid_cp.sidecar import keys
@@ -23,6 +25,7 @@ class _StatusKeys(Handler[Record]):
     def __init__(self) -> None:
         self.sessions: dict[str, spb.SidecarSession] = {}
         self.replicas: dict[str, spb.ReplicaProgress] = {}
+        self.on_session: Callable[[spb.SidecarSession], None] | None = None
 
     def key(self, store_key: bytes) -> str | None:
         key = store_key[len(keys.STATUS) :].decode()
@@ -46,6 +49,8 @@ class _StatusKeys(Handler[Record]):
     def stored(self, key: str, value: Record, previous: Record | None) -> None:
         if isinstance(value, spb.SidecarSession):
             self.sessions[value.service_id] = value
+            if self.on_session is not None:
+                self.on_session(value)
         else:
             self.replicas[value.replica] = value
 
@@ -62,6 +67,10 @@ class StatusIndex:
         self._cache: Reflector[Record] = Reflector(
             store, keys.STATUS, self._keys, clock=clock, history=0, name="sidecar-status"
         )
+
+    def on_session(self, callback: Callable[[spb.SidecarSession], None]) -> None:
+        """Calls ``callback`` with every session record written (from any replica)."""
+        self._keys.on_session = callback
 
     async def start(self) -> None:
         await self._cache.start()

@@ -128,7 +128,7 @@ Global___UsageMinute: _TypeAlias = UsageMinute  # noqa: Y015
 class SidecarSession(_message.Message):
     """A sidecar as the control plane knows it across replicas: written by the replica holding its
     Connect stream (on connect, ACK, NACK, change of its self-assessment, disconnect, and with its
-    minute's metrics) at /lucid/sidecar/sessions/<serviceId>, under the instance's store lease:
+    minute's metrics) at /lucid/sidecar/status/sessions/<serviceId>, under the instance's store lease:
     it outlives the stream (health: "ever connected") but not the instance.
     """
 
@@ -219,7 +219,7 @@ Global___SidecarSession: _TypeAlias = SidecarSession  # noqa: Y015
 
 @_typing.final
 class ReplicaProgress(_message.Message):
-    """A replica's progress, at /lucid/sidecar/replicas/<replica> under the replica's own store lease
+    """A replica's progress, at /lucid/sidecar/status/replicas/<replica> under the replica's own store lease
     (gone with it): every store change up to `evaluatedRevision` has been evaluated for every
     sidecar connected to it, so a sidecar there with appliedVersion == latestVersion is current
     for every revision up to it, including the ones that never affected it (rollout status).
