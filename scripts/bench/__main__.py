@@ -10,6 +10,7 @@ BENCHMARKS = {
     "discovery": "scripts.bench.discovery",
     "rest": "scripts.bench.rest",
     "health": "scripts.bench.health",
+    "sidecar": "scripts.bench.sidecar",
 }
 
 

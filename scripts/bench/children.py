@@ -1,5 +1,6 @@
 """Child processes of a benchmark run: each prints ``READY {json}`` on stdout once it serves and
-exits when its stdin closes; ``Children`` owns them all and stops them on the way out.
+exits when its stdin closes (or, started with ``start_server``, announces itself in its log and
+stops on SIGTERM, as ``lucid-cp serve``); ``Children`` owns them all and stops them on the way out.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -29,6 +31,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     log_path: Path
     info: dict[str, Any] = field(default_factory=dict)
+    # Stopped with SIGTERM first: it does not watch its stdin (e.g. ``lucid-cp serve``).
+    terminate_first: bool = False
 
     @property
     def pid(self) -> int:
@@ -46,13 +50,17 @@ class Child:
         self.proc.stdin.flush()
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """Closes stdin (asks it to exit), then SIGTERM, then SIGKILL. Returns the exit code."""
+        """Closes stdin (asks it to exit; SIGTERM instead when ``terminate_first``), then
+        SIGTERM, then SIGKILL. Returns the exit code."""
         if self.proc.poll() is None:
-            try:
-                if self.proc.stdin is not None:
-                    self.proc.stdin.close()
-            except OSError:
-                pass
+            if self.terminate_first:
+                self.proc.terminate()
+            else:
+                try:
+                    if self.proc.stdin is not None:
+                        self.proc.stdin.close()
+                except OSError:
+                    pass
             try:
                 return self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -90,6 +98,35 @@ class Children:
         self._children.append(child)
         child.info = self._await_ready(child, ready_timeout)
         return child
+
+    def start_server(
+        self,
+        name: str,
+        argv: list[str],
+        ready: re.Pattern[str],
+        *,
+        ready_timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> Child:
+        """A server that announces itself in its log (stdout and stderr), e.g. ``lucid-cp
+        serve``'s "gRPC on HOST:PORT" banner: ready once a line matches ``ready`` (its named
+        groups become ``info``); stopped with SIGTERM."""
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=ROOT
+            )
+        child = Child(name, proc, log_path, terminate_first=True)
+        self._children.append(child)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = ready.search(log_path.read_text(errors="replace"))
+            if found:
+                child.info = {**found.groupdict(), "pid": proc.pid}
+                return child
+            time.sleep(0.05)
+        child.stop(5)
+        raise RuntimeError(f"{name} did not become ready:\n{child.log_tail()}")
 
     @staticmethod
     def _await_ready(child: Child, timeout: float) -> dict[str, Any]:
