@@ -67,6 +67,7 @@ log = logging.getLogger("lucid_cp.sidecar.distributor")
 ROOT = b"/lucid/"
 INDEX_WAIT = 2.0  # seconds to wait for an index to apply a batch before building anyway
 TICK = 5.0  # seconds between flushes of completed usage minutes
+PUSH_SLICE = 32  # snapshots built between yields to the event loop (so sending starts early)
 
 
 class SessionReplaced(Conflict):
@@ -149,6 +150,7 @@ class Distributor:
         self._config_service: dict[str, str] = {}
         self._endpoint_digests: dict[str, bytes] = {}
         self._dirty: dict[str, _Mark] = {}
+        self._pushing = False  # a batch of marked sidecars is being pushed
         self._wake = asyncio.Event()
         self._evaluated_event = asyncio.Event()
         self.evaluated = 0
@@ -347,10 +349,16 @@ class Distributor:
             self._wake.clear()
             await self._caught_up()
             dirty, self._dirty = self._dirty, {}
-            for sid, mark in dirty.items():
-                session = self.sessions.get(sid)
-                if session is not None:
-                    self._push(session, mark.observed_at)
+            self._pushing = True
+            try:
+                for i, (sid, mark) in enumerate(dirty.items(), 1):
+                    session = self.sessions.get(sid)
+                    if session is not None:
+                        self._push(session, mark.observed_at)
+                    if i % PUSH_SLICE == 0:
+                        await asyncio.sleep(0)  # let the first snapshots go out meanwhile
+            finally:
+                self._pushing = False
             self._progress()
             await asyncio.sleep(0)
 
@@ -393,7 +401,7 @@ class Distributor:
         """Publishes the evaluated revision, only when no marked sidecar waits for its push:
         rollout counts a sidecar current for N once its replica has evaluated N, so every
         snapshot N caused must be queued (the session record then says it is stale) first."""
-        if not self._dirty:
+        if not self._dirty and not self._pushing:
             self._writer.progress(self.evaluated, len(self.sessions))
 
     async def _tick_loop(self) -> None:

@@ -72,7 +72,8 @@ class Session:
         self.error: Exception | None = None
         self.minutes: dict[int, spb.UsageMinute] = {}
         self._written_through = 0  # the newest minute handed to the writer
-        self.stream = secrets.token_hex(8)  # names this stream's usage records
+        self.stream = secrets.token_hex(8)  # names this stream's usage records and nonces
+        self._nonces = 0
         self.latest_digest = b""
         self._sent_version = 0  # the version of the last snapshot sent
         self._pending_meta: tuple[bytes, float] = (b"", 0.0)
@@ -170,7 +171,8 @@ class Session:
                 self._outbox = None
                 digest, observed_at = self._pending_meta
                 now = self._clock.now()
-                snapshot.nonce = secrets.token_hex(8)
+                self._nonces += 1
+                snapshot.nonce = f"{self.stream}-{self._nonces}"  # unique on this stream
                 snapshot.generated_at.CopyFrom(_ts(now))
                 self._sent[snapshot.nonce] = Sent(snapshot.version, digest, observed_at, now)
                 while len(self._sent) > SENT_KEPT:
