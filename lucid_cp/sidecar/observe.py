@@ -105,7 +105,9 @@ class Observer:
     def rollout(self, revision: int | None) -> pb.RolloutStatus:
         n = revision or self.default_revision()
         replicas = self._status.replicas()
-        out = pb.RolloutStatus(revision=n, replicas=sorted(replicas))
+        out = pb.RolloutStatus(
+            revision=n, replicas=sorted(replicas), read_revision=self._status.revision
+        )
         out.checked_at.CopyFrom(_ts(self._clock.now()))
         latencies: list[float] = []
         for s in self._status.sessions():
@@ -179,7 +181,7 @@ class Observer:
         ]
         if not request.include_disconnected:
             rows = [r for r in rows if r.connected]
-        out = pb.SidecarList(total=len(rows))
+        out = pb.SidecarList(total=len(rows), read_revision=self._status.revision)
         out.sidecars.extend(rows[request.offset : request.offset + request.limit])
         out.checked_at.CopyFrom(_ts(self._clock.now()))
         return out

@@ -1956,6 +1956,7 @@ class RolloutStatus(_message.Message):
     ACK_P99_MS_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     CHECKED_AT_FIELD_NUMBER: _builtins.int
+    READ_REVISION_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The revision asked about (or the default)."""
     connected: _builtins.int
@@ -1973,6 +1974,8 @@ class RolloutStatus(_message.Message):
     of version >= revision (from their replica observing the change to the ACK arriving).
     """
     ack_p99_ms: _builtins.float
+    read_revision: _builtins.int
+    """Store revision the sidecars' status records were read at."""
     @_builtins.property
     def stale(self) -> _containers.RepeatedCompositeFieldContainer[Global___StaleSidecar]:
         """The others, in serviceId order; NACKed ones carry their error."""
@@ -1995,10 +1998,11 @@ class RolloutStatus(_message.Message):
         ack_p99_ms: _builtins.float = ...,
         replicas: _abc.Iterable[_builtins.str] | None = ...,
         checked_at: _timestamp_pb2.Timestamp | None = ...,
+        read_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_p50_ms", b"ack_p50_ms", "ack_p99_ms", b"ack_p99_ms", "applied", b"applied", "checked_at", b"checked_at", "connected", b"connected", "nacked", b"nacked", "replicas", b"replicas", "revision", b"revision", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_p50_ms", b"ack_p50_ms", "ack_p99_ms", b"ack_p99_ms", "applied", b"applied", "checked_at", b"checked_at", "connected", b"connected", "nacked", b"nacked", "read_revision", b"read_revision", "replicas", b"replicas", "revision", b"revision", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2052,8 +2056,11 @@ class SidecarList(_message.Message):
     SIDECARS_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     CHECKED_AT_FIELD_NUMBER: _builtins.int
+    READ_REVISION_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Matching sidecars before limit/offset."""
+    read_revision: _builtins.int
+    """Store revision the sidecars' status records were read at."""
     @_builtins.property
     def sidecars(self) -> _containers.RepeatedCompositeFieldContainer[Global___SidecarStatus]: ...
     @_builtins.property
@@ -2064,10 +2071,11 @@ class SidecarList(_message.Message):
         sidecars: _abc.Iterable[Global___SidecarStatus] | None = ...,
         total: _builtins.int = ...,
         checked_at: _timestamp_pb2.Timestamp | None = ...,
+        read_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "sidecars", b"sidecars", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "read_revision", b"read_revision", "sidecars", b"sidecars", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
