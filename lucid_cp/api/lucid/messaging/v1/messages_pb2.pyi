@@ -340,7 +340,7 @@ class Attempt(_message.Message):
     number: _builtins.int
     outcome: Global___AttemptOutcome.ValueType
     error: _builtins.str
-    """The nack's error, the push's HTTP status and body excerpt, the connection error."""
+    """The nack's error, the push's HTTP status, the connection error."""
     consumer: _builtins.str
     """Who had it: "instance <serviceId>" (push), "consumer <id> on <replica>" (pull)."""
     @_builtins.property
