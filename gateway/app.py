@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
 from gateway.backend import Backend
@@ -109,9 +108,12 @@ def create_app(
         finally:
             await gateway.backend.close()
 
-    # One mount for everything: every method and path reaches Gateway.asgi, so even unknown
-    # paths and methods are answered in the standard error shape.
-    app = Starlette(routes=[Mount("/", app=gateway.asgi)], lifespan=lifespan)
+    # No routes: every method and path falls through to the router's default, Gateway.asgi, so
+    # even unknown paths and methods are answered in the standard error shape. (A Mount("/")
+    # would not do: its pattern does not match a path holding a newline, "%0A", which would then
+    # get Starlette's plain-text 404.)
+    app = Starlette(lifespan=lifespan)
+    app.router.default = gateway.asgi
     app.state.gateway = gateway
     return app
 

@@ -368,6 +368,8 @@ async def test_unknown_route_is_404_and_wrong_method_405(client: httpx.AsyncClie
     assert response.headers["allow"] == "GET, POST"
     weird = await client.request("PROPFIND", "/healthz")
     assert_error(weird, 404, "LUCID_ERR_1907")
+    # A newline in the path ("%0A") still reaches the gateway's own routing and error shape.
+    assert_error(await client.get("/api/v1/nothing%0Ahere"), 404, "LUCID_ERR_1907")
 
 
 async def test_unexpected_gateway_failure_is_500_with_request_id(
