@@ -19,7 +19,7 @@ from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2_grpc
 from lucid_cp.app import ControlPlane, start_control_plane
 from lucid_cp.auth.tokens import Role, mint_token
-from lucid_cp.clock import Clock, FakeClock, SystemClock
+from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.config import Settings
 from lucid_cp.discovery.settings import DiscoverySettings
 from lucid_cp.messaging.module import MessagingSettings, MessagingSystem
@@ -149,13 +149,6 @@ async def open_queue(
 @pytest.fixture
 async def q() -> AsyncIterator[Queue]:
     async for queue in open_queue():
-        yield queue
-
-
-@pytest.fixture
-async def fq() -> AsyncIterator[Queue]:
-    """On a fake clock: time moves only when the test advances it."""
-    async for queue in open_queue(clock=FakeClock(now=1_800_000_000.0)):
         yield queue
 
 
