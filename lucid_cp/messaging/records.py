@@ -76,8 +76,10 @@ def header_errors(message: pb.InterServiceMessage) -> list[tuple[str, str]]:
     total = 0
     for name, value in sorted(message.headers.items()):
         total += len(name.encode()) + len(value.encode())
-        if not name or len(name) > MAX_HEADER_NAME:
-            out.append((f"message.headers.{name[:40]}", f"names are 1..{MAX_HEADER_NAME} chars"))
+        if len(name) > MAX_HEADER_NAME:
+            out.append(
+                (f"message.headers.{name[:40]}", f"names are at most {MAX_HEADER_NAME} chars")
+            )
         elif len(value) > MAX_HEADER_VALUE:
             out.append((f"message.headers.{name}", f"must be at most {MAX_HEADER_VALUE} chars"))
     if total > MAX_HEADERS_BYTES:
