@@ -77,3 +77,60 @@ async def test_two_replicas_share_the_queue_and_redeliver_after_one_stops(fresh_
 
 async def _has_consumer(q: Queue) -> bool:
     return q.system.dispatcher.consumers == 1
+
+
+async def test_racing_replicas_hand_each_message_to_one_consumer(fresh_etcd) -> None:
+    settings = replace(with_messaging(sweep_interval=0.1), store_url=fresh_etcd.url)
+    planes = [await start_control_plane(settings) for _ in range(2)]
+    try:
+        async with (
+            grpc.aio.insecure_channel(planes[0].grpc_target) as ch_a,
+            grpc.aio.insecure_channel(planes[1].grpc_target) as ch_b,
+        ):
+            clock = SystemClock()
+            queues = [
+                Queue(
+                    p,
+                    messages_pb2_grpc.MessageServiceStub(ch),
+                    discovery_pb2_grpc.DiscoveryServiceStub(ch),
+                    clock,
+                )
+                for p, ch in zip(planes, (ch_a, ch_b), strict=True)
+            ]
+            consumers = [
+                FakeConsumer(q.stub, "tron-node", q.md("tron-node"), max_in_flight=3)
+                for q in queues
+                for _ in range(2)
+            ]
+            for q in queues:
+                await until(lambda q=q: _consumers(q, 2))
+            sent = [message() for _ in range(30)]
+            for n, msg in enumerate(sent):
+                await queues[n % 2].send(msg)
+            acked: list[str] = []
+
+            async def all_acked() -> bool:
+                for consumer in consumers:
+                    for delivery in list(consumer.unacked.values()):
+                        acked.append(delivery.message.message_id)
+                        consumer.ack(delivery)
+                    assert len(consumer.unacked) <= 3
+                return len(acked) >= len(sent)
+
+            await until(all_acked, timeout=15)
+            assert sorted(acked) == sorted(m.message_id for m in sent)  # each exactly once
+            assert all(d.attempt == 1 for c in consumers for d in c.deliveries)
+            assert sum(1 for c in consumers if c.deliveries) >= 3  # the queue was shared
+            for msg in sent:
+                await until(
+                    lambda m=msg: queues[0].status_is(m.message_id, pb.MESSAGE_STATE_DELIVERED)
+                )
+            for consumer in consumers:
+                await consumer.close()
+    finally:
+        for plane in planes:
+            await plane.stop(grace=0.2)
+
+
+async def _consumers(q: Queue, n: int) -> bool:
+    return q.system.dispatcher.consumers == n
