@@ -37,9 +37,12 @@ FINAL = frozenset({DELIVERED, FAILED, EXPIRED})
 MAX_HEADER_NAME = 256
 MAX_HEADER_VALUE = 8192
 MAX_HEADERS_BYTES = 64 * 1024
-# Attempts kept in a record's history (replays add more): the oldest are dropped beyond it, so
-# a message replayed over and over cannot outgrow the store's request limit.
-MAX_HISTORY = 100
+# Attempts kept in a record's history (replays add more; the oldest are dropped beyond it) and
+# characters kept of each attempt's error: a record holds at most 256 KiB of payload, 64 KiB of
+# headers and 50 * 4 KiB of errors, far below the store's 1.5 MiB request limit, so no later
+# write of it can be refused.
+MAX_HISTORY = 50
+MAX_ERROR_CHARS = 1024
 
 
 def ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -158,7 +161,7 @@ def _end_attempt(out: spb.StoredMessage, now: float, outcome: int, error: str) -
         last = out.history.add(number=out.attempt, started_at=ts(now))
     last.ended_at.CopyFrom(ts(now))
     last.outcome = outcome  # type: ignore[assignment]
-    last.error = error
+    last.error = error[:MAX_ERROR_CHARS]
     del out.history[:-MAX_HISTORY]
     out.ClearField("claim")
     out.updated_at.CopyFrom(ts(now))
