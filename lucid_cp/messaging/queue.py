@@ -116,15 +116,12 @@ class MessageQueue:
         record = records.new_record(message, self._clock.now())
         key = keys.message_key(message.message_id)
         value = record.SerializeToString()
-        while True:
-            result = await self._store.txn([key_missing(key)], [Put(key, value)], [Get(key)])
-            if result.succeeded:
-                self._index.note(KeyValue(key, value, result.revision, result.revision, 1))
-                return records.accepted(record, result.revision)
-            existing = result.responses[0]
-            if isinstance(existing, KeyValue):
-                break
-            # Deleted between the compare and the read (retention): create it again.
+        result = await self._store.txn([key_missing(key)], [Put(key, value)], [Get(key)])
+        if result.succeeded:
+            self._index.note(KeyValue(key, value, result.revision, result.revision, 1))
+            return records.accepted(record, result.revision)
+        existing = result.responses[0]
+        assert isinstance(existing, KeyValue)  # the compare failed: the key exists (one txn)
         stored = spb.StoredMessage.FromString(existing.value)
         if stored.digest != record.digest:
             raise MessageIdConflict(
