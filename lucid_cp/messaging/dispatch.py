@@ -132,9 +132,9 @@ class Dispatcher:
 
     def settled(self, consumer: Consumer, message_id: str) -> None:
         """The consumer acked or nacked ``message_id``: its slot is free."""
+        if self._holders.get(message_id) is consumer:
+            del self._holders[message_id]
         if consumer.settle(message_id):
-            if self._holders.get(message_id) is consumer:
-                del self._holders[message_id]
             self._wakeups.notify(consumer.service)
 
     async def stop(self) -> None:
