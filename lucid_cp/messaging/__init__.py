@@ -1,0 +1,1 @@
+"""The message queue: durable, at-least-once delivery between services (MessageService)."""

@@ -1,0 +1,121 @@
+"""What every deliverer of one replica shares: the claims in flight here (so two local
+consumers never race for one record) and per-service wakeups.
+
+``Wakeups`` is a generation counter per service: a waiter reads the generation before looking
+at the queue and waits only if nothing was notified since, so a message queued between the look
+and the wait is never missed. The index notifies a service when a message of it is queued (or
+re-queued); deliverers notify when one of their slots frees up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
+from lucid_cp.clock import Clock
+from lucid_cp.messaging import records
+from lucid_cp.messaging.index import Entry, QueueIndex
+from lucid_cp.messaging.queue import MessageQueue
+
+log = logging.getLogger("lucid_cp.messaging.claims")
+
+
+class Wakeups:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._generation: dict[str, int] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def generation(self, service: str) -> int:
+        return self._generation.get(service, 0)
+
+    def notify(self, service: str) -> None:
+        self._generation[service] = self._generation.get(service, 0) + 1
+        for waiter in self._waiters.pop(service, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, service: str, generation: int, timeout: float | None) -> bool:
+        """Until ``service`` is notified after ``generation`` (True) or ``timeout`` seconds of
+        the clock pass (False; None: no limit)."""
+        if self.generation(service) != generation:
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(service, set()).add(waiter)
+        try:
+            if timeout is None:
+                await waiter
+            else:
+                async with self._clock.timeout(timeout):
+                    await waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(service)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[service]
+
+    def on_change(self, destination: str, message_id: str, entry: Entry | None) -> None:
+        """Index listener: a message of ``destination`` was queued (new, or back from a failed
+        attempt) or left processing (its slot is free): its deliverers look again. A claim
+        (queued -> processing) wakes nobody."""
+        if entry is None or entry.record.state != records.PROCESSING:
+            self.notify(destination)
+
+
+class Claimer:
+    def __init__(self, queue: MessageQueue, index: QueueIndex, clock: Clock) -> None:
+        self._queue = queue
+        self._index = index
+        self._clock = clock
+        self._pending: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def reserve(self, service: str, limit: int) -> tuple[list[Entry], float | None]:
+        """Up to ``limit`` claimable messages of ``service`` in delivery order, reserved for
+        the caller (who must ``claim`` or ``release`` each), and the earliest time a message in
+        backoff becomes due. Expired ones met on the way are marked expired meanwhile."""
+        ready, stale, next_due = self._index.candidates(
+            service, limit, self._clock.now(), self._pending
+        )
+        for entry in ready:
+            self._pending.add(entry.message_id)
+        for entry in stale:
+            self._pending.add(entry.message_id)
+            task = asyncio.create_task(self._expire(entry), name="messaging-expire")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return ready, next_due
+
+    def release(self, entry: Entry) -> None:
+        self._pending.discard(entry.message_id)
+
+    async def claim(self, entry: Entry, consumer: str, ack_wait: float) -> spb.StoredMessage | None:
+        """Claims a reserved message; None when another claim or change won."""
+        try:
+            return await self._queue.claim(entry, consumer, ack_wait)
+        finally:
+            self.release(entry)
+
+    async def _expire(self, entry: Entry) -> None:
+        try:
+            await self._queue.expire(entry)
+        except Exception as exc:
+            log.warning("marking message %s expired failed: %s", entry.message_id, exc)
+        finally:
+            self.release(entry)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,283 @@
+"""Pull delivery on one replica: Consume streams and REST long polls.
+
+Consumers of one service on this replica share its queue like a queue group: one task per
+service hands the next messages, in delivery order, round-robin to the consumers with a free
+slot (at most ``maxInFlight`` unacked deliveries each), claiming each with a compare-and-swap
+(``MessageQueue.claim``), so a message is with one consumer at a time across every replica.
+A slot frees when the delivery is acked or nacked, when the index shows the message left that
+attempt (acked through REST, timed out by a sweeper), or when its ack deadline passes.
+
+A long poll (PullMessages) claims directly, up to maxMessages, and waits for a wakeup or for
+the next backoff to end while it has nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
+from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
+from lucid_cp.auth.tokens import Principal
+from lucid_cp.clock import Clock
+from lucid_cp.messaging import records
+from lucid_cp.messaging.claims import Claimer, Wakeups
+from lucid_cp.messaging.index import Entry, QueueIndex
+
+log = logging.getLogger("lucid_cp.messaging.dispatch")
+
+# Seconds to wait after a round that failed (the store did not answer) before the next.
+ERROR_PAUSE = 0.5
+
+
+@dataclass(eq=False)
+class Consumer:
+    """One Consume stream."""
+
+    service: str
+    label: str  # "consumer <id> on <replica>": who holds its deliveries
+    max_in_flight: int
+    ack_wait: float  # seconds
+    # Deliveries not acked yet: message id -> (attempt, ack deadline).
+    in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
+    reserved: int = 0
+    closed: bool = False
+    error: BaseException | None = None
+    _out: asyncio.Queue[pb.Delivery | None] = field(default_factory=asyncio.Queue)
+
+    def free(self, now: float) -> int:
+        for message_id in [m for m, (_, deadline) in self.in_flight.items() if deadline <= now]:
+            del self.in_flight[message_id]  # its deadline passed: it is redelivered anyway
+        return self.max_in_flight - len(self.in_flight) - self.reserved
+
+    def hand(self, record: spb.StoredMessage) -> None:
+        self.in_flight[record.message.message_id] = (
+            record.attempt,
+            records.seconds(record.claim.ack_deadline),
+        )
+        self._out.put_nowait(records.delivery(record))
+
+    def settle(self, message_id: str) -> bool:
+        return self.in_flight.pop(message_id, None) is not None
+
+    def end(self, error: BaseException | None = None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.error = error
+            self._out.put_nowait(None)
+
+    async def next(self) -> pb.Delivery | None:
+        """The next delivery; None once the consumer is closed."""
+        return await self._out.get()
+
+
+@dataclass(eq=False)
+class _Service:
+    consumers: list[Consumer] = field(default_factory=list)
+    cursor: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        claimer: Claimer,
+        index: QueueIndex,
+        wakeups: Wakeups,
+        clock: Clock,
+        replica: str,
+        config_of: Callable[[str], pb.ConsumerConfig],
+    ) -> None:
+        self.config_of = config_of
+        self._claimer = claimer
+        self._wakeups = wakeups
+        self._clock = clock
+        self._replica = replica
+        self._services: dict[str, _Service] = {}
+        self._holders: dict[str, Consumer] = {}
+        index.listen(self._changed)
+
+    @property
+    def consumers(self) -> int:
+        return sum(len(s.consumers) for s in self._services.values())
+
+    def open(self, service: str, max_in_flight: int, ack_wait: float) -> Consumer:
+        label = f"consumer {uuid.uuid4().hex[:12]} on {self._replica}"
+        consumer = Consumer(service, label, max_in_flight, ack_wait)
+        state = self._services.setdefault(service, _Service())
+        state.consumers.append(consumer)
+        if state.task is None or state.task.done():
+            state.task = asyncio.create_task(self._serve(service, state), name="messaging-dispatch")
+        self._wakeups.notify(service)
+        return consumer
+
+    def close(self, consumer: Consumer) -> None:
+        """Ends the consumer; its unacked deliveries are redelivered after their deadline."""
+        consumer.end()
+        state = self._services.get(consumer.service)
+        if state is None or consumer not in state.consumers:
+            return
+        state.consumers.remove(consumer)
+        for message_id in list(consumer.in_flight):
+            if self._holders.get(message_id) is consumer:
+                del self._holders[message_id]
+        if not state.consumers:
+            del self._services[consumer.service]
+            if state.task is not None:
+                state.task.cancel()
+
+    def settled(self, consumer: Consumer, message_id: str) -> None:
+        """The consumer acked or nacked ``message_id``: its slot is free."""
+        if self._holders.get(message_id) is consumer:
+            del self._holders[message_id]
+        if consumer.settle(message_id):
+            self._wakeups.notify(consumer.service)
+
+    async def stop(self) -> None:
+        states = list(self._services.values())
+        self._services.clear()
+        for state in states:
+            for consumer in state.consumers:
+                consumer.end()
+            if state.task is not None:
+                state.task.cancel()
+        for state in states:
+            if state.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await state.task
+
+    # -- Consume streams -----------------------------------------------------------------------
+
+    def _changed(self, destination: str, message_id: str, entry: Entry | None) -> None:
+        """Index listener: a delivery whose message left that attempt frees its slot."""
+        holder = self._holders.get(message_id)
+        if holder is None:
+            return
+        held = holder.in_flight.get(message_id)
+        record = entry.record if entry is not None else None
+        if (
+            held is None
+            or record is None
+            or record.state != records.PROCESSING
+            or record.attempt != held[0]
+        ):
+            self.settled(holder, message_id)
+
+    async def _serve(self, service: str, state: _Service) -> None:
+        while state.consumers:
+            generation = self._wakeups.generation(service)
+            try:
+                more, next_due = await self._round(service, state)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dispatching %s failed: %s", service, exc)
+                await self._clock.sleep(ERROR_PAUSE)
+                continue
+            if more:
+                continue
+            timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
+            await self._wakeups.wait(service, generation, timeout)
+
+    async def _round(self, service: str, state: _Service) -> tuple[bool, float | None]:
+        """One round: claims as many messages as the consumers have free slots, round-robin.
+        (whether another round may find more at once, the earliest backoff end)."""
+        now = self._clock.now()
+        slots = self._slots(state, now)
+        if not slots:
+            return False, None
+        ready, next_due = self._claimer.reserve(service, len(slots))
+        if not ready:
+            return False, next_due
+        assigned = list(zip(ready, slots, strict=False))
+        for _, consumer in assigned:
+            consumer.reserved += 1
+        results = await asyncio.gather(
+            *(self._claimer.claim(e, c.label, c.ack_wait) for e, c in assigned),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for (_, consumer), result in zip(assigned, results, strict=True):
+            consumer.reserved -= 1
+            if isinstance(result, BaseException):
+                failed = result
+            elif result is not None:
+                self._hand(state, consumer, result)
+        if failed is not None:
+            raise failed  # pause before the next round
+        return len(ready) == len(slots), next_due
+
+    def _slots(self, state: _Service, now: float) -> list[Consumer]:
+        """One entry per free slot, round-robin over the consumers (starting after the one that
+        started the last round)."""
+        consumers = state.consumers
+        if not consumers:
+            return []
+        start = state.cursor % len(consumers)
+        state.cursor += 1
+        ordered = consumers[start:] + consumers[:start]
+        free = {id(c): max(0, c.free(now)) for c in ordered if not c.closed}
+        slots: list[Consumer] = []
+        for _ in range(max(free.values(), default=0)):
+            for consumer in ordered:
+                if free.get(id(consumer), 0) > 0:
+                    slots.append(consumer)
+                    free[id(consumer)] -= 1
+        return slots
+
+    def _hand(self, state: _Service, consumer: Consumer, record: spb.StoredMessage) -> None:
+        if consumer.closed:  # it went away during the claim: another one takes it
+            others = [c for c in state.consumers if not c.closed]
+            if not others:
+                log.info(
+                    "message %s claimed for a consumer that left: redelivered after its "
+                    "ack deadline",
+                    record.message.message_id,
+                )
+                return
+            consumer = min(others, key=lambda c: len(c.in_flight))
+        consumer.hand(record)
+        self._holders[record.message.message_id] = consumer
+
+    # -- long polls ----------------------------------------------------------------------------
+
+    async def pull(
+        self, principal: Principal, service: str, max_messages: int, wait: float
+    ) -> list[pb.Delivery]:
+        """Claims up to ``max_messages`` of the caller's own queue (an admin's: any), held until
+        the service's ack deadline; with none ready, waits up to ``wait`` seconds for the first
+        (a new message, or one whose backoff ends)."""
+        principal.require_acts_as(service)
+        ack_wait = self.config_of(service).ack_wait_ms / 1000.0
+        label = f"pull {uuid.uuid4().hex[:12]} on {self._replica}"
+        deadline = self._clock.monotonic() + wait
+        while True:
+            generation = self._wakeups.generation(service)
+            ready, next_due = self._claimer.reserve(service, max_messages)
+            claimed = await self._claim_all(ready, label, ack_wait)
+            if claimed:
+                return [records.delivery(r) for r in claimed]
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return []
+            if next_due is not None:
+                remaining = min(remaining, max(0.0, next_due - self._clock.now()))
+            await self._wakeups.wait(service, generation, remaining)
+
+    async def _claim_all(
+        self, ready: Sequence[Entry], label: str, ack_wait: float
+    ) -> list[spb.StoredMessage]:
+        results = await asyncio.gather(
+            *(self._claimer.claim(e, label, ack_wait) for e in ready), return_exceptions=True
+        )
+        claimed = [r for r in results if isinstance(r, spb.StoredMessage)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            if not claimed:
+                raise errors[0]
+            log.warning("%d claims of a pull failed: %s", len(errors), errors[0])
+        return claimed

@@ -1,0 +1,392 @@
+"""The message queue core: sends, status reads, acks and nacks, claims, the sweeper's and the
+pusher's transitions, dead letters and consumer configurations. Pure asyncio over narrow store
+interfaces and the Clock; it never imports grpc.
+
+Every change of a message record is one txn guarded by the record's mod_revision (the
+transitions themselves are ``records.py``): a send is create-only; everything after it is a
+compare-and-swap, with the dead-letter key written or deleted in the same txn. Several replicas
+may race for the same record; the loser re-reads (requests) or lets it go (background work: the
+winner did what was needed). Ownership is checked here: a service acts for itself, an admin for
+anyone, and a message the caller neither sent nor received is "not found".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from lucid_cp.api.lucid.messaging.v1 import delivery_pb2 as dpb
+from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
+from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
+from lucid_cp.auth.tokens import Principal
+from lucid_cp.clock import Clock
+from lucid_cp.errors import Conflict, FieldViolation
+from lucid_cp.messaging import keys, records
+from lucid_cp.messaging.errors import (
+    AttemptNotCurrent,
+    InvalidMessageRequest,
+    MessageIdConflict,
+    MessageNotFound,
+)
+from lucid_cp.messaging.index import Entry, QueueIndex
+from lucid_cp.store.base import (
+    MAX_TXN_OPS,
+    Compare,
+    Delete,
+    Get,
+    KeyReader,
+    KeyValue,
+    KeyWriter,
+    Put,
+    TxnOp,
+    key_missing,
+    mod_revision_is,
+)
+from lucid_cp.validation import normalize
+
+log = logging.getLogger("lucid_cp.messaging.queue")
+
+CAS_ATTEMPTS = 8
+READ_YOUR_WRITES_TIMEOUT = 2.0
+
+
+def default_consumer() -> pb.ConsumerConfig:
+    """A service's delivery settings until it stores its own (the declared defaults)."""
+    config = pb.ConsumerConfig()
+    normalize(config)
+    return config
+
+
+class QueueStore(KeyReader, KeyWriter, Protocol):
+    """The store methods the core uses: reads and txns."""
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A record as some reader last saw it, with the revisions a compare-and-swap needs."""
+
+    record: spb.StoredMessage
+    mod_revision: int
+    create_revision: int
+
+    @staticmethod
+    def of(entry: Entry) -> Known:
+        return Known(entry.record, entry.mod_revision, entry.create_revision)
+
+    @staticmethod
+    def read(kv: KeyValue) -> Known:
+        return Known(spb.StoredMessage.FromString(kv.value), kv.mod_revision, kv.create_revision)
+
+
+# A transition: (the record, now) -> the next record, or None when there is nothing to write.
+# It may raise (not found, not the current attempt).
+Change = Callable[[spb.StoredMessage, float], spb.StoredMessage | None]
+
+
+def _invalid(field: str, description: str) -> InvalidMessageRequest:
+    return InvalidMessageRequest(f"{field}: {description}", [FieldViolation(field, description)])
+
+
+def _not_found(message_id: str) -> MessageNotFound:
+    return MessageNotFound(f"no message {message_id}", details={"messageId": message_id})
+
+
+class MessageQueue:
+    def __init__(self, store: QueueStore, index: QueueIndex, clock: Clock, replica: str) -> None:
+        self._store = store
+        self._index = index
+        self._clock = clock
+        self.replica = replica
+
+    # -- sending and reading -----------------------------------------------------------------
+
+    async def send(
+        self, principal: Principal, message: pb.InterServiceMessage
+    ) -> pb.MessageResponse:
+        """Create-only. The same id again: the first answer when the content is the same, 409
+        otherwise (the stored message untouched)."""
+        principal.require_acts_as(message.source)
+        violations = [FieldViolation(f, d) for f, d in records.header_errors(message)]
+        if violations:
+            raise InvalidMessageRequest(
+                "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+            )
+        record = records.new_record(message, self._clock.now())
+        key = keys.message_key(message.message_id)
+        value = record.SerializeToString()
+        result = await self._store.txn([key_missing(key)], [Put(key, value)], [Get(key)])
+        if result.succeeded:
+            self._index.note(KeyValue(key, value, result.revision, result.revision, 1))
+            return records.accepted(record, result.revision)
+        existing = result.responses[0]
+        assert isinstance(existing, KeyValue)  # the compare failed: the key exists (one txn)
+        stored = spb.StoredMessage.FromString(existing.value)
+        if stored.digest != record.digest:
+            raise MessageIdConflict(
+                f"message {message.message_id} was already sent with other content",
+                details={"messageId": message.message_id},
+            )
+        return records.accepted(stored, existing.create_revision)
+
+    async def status(self, principal: Principal, message_id: str) -> pb.MessageStatus:
+        kv = await self._store.get(keys.message_key(message_id))
+        if kv is None:
+            raise _not_found(message_id)
+        record = spb.StoredMessage.FromString(kv.value)
+        if not records.visible_to(record, principal.subject, principal.is_admin):
+            raise _not_found(message_id)
+        return records.status(record, kv.mod_revision)
+
+    # -- acks and nacks ------------------------------------------------------------------------
+
+    async def ack(self, principal: Principal, message_id: str, attempt: int) -> pb.MessageStatus:
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            self._check_attempt(principal, record, message_id, attempt, records.DELIVERED)
+            if record.state == records.DELIVERED:
+                return None  # acked before: the same answer
+            return records.deliver(record, now, record.claim.consumer, pb.ATTEMPT_OUTCOME_ACKED)
+
+        written = await self._update(message_id, change)
+        return records.status(written.record, written.mod_revision)
+
+    async def nack(
+        self, principal: Principal, message_id: str, attempt: int, error: str, retryable: bool
+    ) -> pb.MessageStatus:
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            self._check_attempt(principal, record, message_id, attempt, None)
+            return records.fail_attempt(
+                record,
+                now,
+                pb.ATTEMPT_OUTCOME_NACKED,
+                error,
+                retryable=records.nack_retryable(record, error, retryable),
+            )
+
+        written = await self._update(message_id, change)
+        return records.status(written.record, written.mod_revision)
+
+    @staticmethod
+    def _check_attempt(
+        principal: Principal,
+        record: spb.StoredMessage,
+        message_id: str,
+        attempt: int,
+        repeatable: int | None,
+    ) -> None:
+        """Only the destination (or an admin) acks and nacks, and only the current attempt of a
+        message being processed; ``repeatable`` is the state in which a repeat of the same
+        attempt is answered as before (an ack)."""
+        if not principal.is_admin and principal.subject != record.message.destination:
+            raise _not_found(message_id)
+        if record.attempt == attempt and (
+            record.state == records.PROCESSING or record.state == repeatable
+        ):
+            return
+        state = pb.MessageState.Name(record.state)
+        raise AttemptNotCurrent(
+            f"attempt {attempt} of message {message_id} is not being processed "
+            f"(the message is {state}, attempt {record.attempt})",
+            details={
+                "messageId": message_id,
+                "attempt": attempt,
+                "currentAttempt": record.attempt,
+                "key": keys.message_key(message_id).decode(),
+            },
+        )
+
+    # -- the replica's own work: claims, the sweeper, pushes ---------------------------------
+
+    async def claim(self, entry: Entry, consumer: str, ack_wait: float) -> spb.StoredMessage | None:
+        """queued -> processing for ``consumer``, if the record is still what the index holds
+        and is due; None when someone else changed it first (or it had expired: then it is
+        marked expired)."""
+
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            if records.expired(record, now) and record.state == records.QUEUED:
+                return records.expire(record, now)
+            if not records.due(record, now):
+                return None
+            return records.claim(record, now, consumer, self.replica, ack_wait)
+
+        written = await self._try(Known.of(entry), change)
+        if written is None or written.mod_revision == entry.mod_revision:
+            return None  # lost the race, or nothing to claim
+        return written.record if written.record.state == records.PROCESSING else None
+
+    async def expire(self, entry: Entry) -> None:
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            if record.state == records.QUEUED and records.expired(record, now):
+                return records.expire(record, now)
+            return None
+
+        await self._try(Known.of(entry), change)
+
+    async def time_out(self, entry: Entry) -> None:
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            return records.time_out(record, now) if records.deadline_passed(record, now) else None
+
+        await self._try(Known.of(entry), change)
+
+    async def no_instance(self, entry: Entry) -> None:
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            if not records.due(record, now):
+                return None
+            if records.expired(record, now):
+                return records.expire(record, now)
+            return records.no_instance(record, now, record.message.destination)
+
+        await self._try(Known.of(entry), change)
+
+    async def settle(
+        self, message_id: str, attempt: int, outcome: Change
+    ) -> spb.StoredMessage | None:
+        """Ends attempt ``attempt`` (a push's result) if it is still the current one; None when
+        the record moved on meanwhile (e.g. another replica's sweeper timed it out)."""
+
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            if record.state != records.PROCESSING or record.attempt != attempt:
+                raise _Lost
+            return outcome(record, now)
+
+        try:
+            written = await self._update(message_id, change)
+        except (_Lost, MessageNotFound):
+            return None
+        return written.record
+
+    async def delete_final(self, message_id: str, mod_revision: int) -> None:
+        """Retention: deletes a final record unless it changed since."""
+        key = keys.message_key(message_id)
+        await self._store.txn([mod_revision_is(key, mod_revision)], [Delete(key)])
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    async def dead_letters(
+        self, principal: Principal, destination: str, limit: int, offset: int
+    ) -> pb.DeadLetterList:
+        if not principal.is_admin:
+            destination = destination or principal.subject
+            principal.require_acts_as(destination)
+        listed = await self._store.range(keys.dead_prefix(destination))
+        found = [p for p in (keys.parse_dead(kv.key) for kv in listed.kvs) if p is not None]
+        found.sort(key=lambda p: (p[1], p[2]))
+        page = found[offset : offset + limit]
+        out = pb.DeadLetterList(total=len(found), revision=listed.revision)
+        for start in range(0, len(page), MAX_TXN_OPS):
+            chunk = page[start : start + MAX_TXN_OPS]
+            got = await self._store.txn([], [Get(keys.message_key(p[2])) for p in chunk])
+            for kv in got.responses:
+                if not isinstance(kv, KeyValue):
+                    continue
+                record = spb.StoredMessage.FromString(kv.value)
+                if not record.dead_lettered:
+                    continue  # replayed meanwhile
+                out.dead_letters.add(
+                    message=record.message, status=records.status(record, kv.mod_revision)
+                )
+        return out
+
+    async def replay(self, principal: Principal, message_id: str) -> pb.MessageResponse:
+        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+            if not principal.is_admin and principal.subject != record.message.destination:
+                raise _not_found(message_id)
+            if not record.dead_lettered:
+                raise Conflict(
+                    f"message {message_id} is not in the dead-letter queue "
+                    f"(it is {pb.MessageState.Name(record.state)})",
+                    details={"messageId": message_id},
+                )
+            return records.replay(record, now)
+
+        written = await self._update(message_id, change)
+        response = pb.MessageResponse(
+            message_id=message_id, status=written.record.state, revision=written.mod_revision
+        )
+        response.queued_at.CopyFrom(written.record.queued_at)
+        response.expires_at.CopyFrom(written.record.expires_at)
+        return response
+
+    # -- consumer configurations ---------------------------------------------------------------
+
+    async def put_consumer(
+        self, principal: Principal, service_name: str, config: pb.ConsumerConfig
+    ) -> pb.ConsumerConfigResponse:
+        principal.require_acts_as(service_name)
+        if config.delivery_mode == dpb.DELIVERY_MODE_UNSPECIFIED:
+            raise _invalid("config.deliveryMode", "must be push or pull")
+        record = pb.ConsumerConfigResponse(service_name=service_name, config=config)
+        record.updated_at.CopyFrom(records.ts(self._clock.now()))
+        revision = await self._store.put(
+            keys.consumer_key(service_name), record.SerializeToString()
+        )
+        # The pusher and the dispatcher of this replica follow it before the answer.
+        await self._index.wait_for(revision, READ_YOUR_WRITES_TIMEOUT)
+        record.revision = revision
+        return record
+
+    def get_consumer(self, principal: Principal, service_name: str) -> pb.ConsumerConfigResponse:
+        principal.require_acts_as(service_name)
+        stored = self._index.config(service_name)
+        if stored is not None:
+            return stored
+        return pb.ConsumerConfigResponse(service_name=service_name, config=default_consumer())
+
+    def consumer_config(self, service_name: str) -> pb.ConsumerConfig:
+        stored = self._index.config(service_name)
+        return stored.config if stored is not None else default_consumer()
+
+    # -- compare-and-swap ----------------------------------------------------------------------
+
+    async def _update(self, message_id: str, change: Change) -> Known:
+        """Reads the record and writes ``change`` of it, re-reading after a lost race."""
+        key = keys.message_key(message_id)
+        kv = await self._store.get(key)
+        for _ in range(CAS_ATTEMPTS):
+            if kv is None:
+                raise _not_found(message_id)
+            known = Known.read(kv)
+            written, kv = await self._write(known, change)
+            if written is not None:
+                return written
+        raise Conflict(
+            f"message {message_id} kept changing; retry", details={"messageId": message_id}
+        )
+
+    async def _try(self, known: Known, change: Change) -> Known | None:
+        """One compare-and-swap against ``known``; None when the record had changed."""
+        written, _ = await self._write(known, change)
+        return written
+
+    async def _write(self, known: Known, change: Change) -> tuple[Known | None, KeyValue | None]:
+        """(what is stored now, None) when ``change`` was written or had nothing to write;
+        (None, the current record or None if gone) when the record was not ``known`` any more."""
+        record = known.record
+        message_id = record.message.message_id
+        new = change(record, self._clock.now())
+        if new is None:
+            return known, None
+        key = keys.message_key(message_id)
+        value = new.SerializeToString()
+        ops: list[TxnOp] = [Put(key, value)]
+        dead = keys.dead_key(record.message.destination, known.create_revision, message_id)
+        if new.dead_lettered and not record.dead_lettered:
+            ops.append(Put(dead, b""))
+        elif record.dead_lettered and not new.dead_lettered:
+            ops.append(Delete(dead))
+        guard: Sequence[Compare] = [mod_revision_is(key, known.mod_revision)]
+        result = await self._store.txn(guard, ops, [Get(key)])
+        if result.succeeded:
+            kv = KeyValue(key, value, known.create_revision, result.revision, 0)
+            self._index.note(kv)
+            return Known(new, result.revision, known.create_revision), None
+        current = result.responses[0] if result.responses else None
+        if isinstance(current, KeyValue):
+            self._index.note(current)
+            return None, current
+        return None, None
+
+
+class _Lost(Exception):
+    """The attempt being settled is no longer the message's current one."""

@@ -1,0 +1,103 @@
+"""The Consume stream: consumers of one service share its queue like a queue group, each
+message in flight with one consumer at a time, at most maxInFlight unacked per consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
+
+from .conftest import Queue, message, until
+from .fake_consumer import FakeConsumer
+
+
+async def test_two_consumers_share_the_queue_within_max_in_flight(q: Queue) -> None:
+    md = q.md("tron-node")
+    a = FakeConsumer(q.stub, "tron-node", md, max_in_flight=2)
+    b = FakeConsumer(q.stub, "tron-node", md, max_in_flight=2)
+    try:
+        await until(lambda: _consumers(q, 2))
+        sent = [message() for _ in range(10)]
+        for msg in sent:
+            await q.send(msg)
+        await a.wait(2)
+        await b.wait(2)
+        await asyncio.sleep(0.1)  # room for a wrong extra delivery to show up
+        assert len(a.deliveries) == 2 and len(b.deliveries) == 2
+        ids = [d.message.message_id for d in a.deliveries + b.deliveries]
+        assert len(set(ids)) == 4  # never the same message to both
+        # Acks free slots; everything is delivered exactly once.
+        seen: list[str] = []
+        while len(seen) < len(sent):
+            for consumer in (a, b):
+                for delivery in list(consumer.unacked.values()):
+                    seen.append(delivery.message.message_id)
+                    consumer.ack(delivery)
+            await until(lambda: _quiet(a, b, len(sent) - len(seen)))
+        assert sorted(seen) == sorted(m.message_id for m in sent)
+        assert len(a.deliveries) >= 3 and len(b.deliveries) >= 3
+        for msg in sent:
+            await until(lambda m=msg: q.status_is(m.message_id, pb.MESSAGE_STATE_DELIVERED))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _consumers(q: Queue, n: int) -> bool:
+    return q.system.dispatcher.consumers == n
+
+
+async def _quiet(a: FakeConsumer, b: FakeConsumer, left: int) -> bool:
+    """Each consumer holds what it may: min(2, what is left) between them."""
+    return len(a.unacked) + len(b.unacked) == min(4, left)
+
+
+async def test_nack_on_the_stream_redelivers_and_a_bad_message_ends_it(q: Queue) -> None:
+    md = q.md("tron-node")
+    consumer = FakeConsumer(q.stub, "tron-node", md)
+    try:
+        msg = message(retryPolicy={"initialDelay": 100})
+        await q.send(msg)
+        [first] = await consumer.wait(1)
+        consumer.nack(first, "busy")
+        deliveries = await consumer.wait(2)
+        assert deliveries[1].attempt == 2
+        consumer.send(pb.ConsumeRequest(start=pb.ConsumeStart(service_name="tron-node")))
+        await asyncio.wait_for(consumer.task, 5)
+        assert consumer.error is not None
+        assert consumer.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await until(lambda: _consumers(q, 0))
+    finally:
+        await consumer.close()
+
+
+async def test_consume_is_for_the_own_service_only(q: Queue) -> None:
+    consumer = FakeConsumer(q.stub, "tron-node", q.md("api-gateway"))
+    await asyncio.wait_for(consumer.task, 5)
+    assert consumer.error is not None
+    assert consumer.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    admin = FakeConsumer(q.stub, "tron-node", q.admin)
+    try:
+        await q.send(message())
+        await admin.wait(1)
+    finally:
+        await admin.close()
+
+
+async def test_first_message_must_be_start(q: Queue) -> None:
+    ack = pb.AckMessageRequest(message_id=message().message_id, attempt=1)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.ConsumeRequest(ack=ack)
+        await asyncio.Event().wait()  # keep the request side open
+
+    call = q.stub.Consume(requests(), metadata=q.md("tron-node"))
+    try:
+        async for _ in call:
+            raise AssertionError("no delivery expected")
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        raise AssertionError("the stream should have failed")

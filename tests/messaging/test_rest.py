@@ -1,0 +1,172 @@
+"""The message queue over REST: HTTP client -> real gateway -> real control plane. Send (202),
+long-poll pull, ack, nack, status, dead letters and replay, consumer configuration; the seed's
+error shape for 400, 403, 404 and 409."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway.gw_live import ADMIN, Stack, bearer, start_stack
+
+BASE = "/api/v1/inter-service"
+GW, NODE = bearer("api-gateway"), bearer("tron-node")
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[httpx.AsyncClient]:
+    stack: Stack = await start_stack()
+    try:
+        async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=10.0) as http:
+            yield http
+    finally:
+        await stack.stop()
+
+
+def body(**over: Any) -> dict[str, Any]:
+    return {
+        "messageId": str(uuid.uuid4()),
+        "source": "api-gateway",
+        "destination": "tron-node",
+        "payload": {"op": "transfer", "amount": 5},
+        "priority": "high",
+    } | over
+
+
+def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    err: dict[str, Any] = response.json()["error"]
+    assert err["code"] == code, err
+    return err
+
+
+def fields(err: dict[str, Any]) -> list[str]:
+    return [v["field"] for v in err["details"]["fieldViolations"]]
+
+
+async def test_send_long_poll_ack_and_status(live: httpx.AsyncClient) -> None:
+    empty = await live.post(f"{BASE}/queues/tron-node/pull", json={}, headers=NODE)
+    assert empty.status_code == 200 and empty.json() == {"deliveries": []}
+    poll = asyncio.create_task(
+        live.post(
+            f"{BASE}/queues/tron-node/pull", json={"maxMessages": 5, "waitMs": 5000}, headers=NODE
+        )
+    )
+    await asyncio.sleep(0.2)  # the poll is waiting
+    assert not poll.done()
+    msg = body()
+    sent = await live.post(f"{BASE}/messages", json=msg, headers=GW)
+    assert sent.status_code == 202, sent.text
+    answer = sent.json()
+    assert answer["messageId"] == msg["messageId"] and answer["status"] == "queued"
+    assert isinstance(answer["revision"], int) and answer["expiresAt"] > answer["queuedAt"]
+    pulled = (await asyncio.wait_for(poll, 5)).json()["deliveries"]
+    assert len(pulled) == 1
+    [delivery] = pulled
+    assert delivery["attempt"] == 1 and delivery["message"]["priority"] == "high"
+    assert delivery["message"]["payload"] == msg["payload"] and "ackDeadline" in delivery
+    status = await live.get(f"{BASE}/messages/{msg['messageId']}/status", headers=GW)
+    assert status.json()["status"] == "processing"
+    acked = await live.post(
+        f"{BASE}/messages/{msg['messageId']}/ack", json={"attempt": 1}, headers=NODE
+    )
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["status"] == "delivered"
+    status = (await live.get(f"{BASE}/messages/{msg['messageId']}/status", headers=GW)).json()
+    assert status["status"] == "delivered" and status["deliveredTo"].startswith("pull ")
+    assert status["history"][0]["outcome"] == "acked" and status["processingTime"] >= 0
+    # The same id again: the first answer; other content: 409.
+    again = await live.post(f"{BASE}/messages", json=msg, headers=GW)
+    assert again.status_code == 202 and again.json() == answer
+    other = await live.post(f"{BASE}/messages", json=msg | {"ttl": 60}, headers=GW)
+    error(other, 409, "LUCID_ERR_1908")
+
+
+async def test_nack_dead_letter_and_replay(live: httpx.AsyncClient) -> None:
+    msg = body()
+    assert (await live.post(f"{BASE}/messages", json=msg, headers=GW)).status_code == 202
+    [delivery] = (await live.post(f"{BASE}/queues/tron-node/pull", json={}, headers=NODE)).json()[
+        "deliveries"
+    ]
+    nacked = await live.post(
+        f"{BASE}/messages/{msg['messageId']}/nack",
+        json={"attempt": delivery["attempt"], "error": "poison", "retryable": False},
+        headers=NODE,
+    )
+    assert nacked.json()["status"] == "failed" and nacked.json()["deadLettered"] is True
+    dead = (await live.get(f"{BASE}/dead-letters?destination=tron-node", headers=NODE)).json()
+    assert dead["total"] == 1
+    assert dead["deadLetters"][0]["status"]["history"][0]["error"] == "poison"
+    error(
+        await live.get(f"{BASE}/dead-letters?destination=tron-node", headers=GW),
+        403,
+        "LUCID_ERR_1902",
+    )
+    replayed = await live.post(
+        f"{BASE}/dead-letters/{msg['messageId']}/replay", json={}, headers=ADMIN
+    )
+    assert replayed.status_code == 200 and replayed.json()["status"] == "queued"
+    [again] = (await live.post(f"{BASE}/queues/tron-node/pull", json={}, headers=NODE)).json()[
+        "deliveries"
+    ]
+    assert again["attempt"] == 1
+    stale = await live.post(
+        f"{BASE}/messages/{msg['messageId']}/ack", json={"attempt": 2}, headers=NODE
+    )
+    error(stale, 409, "LUCID_ERR_1905")
+
+
+async def test_errors(live: httpx.AsyncClient) -> None:
+    outsider = bearer("wallet-svc")
+    msg = body()
+    await live.post(f"{BASE}/messages", json=msg, headers=GW)
+    error(
+        await live.get(f"{BASE}/messages/{msg['messageId']}/status", headers=outsider),
+        404,
+        "LUCID_ERR_1907",
+    )
+    error(
+        await live.post(f"{BASE}/messages", json=body(source="tron-node"), headers=GW),
+        403,
+        "LUCID_ERR_1902",
+    )
+    error(
+        await live.post(f"{BASE}/queues/tron-node/pull", json={}, headers=GW), 403, "LUCID_ERR_1902"
+    )
+    for bad, field in (
+        (body(ttl=0), "ttl"),
+        (body(ttl=86401), "ttl"),
+        (body(priority="urgent"), "priority"),
+        (body(payload={"blob": "x" * 262144}), "payload"),
+    ):
+        err = error(
+            await live.post(f"{BASE}/messages", json=bad, headers=GW), 400, "LUCID_ERR_1301"
+        )
+        assert field in fields(err), err
+        missing = await live.get(f"{BASE}/messages/{bad['messageId']}/status", headers=GW)
+        assert missing.status_code == 404
+    err = error(
+        await live.put(f"{BASE}/consumers/tron-node", json={"deliveryMode": "fax"}, headers=NODE),
+        400,
+        "LUCID_ERR_1301",
+    )
+    assert fields(err) == ["deliveryMode"]
+    err = error(
+        await live.put(f"{BASE}/consumers/tron-node", json={"deliveryMode": "push"}, headers=NODE),
+        400,
+        "LUCID_ERR_1301",
+    )
+    assert fields(err) == ["path"]
+    put = await live.put(
+        f"{BASE}/consumers/tron-node",
+        json={"deliveryMode": "pull", "maxInFlight": 5, "ackWaitMs": 1000},
+        headers=NODE,
+    )
+    assert put.status_code == 200 and put.json()["config"]["deliveryMode"] == "pull"
+    got = (await live.get(f"{BASE}/consumers/tron-node", headers=NODE)).json()
+    assert got["config"]["maxInFlight"] == 5 and got["revision"] == put.json()["revision"]
