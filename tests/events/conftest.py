@@ -127,7 +127,9 @@ async def events() -> AsyncIterator[Events]:
         yield e
 
 
-async def rpc_error(call: Any) -> tuple[grpc.StatusCode, str, list[tuple[str, str]], dict[str, str]]:
+async def rpc_error(
+    call: Any,
+) -> tuple[grpc.StatusCode, str, list[tuple[str, str]], dict[str, str]]:
     """(code, LUCID_ERR reason, field violations, ErrorInfo metadata) of a call that must fail."""
     try:
         await call

@@ -65,7 +65,9 @@ async def test_publish_is_202_and_idempotent_then_409(live: httpx.AsyncClient) -
     assert isinstance(answer["revision"], int) and answer["acceptedAt"].endswith("Z")
     again = await live.post(EVENTS, json=body)
     assert again.status_code == 202 and again.json() == answer
-    err = error(await live.post(EVENTS, json=body | {"data": {"user": "u2"}}), 409, "LUCID_ERR_1908")
+    err = error(
+        await live.post(EVENTS, json=body | {"data": {"user": "u2"}}), 409, "LUCID_ERR_1908"
+    )
     assert err["details"]["eventId"] == body["eventId"]
 
 
@@ -76,11 +78,15 @@ async def test_bad_input_is_400_with_field_violations(live: httpx.AsyncClient) -
     err = error(await live.post(EVENTS, json=big), 400, "LUCID_ERR_1302")
     assert "data" in [v["field"] for v in err["details"]["fieldViolations"]]
     err = error(
-        await live.post(f"{EVENTS}/subscribe", json={"eventTypes": ["a.>.b"]}), 400, "LUCID_ERR_1302"
+        await live.post(f"{EVENTS}/subscribe", json={"eventTypes": ["a.>.b"]}),
+        400,
+        "LUCID_ERR_1302",
     )
     assert "eventTypes[0]" in [v["field"] for v in err["details"]["fieldViolations"]]
     err = error(
-        await live.post(f"{EVENTS}/subscribe", json={"eventTypes": ["a"], "deliveryMode": "carrier-pigeon"}),
+        await live.post(
+            f"{EVENTS}/subscribe", json={"eventTypes": ["a"], "deliveryMode": "carrier-pigeon"}
+        ),
         400,
         "LUCID_ERR_1302",
     )
@@ -108,7 +114,11 @@ async def test_subscription_lifecycle_pull_and_ack(live: httpx.AsyncClient) -> N
     assert batch["events"][0]["data"] == {"user": "u1"}
     acked = await live.post(f"{EVENTS}/subscriptions/{sid}/ack", json={"cursor": 3})
     assert acked.status_code == 200 and acked.json()["cursor"] == 3
-    error(await live.post(f"{EVENTS}/subscriptions/{sid}/ack", json={"cursor": 4}), 400, "LUCID_ERR_1302")
+    error(
+        await live.post(f"{EVENTS}/subscriptions/{sid}/ack", json={"cursor": 4}),
+        400,
+        "LUCID_ERR_1302",
+    )
     got = await live.get(f"{EVENTS}/subscriptions/{sid}")
     assert got.status_code == 200 and got.json()["cursor"] == 3
     listed = await live.get(f"{EVENTS}/subscriptions")
@@ -168,7 +178,9 @@ async def test_the_retention_gap_is_400_with_lost_and_resume_cursor(
         await live.post(EVENTS, json=event())
     assert await stack.plane.system(EventSystem).sweeper.sweep() == 7
     sid = sub["subscriptionId"]
-    err = error(await live.post(f"{EVENTS}/subscriptions/{sid}/pull", json={}), 400, "LUCID_ERR_1302")
+    err = error(
+        await live.post(f"{EVENTS}/subscriptions/{sid}/pull", json={}), 400, "LUCID_ERR_1302"
+    )
     assert err["details"]["lost"] == 7 and err["details"]["resumeCursor"] == 7
     await live.post(f"{EVENTS}/subscriptions/{sid}/ack", json={"cursor": 7})
     batch = (await live.post(f"{EVENTS}/subscriptions/{sid}/pull", json={"maxEvents": 5})).json()

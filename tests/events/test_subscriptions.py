@@ -137,7 +137,10 @@ async def test_delete_removes_it(events: Events) -> None:
         ({"eventTypes": ["a"], "retryDelay": 999}, "subscription.retryDelay"),
         ({"eventTypes": ["a"], "pushPath": "no-slash"}, "subscription.pushPath"),
         ({"eventTypes": ["a"], "filters": {"data": {"a..b": 1}}}, "subscription.filters.data"),
-        ({"eventTypes": ["a"], "filters": {"source": ["Bad Name"]}}, "subscription.filters.source[0]"),
+        (
+            {"eventTypes": ["a"], "filters": {"source": ["Bad Name"]}},
+            "subscription.filters.source[0]",
+        ),
     ],
 )
 async def test_invalid_subscriptions_are_400_with_field_violations(
