@@ -176,6 +176,11 @@ class ServiceFeed:
         self._subscription: Subscription[dpb.WatchResponse] | None = None
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def pending_expiries(self) -> int:
+        """Removals waiting for the grace to pass before they are published as expiries."""
+        return len(self._expiring)
+
     def start(self) -> None:
         self._subscription = self._index.subscribe(lambda _: True)
         self._task = asyncio.create_task(self._run(), name="events-service-feed")
