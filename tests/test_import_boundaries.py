@@ -27,6 +27,7 @@ CORE_TREES = (
     "lucid_cp/auth",
     "lucid_cp/mesh",
     "lucid_cp/sidecar",
+    "lucid_cp/events",
 )
 CORE_FILES = (
     "lucid_cp/validation.py",
@@ -43,6 +44,8 @@ NOT_CORE = (
     "lucid_cp/mesh/module.py",  # wiring: descriptors, servicers
     "lucid_cp/sidecar/service.py",  # the servicer
     "lucid_cp/sidecar/module.py",  # wiring: descriptors, servicers
+    "lucid_cp/events/service.py",  # the servicer
+    "lucid_cp/events/module.py",  # wiring: descriptors, servicers
 )
 SERVER_LAYER = ("lucid_cp.rpc", "lucid_cp.app")
 # Servicers are thin: they get the principal in a Call, never reach into the server layer.
@@ -50,6 +53,7 @@ SERVICERS = (
     "lucid_cp/discovery/service.py",
     "lucid_cp/mesh/service.py",
     "lucid_cp/sidecar/service.py",
+    "lucid_cp/events/service.py",
 )
 
 # (b) What the gateway may take from lucid_cp.
