@@ -55,7 +55,9 @@ BEYOND_SCHEMA = {
 SEEN: Counter[tuple[str, int]] = Counter()
 
 
-@schema.exclude(operation_id="DiscoveryService_Watch").parametrize()
+# Server streams never end (a generated request for an existing subscription would hang), and
+# a stream's errors arrive as an NDJSON error line of a 200 answer (gateway/streaming.py).
+@schema.exclude(operation_id=["DiscoveryService_Watch", "EventService_StreamEvents"]).parametrize()
 @settings(
     max_examples=15,
     derandomize=True,
