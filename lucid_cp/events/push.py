@@ -193,6 +193,9 @@ class Pusher:
                     await self._clock.sleep(STORE_RETRY)
         except SubscriptionNotFound:
             await self._owners.release(sid)
+        except Exception:
+            log.exception("events push %s: delivery failed; restarting it", sid)
+            await self._clock.sleep(STORE_RETRY)
         finally:
             self._wake.set()  # the reconcile loop looks again
 

@@ -2,8 +2,8 @@
 polls and push loops when new events exist, and keeps a bounded ring of the newest ones so that
 followers at the head read them without a store round trip each.
 
-It never holds the whole log (retention keeps up to a million events): only ``ring`` events,
-the contiguous sequences ``floor + 1 .. head``. Older sequences are read from the store
+It never holds the whole log (retention keeps up to a million events): only the newest ``ring``
+events and at most ``ring_bytes`` of them, the contiguous sequences ``floor + 1 .. head``. Older sequences are read from the store
 (``EventLog.read``), which also reports retention gaps. Sequences are dense and appended in
 order, so the watch's puts arrive in sequence order; retention's deletes of the oldest move the
 floor up. After a compaction (the watch cannot resume) the ring starts empty at the current head;
@@ -33,6 +33,7 @@ from lucid_cp.watchcache.waiters import RevisionWaiters
 log = logging.getLogger("lucid_cp.events.tail")
 
 RING = 10_000
+RING_BYTES = 64 * 1024 * 1024
 
 
 class LogTail:
@@ -42,6 +43,7 @@ class LogTail:
         clock: Clock,
         *,
         ring: int = RING,
+        ring_bytes: int = RING_BYTES,
         backoff: Backoff | None = None,
     ) -> None:
         if ring < 1:
@@ -49,6 +51,8 @@ class LogTail:
         self._store = store
         self._clock = clock
         self._capacity = ring
+        self._max_bytes = ring_bytes
+        self._bytes = 0
         self._backoff = backoff or Backoff()
         self._ring: dict[int, pb.ServiceEvent] = {}
         self._floor = 0  # the ring holds floor + 1 .. head
@@ -80,6 +84,7 @@ class LogTail:
         head = next((kv for kv in page.kvs if kv.key == keys.HEAD), None)
         sequence = keys.parse_int(head.value if head is not None else None, 0)
         self._ring.clear()
+        self._bytes = 0
         self._floor = sequence
         self.head = max(self.head, sequence)
         self.revision = page.revision
@@ -133,7 +138,10 @@ class LogTail:
             self.head = max(self.head, sequence)
             if sequence == self._floor + len(self._ring) + 1:
                 self._ring[sequence] = stored
-                if len(self._ring) > self._capacity:
+                self._bytes += stored.ByteSize()
+                while len(self._ring) > self._capacity or (
+                    self._bytes > self._max_bytes and len(self._ring) > 1
+                ):
                     self._drop_through(self._floor + 1)
         self.revision = batch.revision
         self._waiters.advance(batch.revision)
@@ -142,7 +150,9 @@ class LogTail:
     def _drop_through(self, sequence: int) -> None:
         while self._floor < sequence:
             self._floor += 1
-            self._ring.pop(self._floor, None)
+            dropped = self._ring.pop(self._floor, None)
+            if dropped is not None:
+                self._bytes -= dropped.ByteSize()
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
