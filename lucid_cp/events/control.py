@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from google.protobuf import timestamp_pb2
 
+from lucid_cp.api.lucid.messaging.v1 import delivery_pb2
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
@@ -68,6 +69,9 @@ class EventControl:
         self, principal: Principal, subscription: pb.EventSubscription
     ) -> pb.EventSubscriptionResponse:
         violations = path_violations(subscription.filters, "subscription.filters.")
+        if subscription.delivery_mode == delivery_pb2.DELIVERY_MODE_UNSPECIFIED:
+            # Only over gRPC, set explicitly to 0 (absent, the default applies: push).
+            violations.append(FieldViolation("subscription.deliveryMode", "must be push or pull"))
         if violations:
             raise InvalidEventRequest(
                 "; ".join(f"{v.field}: {v.description}" for v in violations), violations

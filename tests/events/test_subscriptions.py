@@ -102,6 +102,15 @@ async def test_list_is_own_for_a_service_and_all_or_one_subscriber_for_admin(
     assert len(page.subscriptions) == 1 and page.total == 3
 
 
+async def test_an_explicit_unspecified_delivery_mode_is_400(events: Events) -> None:
+    sub = pb.EventSubscription(
+        event_types=["a"], delivery_mode=delivery_pb2.DELIVERY_MODE_UNSPECIFIED
+    )
+    code, _, violations, _ = await rpc_error(events.subscribe(sub))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in violations] == ["subscription.deliveryMode"]
+
+
 async def test_delete_removes_it(events: Events) -> None:
     got = await events.subscribe(subscription())
     sid = got.subscription_id
