@@ -30,7 +30,6 @@ its own (the snapshot's is used), so replicas may each publish it once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
+from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import enum_string, to_struct
 from lucid_cp.mesh import keys as mesh_keys
 from lucid_cp.store.base import KeyValue, StoreError, WatchedPrefix
@@ -82,10 +82,7 @@ class Publisher:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
 
     def publish(
         self,
@@ -355,10 +352,7 @@ class MeshFeed:
         if self._subscription is not None:
             self._subscription.close()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
         await self._cache.stop()
 
     async def _run(self) -> None:

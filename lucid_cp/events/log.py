@@ -25,7 +25,6 @@ never a silent skip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections import deque
@@ -38,6 +37,7 @@ from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
 from lucid_cp.events.errors import CursorBehindRetention, EventIdConflict
+from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
@@ -117,10 +117,7 @@ class EventLog:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():

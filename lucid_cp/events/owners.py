@@ -23,6 +23,7 @@ from typing import Protocol
 
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
+from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     Compare,
     CompareOp,
@@ -89,10 +90,7 @@ class Owners:
     async def stop(self) -> None:
         """Releases everything at once (revokes the lease)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
         await self._cache.stop()
         if self.lease:
             with contextlib.suppress(Exception):

@@ -22,7 +22,6 @@ batch POSTed again by the next owner.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ from lucid_cp.events.matching import Matcher
 from lucid_cp.events.owners import Owners
 from lucid_cp.events.reader import Batch, EventReader
 from lucid_cp.events.subscriptions import SubscriptionIndex, SubscriptionWriter, is_push
+from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import push_body
 from lucid_cp.sidecar.snapshot import usable_endpoints
 from lucid_cp.store.base import StoreError
@@ -133,10 +133,7 @@ class Pusher:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
         loops = list(self._loops.values())
         self._loops.clear()
         for loop in loops:

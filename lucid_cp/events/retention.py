@@ -7,7 +7,6 @@ behind it is a gap (CursorBehindRetention), never a silent skip."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
@@ -15,6 +14,7 @@ from lucid_cp.api.lucid.messaging.v1 import event_storage_pb2 as spb
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
 from lucid_cp.events.owners import Owners
+from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     Delete,
     KeyReader,
@@ -62,10 +62,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
 
     async def _run(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from lucid_cp.api.lucid.messaging.v1 import event_storage_pb2 as spb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
+from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     CompactedError,
     EventType,
@@ -72,10 +73,7 @@ class LogTail:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(task)
         self.connected = False
 
     async def _resync(self) -> None:
