@@ -33,7 +33,7 @@ from lucid_cp.events.reader import EventReader
 from lucid_cp.events.retention import Sweeper
 from lucid_cp.events.service import EventServicer
 from lucid_cp.events.subscriptions import SubscriptionIndex, SubscriptionWriter
-from lucid_cp.events.tail import RING, LogTail
+from lucid_cp.events.tail import RING, RING_BYTES, LogTail
 from lucid_cp.rpc.metrics import count_from
 from lucid_cp.system import Environment
 
@@ -53,6 +53,7 @@ class EventSettings:
     expiry_grace: float = EXPIRY_GRACE
     # Newest events this replica keeps in memory for followers at the head.
     tail_ring: int = RING
+    tail_ring_bytes: int = RING_BYTES
     # Seconds one push POST may take.
     push_timeout: float = PUSH_TIMEOUT
     # Publish the registry's and the mesh's changes as events (source "lucid-cp").
@@ -116,7 +117,9 @@ class EventSystem:
         discovery = env.system(DiscoverySystem)
         store, clock = env.store, env.clock
         self.log = EventLog(store, clock)
-        self.tail = LogTail(store, clock, ring=settings.tail_ring)
+        self.tail = LogTail(
+            store, clock, ring=settings.tail_ring, ring_bytes=settings.tail_ring_bytes
+        )
         self.reader = EventReader(self.log, self.tail)
         self.index = SubscriptionIndex(store, clock=clock)
         self.writer = SubscriptionWriter(store)
