@@ -28,6 +28,7 @@ from lucid_cp.auth.tokens import TokenVerifier
 from lucid_cp.clock import Clock, SystemClock
 from lucid_cp.config import RateLimit, Settings
 from lucid_cp.discovery.module import DiscoverySystem
+from lucid_cp.events.module import EventSystem
 from lucid_cp.mesh.module import MeshSystem
 from lucid_cp.messaging.module import MessagingSystem
 from lucid_cp.readiness import StoreMonitor
@@ -45,7 +46,13 @@ from lucid_cp.system import Environment, System
 log = logging.getLogger("lucid_cp.app")
 
 # The systems this process serves, in start order (a system may use those before it).
-SYSTEMS: tuple[type[System], ...] = (DiscoverySystem, MeshSystem, SidecarSystem, MessagingSystem)
+SYSTEMS: tuple[type[System], ...] = (
+    DiscoverySystem,
+    MeshSystem,
+    SidecarSystem,
+    MessagingSystem,
+    EventSystem,
+)
 # gRPC's limit on a request's headers (metadata): twice the largest token the interceptor accepts
 # (MAX_TOKEN_BYTES, 8 KiB), so a token over that is refused as UNAUTHENTICATED by the interceptor
 # rather than as RESOURCE_EXHAUSTED by grpc. Headers over this get grpc's own refusal (see README).

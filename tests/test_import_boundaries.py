@@ -27,6 +27,7 @@ CORE_TREES = (
     "lucid_cp/auth",
     "lucid_cp/mesh",
     "lucid_cp/sidecar",
+    "lucid_cp/events",
     "lucid_cp/messaging",
 )
 CORE_FILES = (
@@ -44,6 +45,8 @@ NOT_CORE = (
     "lucid_cp/mesh/module.py",  # wiring: descriptors, servicers
     "lucid_cp/sidecar/service.py",  # the servicer
     "lucid_cp/sidecar/module.py",  # wiring: descriptors, servicers
+    "lucid_cp/events/service.py",  # the servicer
+    "lucid_cp/events/module.py",  # wiring: descriptors, servicers
     "lucid_cp/messaging/service.py",  # the servicer
     "lucid_cp/messaging/module.py",  # wiring: descriptors, servicers
 )
@@ -53,6 +56,7 @@ SERVICERS = (
     "lucid_cp/discovery/service.py",
     "lucid_cp/mesh/service.py",
     "lucid_cp/sidecar/service.py",
+    "lucid_cp/events/service.py",
     "lucid_cp/messaging/service.py",
 )
 

@@ -84,6 +84,13 @@ class Registry:
         self._index = index
         self._clock = clock
         self._balancer = balancer or Balancer()
+        self._deregistered: list[Callable[[str, int], None]] = []
+
+    def on_deregistered(self, callback: Callable[[str, int], None]) -> None:
+        """``callback(service_id, revision)`` runs after each successful deregistration made
+        through this registry (``revision``: the store revision that deleted the instance).
+        An instance whose lease expires is not reported here (watch the index for that)."""
+        self._deregistered.append(callback)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -162,6 +169,11 @@ class Registry:
             revision = await self._store.revoke_lease(lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
+        for callback in self._deregistered:
+            try:
+                callback(service_id, revision)
+            except Exception:
+                log.exception("a deregistration observer failed")
         await self._read_your_write(revision)
         return revision
 

@@ -29,7 +29,13 @@ def api_schema(threaded_stack: ThreadedStack) -> Any:
     return schemathesis.openapi.from_url(f"{threaded_stack.url}/api/v1/openapi.json")
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+# The event stream's server stream never ends (a request for an existing subscription would
+# hang) and its errors arrive as an NDJSON error line of a 200 answer (gateway/streaming.py), as
+# for Watch (excluded below). Excluded here, not in the decorator: derandomized examples are
+# seeded from the test function's source.
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(
+    operation_id="EventService_StreamEvents"
+)
 # Operations whose requests are also checked by rules JSON Schema (OpenAPI 3.0) cannot state:
 # the mesh's write-time checks (selector grammar, weighted-split sums, halfOpenMaxCalls >=
 # successThreshold, PEM), the sidecar's (see below) and cross-field rules (certAuthority required with mode strict or

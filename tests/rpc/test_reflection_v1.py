@@ -22,6 +22,7 @@ SERVED = {
     "lucid.discovery.v1.DiscoveryService",
     "lucid.mesh.v1.MeshService",
     "lucid.sidecar.v1.SidecarService",
+    "lucid.messaging.v1.EventService",
     "lucid.messaging.v1.MessageService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",

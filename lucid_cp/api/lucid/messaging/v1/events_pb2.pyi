@@ -27,8 +27,9 @@ tag equal; `data`, every given dotted path equal to the given JSON value
 
 RETENTION. Events are kept for a configurable time and count (lucid-cp serve
 --event-retention-seconds, default 7 days; --event-retention-count, default 1,000,000),
-oldest deleted first. A cursor that fell behind gets an explicit gap error (410, LUCID_ERR_1302,
-with `lost` and `resumeCursor` in the details), never a silent skip: ack `resumeCursor` to go on.
+oldest deleted first. A cursor that fell behind gets an explicit gap error (HTTP 400, gRPC
+INVALID_ARGUMENT, LUCID_ERR_1302, with `lost` and `resumeCursor` in the details), never a silent
+skip: ack `resumeCursor` to go on.
 
 LIMITS. data at most 64 KiB serialized; tags at most 32.
 """

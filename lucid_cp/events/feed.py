@@ -1,0 +1,396 @@
+"""The control plane's own changes as events (source "lucid-cp"), published by every replica and
+kept once: each event's id is a uuid5 of (resource key, kind, store revision), the same on every
+replica, and the log's internal append skips an id already recorded.
+
+Service events (discovery's index, one subscription to every instance change):
+
+* service.registered: an instance was added (id of (serviceId, "registered", revision));
+* service.health-changed: an update changed its status (serviceId, "health", revision); tags
+  ``previousStatus`` and ``status``;
+* service.deregistered / service.expired: its lease went away, both under the id of
+  (serviceId, "removed", revision). The replica that deregistered it hears it from the
+  registry (``on_deregistered``) and publishes service.deregistered at once; every replica
+  publishes service.expired after ``grace`` seconds unless it knows of the deregistration, and
+  the first append wins. So a lease that expired reads expired; a deregistration reads
+  deregistered unless its replica died before publishing it.
+
+Data is the instance's REST JSON (the last known state for the removals); tags carry
+``serviceName`` and ``serviceId``.
+
+Mesh events: policy.updated for every write and delete of a traffic or security policy, a
+circuit breaker or the mTLS settings (its own watch of /lucid/mesh/), id of (store key,
+"policy", revision); data the resource's REST JSON; tags ``kind`` (traffic, security,
+circuit-breakers, mtls), ``change`` (created, updated, deleted) and ``name``.
+
+After a resync (a compaction, or a feed that fell behind) the feed diffs the fresh snapshot
+against what it knew and publishes the differences; a removal found that way has no revision of
+its own (the snapshot's is used), so replicas may each publish it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
+from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
+from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
+from lucid_cp.clock import Clock
+from lucid_cp.events.tasks import cancelled
+from lucid_cp.events.wire import enum_string, to_struct
+from lucid_cp.mesh import keys as mesh_keys
+from lucid_cp.store.base import KeyValue, StoreError, WatchedPrefix
+from lucid_cp.watchcache import Change, ChangeType, Handler, Reflector, Subscription
+
+log = logging.getLogger("lucid_cp.events.feed")
+
+SOURCE = "lucid-cp"
+# The namespace of the control plane's event ids (uuid5).
+NAMESPACE = uuid.UUID("6f1f6a3e-6c1b-5d0e-9a51-1ac1d0e7e5a1")
+# Seconds before a removal nobody explained as a deregistration is published as an expiry.
+EXPIRY_GRACE = 2.0
+# Seconds between attempts to append an event while the store is unavailable.
+RETRY = 1.0
+_HEALTH = dpb.HealthState.DESCRIPTOR
+_REMEMBERED = 1024  # deregistrations remembered (their removal may come after the hook)
+
+Append = Callable[[pb.ServiceEvent], Awaitable[object]]
+
+
+def event_id(key: str, kind: str, revision: int) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{key}\x00{kind}\x00{revision}"))
+
+
+class Publisher:
+    """Appends the feed's events one at a time, in order, retrying while the store is down."""
+
+    def __init__(self, append: Append, clock: Clock) -> None:
+        self._append = append
+        self._clock = clock
+        self._queue: asyncio.Queue[pb.ServiceEvent] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="events-feed-publisher")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancelled(task)
+
+    def publish(
+        self,
+        event_type: str,
+        key: str,
+        kind: str,
+        revision: int,
+        data: Message | None,
+        tags: dict[str, str],
+    ) -> None:
+        """Queues the event of (``key``, ``kind``, ``revision``); ``data``: the resource (None:
+        not known, an empty object)."""
+        event = pb.ServiceEvent(
+            event_id=event_id(key, kind, revision),
+            event_type=event_type,
+            source=SOURCE,
+            version="1.0",
+            tags=tags,
+        )
+        if data is not None:
+            event.data.CopyFrom(to_struct(data))
+        else:
+            event.data.SetInParent()
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromNanoseconds(int(self._clock.now() * 1e9))
+        event.timestamp.CopyFrom(stamp)
+        self._queue.put_nowait(event)
+
+    async def drain(self) -> None:
+        """Returns once everything queued so far is appended (tests)."""
+        await self._queue.join()
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                while True:
+                    try:
+                        await self._append(event)
+                        self.published += 1
+                        break
+                    except StoreError as exc:
+                        log.warning("events feed: append failed (%s); retrying", exc)
+                        await self._clock.sleep(RETRY)
+            except Exception:
+                log.exception("events feed: event %s dropped", event.event_id)
+            finally:
+                self._queue.task_done()
+
+
+# -- services ---------------------------------------------------------------------------------
+
+
+class InstanceChanges(Protocol):
+    """What the feed needs of discovery's index."""
+
+    def subscribe(
+        self,
+        match: Callable[[dpb.ServiceInstance], bool],
+        *,
+        service_name: str = "",
+        start_revision: int = 0,
+    ) -> Subscription[dpb.WatchResponse]: ...
+
+
+def _service_tags(instance: dpb.ServiceInstance) -> dict[str, str]:
+    return {"serviceName": instance.service_name, "serviceId": instance.service_id}
+
+
+class ServiceFeed:
+    def __init__(
+        self,
+        index: InstanceChanges,
+        publisher: Publisher,
+        clock: Clock,
+        *,
+        grace: float = EXPIRY_GRACE,
+    ) -> None:
+        self._index = index
+        self._publisher = publisher
+        self._clock = clock
+        self._grace = grace
+        self._known: dict[str, dpb.ServiceInstance] | None = None
+        # (serviceId, revision) of removals: waiting for the grace to pass, or explained.
+        self._expiring: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._removed: dict[tuple[str, int], dpb.ServiceInstance] = {}
+        self._deregistered: dict[tuple[str, int], bool] = {}  # -> published already
+        self._subscription: Subscription[dpb.WatchResponse] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending_expiries(self) -> int:
+        """Removals waiting for the grace to pass before they are published as expiries."""
+        return len(self._expiring)
+
+    def start(self) -> None:
+        self._subscription = self._index.subscribe(lambda _: True)
+        self._task = asyncio.create_task(self._run(), name="events-service-feed")
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+        tasks = [t for t in (self._task, *self._expiring.values()) if t is not None]
+        self._task = None
+        self._expiring.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        assert self._subscription is not None
+        async for item in self._subscription:
+            try:
+                self._apply(item)
+            except Exception:
+                log.exception("events feed: a discovery change could not be published")
+
+    def _apply(self, item: dpb.WatchResponse) -> None:
+        if item.type == dpb.WATCH_EVENT_TYPE_SNAPSHOT:
+            self._snapshot(item)
+            return
+        assert self._known is not None  # a snapshot always comes first
+        instance, revision, sid = item.instance, item.revision, item.instance.service_id
+        if item.type == dpb.WATCH_EVENT_TYPE_ADDED:
+            self._known[sid] = instance
+            self._registered(instance, revision)
+        elif item.type == dpb.WATCH_EVENT_TYPE_UPDATED:
+            previous = self._known.get(sid)
+            self._known[sid] = instance
+            if previous is not None and previous.status != instance.status:
+                self._health_changed(previous.status, instance, revision)
+        elif item.type == dpb.WATCH_EVENT_TYPE_REMOVED:
+            self._known.pop(sid, None)
+            self._gone(instance, revision)
+
+    def _snapshot(self, item: dpb.WatchResponse) -> None:
+        fresh = {i.service_id: i for i in item.snapshot.instances}
+        known, self._known = self._known, fresh
+        if known is None:
+            return  # the start: nothing happened yet as far as this replica knows
+        for sid, instance in fresh.items():
+            before = known.get(sid)
+            if before is None:
+                self._registered(instance, instance.revision)
+            elif before.status != instance.status:
+                self._health_changed(before.status, instance, instance.revision)
+        for sid, instance in known.items():
+            if sid not in fresh:
+                self._gone(instance, item.revision)
+
+    def _registered(self, instance: dpb.ServiceInstance, revision: int) -> None:
+        self._publisher.publish(
+            "service.registered",
+            instance.service_id,
+            "registered",
+            revision,
+            instance,
+            _service_tags(instance),
+        )
+
+    def _health_changed(self, previous: int, instance: dpb.ServiceInstance, revision: int) -> None:
+        tags = _service_tags(instance)
+        tags["previousStatus"] = enum_string(_HEALTH, previous)
+        tags["status"] = enum_string(_HEALTH, instance.status)
+        self._publisher.publish(
+            "service.health-changed", instance.service_id, "health", revision, instance, tags
+        )
+
+    def _gone(self, instance: dpb.ServiceInstance, revision: int) -> None:
+        key = (instance.service_id, revision)
+        published = self._deregistered.get(key)
+        if published is not None:
+            if not published:
+                self._publish_removal("service.deregistered", instance, revision)
+                self._deregistered[key] = True
+            return
+        self._removed[key] = instance
+        self._expiring[key] = asyncio.create_task(self._expire_later(key))
+
+    async def _expire_later(self, key: tuple[str, int]) -> None:
+        await self._clock.sleep(self._grace)
+        self._expiring.pop(key, None)
+        instance = self._removed.pop(key, None)
+        if instance is not None:
+            self._publish_removal("service.expired", instance, key[1])
+
+    def on_deregistered(self, service_id: str, revision: int) -> None:
+        """The registry's hook: this replica deregistered ``service_id`` at ``revision``."""
+        key = (service_id, revision)
+        instance = self._removed.pop(key, None)
+        if instance is None and self._known is not None:
+            instance = self._known.get(service_id)
+        timer = self._expiring.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if instance is not None:
+            self._publish_removal("service.deregistered", instance, revision)
+        self._deregistered[key] = instance is not None
+        while len(self._deregistered) > _REMEMBERED:
+            del self._deregistered[next(iter(self._deregistered))]
+
+    def _publish_removal(
+        self, event_type: str, instance: dpb.ServiceInstance, revision: int
+    ) -> None:
+        self._publisher.publish(
+            event_type,
+            instance.service_id,
+            "removed",
+            revision,
+            instance,
+            _service_tags(instance),
+        )
+
+
+# -- mesh policies ----------------------------------------------------------------------------
+
+MeshRecord = (
+    mpb.TrafficPolicyResponse
+    | mpb.SecurityPolicyResponse
+    | mpb.CircuitBreakerResponse
+    | mpb.MTLSConfigResponse
+)
+_MESH_DECODERS: dict[mesh_keys.Kind, Callable[[bytes], MeshRecord]] = {
+    mesh_keys.Kind.TRAFFIC: mpb.TrafficPolicyResponse.FromString,
+    mesh_keys.Kind.SECURITY: mpb.SecurityPolicyResponse.FromString,
+    mesh_keys.Kind.CIRCUIT_BREAKER: mpb.CircuitBreakerResponse.FromString,
+    mesh_keys.Kind.MTLS: mpb.MTLSConfigResponse.FromString,
+}
+_CHANGE = {
+    ChangeType.ADDED: "created",
+    ChangeType.UPDATED: "updated",
+    ChangeType.REMOVED: "deleted",
+}
+_SNAPSHOT = object()
+
+
+class _MeshRecords(Handler[MeshRecord]):
+    def key(self, store_key: bytes) -> str | None:
+        return store_key.decode() if mesh_keys.parse(store_key) is not None else None
+
+    def decode(self, key: str, kv: KeyValue) -> MeshRecord:
+        parsed = mesh_keys.parse(kv.key)
+        assert parsed is not None
+        record = _MESH_DECODERS[parsed[0]](kv.value)
+        record.revision = kv.mod_revision
+        return record
+
+
+class MeshFeed:
+    """Follows /lucid/mesh/ with its own watch-fed cache (the mesh index has no change feed)."""
+
+    def __init__(self, store: WatchedPrefix, publisher: Publisher, clock: Clock) -> None:
+        self._publisher = publisher
+        self._cache: Reflector[MeshRecord] = Reflector(
+            store, mesh_keys.PREFIX, _MeshRecords(), clock=clock, history=0, name="events-mesh"
+        )
+        self._known: dict[str, int] | None = None  # store key -> revision
+        self._subscription: Subscription[object] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._cache.start()
+        self._subscription = self._cache.subscribe(lambda change: change, lambda: _SNAPSHOT)
+        self._task = asyncio.create_task(self._run(), name="events-mesh-feed")
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+        task, self._task = self._task, None
+        await cancelled(task)
+        await self._cache.stop()
+
+    async def _run(self) -> None:
+        assert self._subscription is not None
+        async for item in self._subscription:
+            try:
+                if item is _SNAPSHOT:
+                    self._snapshot()
+                else:
+                    assert isinstance(item, Change)
+                    self._change(item)
+            except Exception:
+                log.exception("events feed: a mesh change could not be published")
+
+    def _snapshot(self) -> None:
+        now = {k: v.revision for k, v in self._cache.items()}
+        known, self._known = self._known, now
+        if known is None:
+            return
+        for key, record in self._cache.items():
+            if known.get(key) != record.revision:
+                change = "updated" if key in known else "created"
+                self._publish(key, record, change, record.revision)
+        for key in known.keys() - now.keys():
+            self._publish(key, None, "deleted", self._cache.revision)
+
+    def _change(self, change: Change[MeshRecord]) -> None:
+        if self._known is None:
+            self._known = {}
+        if change.type is ChangeType.REMOVED:
+            self._known.pop(change.key, None)
+        else:
+            self._known[change.key] = change.revision
+        self._publish(change.key, change.value, _CHANGE[change.type], change.revision)
+
+    def _publish(self, key: str, record: MeshRecord | None, change: str, revision: int) -> None:
+        parsed = mesh_keys.parse(key.encode())
+        assert parsed is not None
+        kind, name = parsed
+        tags = {"kind": kind.value, "change": change, "name": name or kind.value}
+        self._publisher.publish("policy.updated", key, "policy", revision, record, tags)
