@@ -40,6 +40,10 @@ REQUEST_ID_HEADER = "x-request-id"
 # before any token work. The server's metadata limit (app.py, MAX_METADATA_BYTES) is above it,
 # so an oversized token reaches this check instead of grpc's own RESOURCE_EXHAUSTED.
 MAX_TOKEN_BYTES = 8192
+# How long a response stream may take to produce its first message before its initial metadata
+# is sent anyway (see _relay).
+FIRST_MESSAGE_GRACE = 0.05
+_NOTHING = object()  # a stream that ended without a message
 _READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER, MALFORMED_HEADER})
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _CODE_NAMES = {number: c.name for number, c in _CODES.items()}
@@ -308,18 +312,41 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         request: Callable[[MethodPolicy], Any],
     ) -> AsyncIterator[Any]:
         """A stream of responses: authorize, send the request id in the initial metadata, relay
-        the servicer's messages, map a failure."""
+        the servicer's messages, map a failure.
+
+        The initial metadata goes out with the first message, or after FIRST_MESSAGE_GRACE
+        seconds when the stream has nothing to send yet: a stream that fails at once (not
+        found, not allowed, a bad cursor) is then a trailers-only answer, which the REST
+        gateway turns into a real HTTP error status instead of a 200 with an error line."""
+        metadata = ((REQUEST_ID_HEADER, attempt.request_id),)
+        first: asyncio.Future[Any] | None = None
         try:
             call = self._authorize(policy, attempt, context)
             assert policy is not None  # _authorize refuses a method without one
-            await context.send_initial_metadata(((REQUEST_ID_HEADER, attempt.request_id),))
-            async for item in inner(request(policy), call):
+            stream = inner(request(policy), call).__aiter__()
+            first = asyncio.ensure_future(stream.__anext__())
+            done, _ = await asyncio.wait({first}, timeout=FIRST_MESSAGE_GRACE)
+            if not done:  # a stream that waits for something to send: headers now
+                await context.send_initial_metadata(metadata)
+            try:
+                item = await first
+            except StopAsyncIteration:
+                item = _NOTHING
+            if done:
+                await context.send_initial_metadata(metadata)
+            if item is not _NOTHING:
                 self._observe(attempt)
                 yield item
+                async for item in stream:
+                    self._observe(attempt)
+                    yield item
         except Exception as exc:  # every error goes through the one table
             await self._fail(context, exc, attempt)
             return
         except (asyncio.CancelledError, GeneratorExit):  # the client went away
             self._finish(attempt, "CANCELLED")
             raise
+        finally:
+            if first is not None and not first.done():
+                first.cancel()
         self._finish(attempt, "OK")

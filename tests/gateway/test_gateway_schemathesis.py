@@ -58,6 +58,8 @@ BEYOND_SCHEMA = {
     "GET /sidecar-proxy/metrics",
     # A cross-field rule: push needs a path (x-lucid-rules).
     "PUT /inter-service/consumers/{serviceName}",
+    # The event stream's write-time checks: data filter paths (non-empty dotted segments).
+    "POST /inter-service/events/subscribe",
 }
 # A long poll waits as long as it is asked to (up to 30 s): kept short here.
 LONG_POLL = "POST /inter-service/queues/{serviceName}/pull"
