@@ -182,18 +182,19 @@ def deliver(
 def fail_attempt(
     record: spb.StoredMessage, now: float, outcome: int, error: str, *, retryable: bool
 ) -> spb.StoredMessage:
-    """The current attempt failed: queued again after the backoff, or failed (dead-lettered)
-    when it may not be retried or was the last one. Expired meanwhile: expired."""
+    """The current attempt failed: expired when its TTL passed meanwhile (even if it was the
+    last attempt: a message past its TTL is never dead-lettered); otherwise queued again after
+    the backoff, or failed (dead-lettered) when it may not be retried or was the last one."""
     out = _copy(record)
     _end_attempt(out, now, outcome, error)
+    out.ClearField("next_attempt_at")
+    if expired(out, now):
+        out.state = EXPIRED
+        return out
     policy = retry_policy(out.message)
     if not retryable or out.attempt >= policy.max_attempts:
         out.state = FAILED
         out.dead_lettered = True
-        out.ClearField("next_attempt_at")
-        return out
-    if expired(out, now):
-        out.state = EXPIRED
         return out
     out.state = QUEUED
     out.next_attempt_at.CopyFrom(ts(now + backoff(policy, out.attempt)))
