@@ -91,11 +91,14 @@ def header_errors(message: pb.InterServiceMessage) -> list[tuple[str, str]]:
 
 
 def new_record(message: pb.InterServiceMessage, now: float) -> spb.StoredMessage:
-    record = spb.StoredMessage(state=QUEUED, digest=digest(message))
+    """The record of a new message, with its defaults applied; its digest is of the message as
+    stored (defaults applied), so a re-send that spells a default out is the same content."""
+    record = spb.StoredMessage(state=QUEUED)
     record.message.CopyFrom(message)
     if record.message.priority == pb.PRIORITY_UNSPECIFIED:
         record.message.priority = pb.PRIORITY_NORMAL
     record.message.retry_policy.CopyFrom(retry_policy(message))
+    record.digest = digest(record.message)
     record.queued_at.CopyFrom(ts(now))
     record.expires_at.CopyFrom(ts(now + message.ttl))
     record.updated_at.CopyFrom(ts(now))

@@ -66,3 +66,26 @@ async def test_priority_order_and_fifo_within_a_priority(q: Queue) -> None:
     # One at a time too: pulls of one follow the same order.
     for d in got:
         await q.nack(d, "later")
+
+
+async def test_a_resend_with_the_defaults_spelled_out_is_the_same_content(q: Queue) -> None:
+    # Regression: the digest was taken before the defaults were applied: this was a 409.
+    msg = message()
+    first = await q.send(msg)
+    spelled = pb.InterServiceMessage()
+    spelled.CopyFrom(msg)
+    spelled.retry_policy.max_attempts = 3
+    assert await q.send(spelled) == first
+    everything = pb.InterServiceMessage()
+    everything.CopyFrom(msg)
+    everything.priority = pb.PRIORITY_NORMAL
+    everything.ttl = 3600
+    everything.retry_policy.CopyFrom(
+        pb.RetryPolicy(max_attempts=3, initial_delay=1000, max_delay=10000, backoff_multiplier=2)
+    )
+    assert await q.send(everything) == first
+    other = pb.InterServiceMessage()
+    other.CopyFrom(spelled)
+    other.retry_policy.max_attempts = 4
+    code, reason, _ = await rpc_error(q.send(other))
+    assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "LUCID_ERR_1908")
