@@ -7,8 +7,10 @@ slot (at most ``maxInFlight`` unacked deliveries each), claiming each with a com
 A slot frees when the delivery is acked or nacked, when the index shows the message left that
 attempt (acked through REST, timed out by a sweeper), or when its ack deadline passes.
 
-A long poll (PullMessages) claims directly, up to maxMessages, and waits for a wakeup or for
-the next backoff to end while it has nothing.
+A long poll (PullMessages) claims directly, up to maxMessages and at most ``records.ANSWER_BYTES``
+of deliveries (always at least one: an answer too big to send would leave its messages claimed
+and unseen until their deadline), and waits for a wakeup or for the next backoff to end while
+it has nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger("lucid_cp.messaging.dispatch")
 
 # Seconds to wait after a round that failed (the store did not answer) before the next.
 ERROR_PAUSE = 0.5
+# A delivery's bytes beyond its message's: the attempt, the ack deadline, the field framing.
+DELIVERY_OVERHEAD = 64
 
 
 @dataclass(eq=False)
@@ -258,7 +262,7 @@ class Dispatcher:
         while True:
             generation = self._wakeups.generation(service)
             ready, next_due = self._claimer.reserve(service, max_messages)
-            claimed = await self._claim_all(ready, label, ack_wait)
+            claimed = await self._claim_all(self._fitting(ready), label, ack_wait)
             if claimed:
                 return [records.delivery(r) for r in claimed]
             remaining = deadline - self._clock.monotonic()
@@ -267,6 +271,19 @@ class Dispatcher:
             if next_due is not None:
                 remaining = min(remaining, max(0.0, next_due - self._clock.now()))
             await self._wakeups.wait(service, generation, remaining)
+
+    def _fitting(self, ready: list[Entry]) -> list[Entry]:
+        """The first of the reserved ``ready`` whose deliveries fit in ``records.ANSWER_BYTES``
+        (at least one); the others' reservations are released. A claim changes no message, so the
+        index's record tells its size."""
+        size = 0
+        for n, entry in enumerate(ready):
+            size += entry.record.message.ByteSize() + DELIVERY_OVERHEAD
+            if n > 0 and size > records.ANSWER_BYTES:
+                for unused in ready[n:]:
+                    self._claimer.release(unused)
+                return ready[:n]
+        return ready
 
     async def _claim_all(
         self, ready: Sequence[Entry], label: str, ack_wait: float

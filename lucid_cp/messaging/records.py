@@ -43,6 +43,10 @@ MAX_HEADERS_BYTES = 64 * 1024
 # write of it can be refused.
 MAX_HISTORY = 50
 MAX_ERROR_CHARS = 1024
+# What one answer carrying messages (a pull, a dead-letter page) may hold, serialized: well under
+# gRPC's 4 MiB message limit, and above the largest message with its status (~600 KiB), so an
+# answer always holds at least one.
+ANSWER_BYTES = 2 * 1024 * 1024
 
 
 def ts(seconds: float) -> timestamp_pb2.Timestamp:
