@@ -212,20 +212,21 @@ class Dispatcher:
             self.settled(holder, message_id)
 
     async def _serve(self, service: str, state: _Service) -> None:
-        while state.consumers:
-            generation = self._wakeups.generation(service)
-            try:
-                more, next_due = await self._round(service, state)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("dispatching %s failed: %s", service, exc)
-                await self._clock.sleep(ERROR_PAUSE)
-                continue
-            if more:
-                continue
-            timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
-            await self._wakeups.wait(service, generation, timeout)
+        with self._wakeups.following(service):
+            while state.consumers:
+                generation = self._wakeups.generation(service)
+                try:
+                    more, next_due = await self._round(service, state)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("dispatching %s failed: %s", service, exc)
+                    await self._clock.sleep(ERROR_PAUSE)
+                    continue
+                if more:
+                    continue
+                timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
+                await self._wakeups.wait(service, generation, timeout)
 
     async def _round(self, service: str, state: _Service) -> tuple[bool, float | None]:
         """One round: claims as many messages as the consumers have free slots, round-robin.
@@ -299,18 +300,19 @@ class Dispatcher:
         ack_wait = self.config_of(service).ack_wait_ms / 1000.0
         label = f"pull {uuid.uuid4().hex[:12]} on {self._replica}"
         deadline = self._clock.monotonic() + wait
-        while True:
-            generation = self._wakeups.generation(service)
-            ready, next_due = self._claimer.reserve(service, max_messages)
-            claimed = await self._claim_all(self._fitting(ready), label, ack_wait)
-            if claimed:
-                return [records.delivery(r) for r in claimed]
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
-                return []
-            if next_due is not None:
-                remaining = min(remaining, max(0.0, next_due - self._clock.now()))
-            await self._wakeups.wait(service, generation, remaining)
+        with self._wakeups.following(service):
+            while True:
+                generation = self._wakeups.generation(service)
+                ready, next_due = self._claimer.reserve(service, max_messages)
+                claimed = await self._claim_all(self._fitting(ready), label, ack_wait)
+                if claimed:
+                    return [records.delivery(r) for r in claimed]
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    return []
+                if next_due is not None:
+                    remaining = min(remaining, max(0.0, next_due - self._clock.now()))
+                await self._wakeups.wait(service, generation, remaining)
 
     def _fitting(self, ready: list[Entry]) -> list[Entry]:
         """The first of the reserved ``ready`` whose deliveries fit in ``records.ANSWER_BYTES``

@@ -139,16 +139,17 @@ class Pusher:
             self._wakeups.notify(service)
 
     async def _serve(self, service: str, state: _Service) -> None:
-        while True:
-            generation = self._wakeups.generation(service)
-            try:
-                next_due = self._round(service, state)
-            except Exception as exc:  # a bug must not end pushing for the service
-                log.exception("push round for %s failed: %s", service, exc)
-                await self._clock.sleep(ERROR_PAUSE)
-                continue
-            timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
-            await self._wakeups.wait(service, generation, timeout)
+        with self._wakeups.following(service):
+            while True:
+                generation = self._wakeups.generation(service)
+                try:
+                    next_due = self._round(service, state)
+                except Exception as exc:  # a bug must not end pushing for the service
+                    log.exception("push round for %s failed: %s", service, exc)
+                    await self._clock.sleep(ERROR_PAUSE)
+                    continue
+                timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
+                await self._wakeups.wait(service, generation, timeout)
 
     def _round(self, service: str, state: _Service) -> float | None:
         busy = max(len(state.in_flight), self._index.processing(service))

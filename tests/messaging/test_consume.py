@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 
+from lucid_cp.api.lucid.messaging.v1 import delivery_pb2 as dlpb
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 
 from .conftest import Queue, message, until
@@ -145,3 +146,32 @@ async def test_a_stalled_reader_is_not_flooded_with_stale_deliveries(q: Queue) -
     finally:
         stall.set()
         call.cancel()
+
+
+async def test_wakeups_are_kept_only_for_services_someone_follows(q: Queue) -> None:
+    # Regression: a wakeup counter stayed in memory for every destination ever sent to.
+    wakeups = q.system.wakeups
+    for n in range(30):
+        await q.send(message(destination=f"nobody-{n}"))
+    assert wakeups.followed == 0
+
+    async def followed(n: int) -> bool:
+        return wakeups.followed == n
+
+    poll = asyncio.create_task(q.pull("tron-node", wait_ms=10_000))
+    await until(lambda: followed(1))
+    await q.send(message())
+    [delivery] = await asyncio.wait_for(poll, 5)
+    assert delivery.message.destination == "tron-node"
+    assert wakeups.followed == 0
+    consumer = FakeConsumer(q.stub, "tron-node", q.md("tron-node"))
+    await until(lambda: followed(1))
+    await consumer.close()
+    await until(lambda: followed(0))
+    push = pb.ConsumerConfig(delivery_mode=dlpb.DELIVERY_MODE_PUSH, path="/in")
+    request = pb.PutConsumerRequest(service_name="nobody-1", config=push)
+    await q.stub.PutConsumer(request, metadata=q.admin)
+    await until(lambda: followed(1))
+    request.config.delivery_mode = dlpb.DELIVERY_MODE_PULL
+    await q.stub.PutConsumer(request, metadata=q.admin)
+    await until(lambda: followed(0))
