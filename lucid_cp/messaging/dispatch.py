@@ -307,6 +307,8 @@ class Dispatcher:
                 claimed = await self._claim_all(self._fitting(ready), label, ack_wait)
                 if claimed:
                     return [records.delivery(r) for r in claimed]
+                if ready:
+                    continue  # every claim lost (a claim wakes nobody): others may be ready
                 remaining = deadline - self._clock.monotonic()
                 if remaining <= 0:
                     return []
