@@ -166,15 +166,14 @@ class Pusher:
 
     async def _push(self, service: str, state: _Service, entry: Entry) -> None:
         config = state.config
+        claiming = False  # the claim releases the reservation itself
         try:
             instance = self._pick(service)
             if instance is None:
-                try:
-                    await self._queue.no_instance(entry)
-                finally:
-                    self._claimer.release(entry)
+                await self._queue.no_instance(entry)
                 return
             label = f"instance {instance.service_id}"
+            claiming = True
             record = await self._claimer.claim(entry, label, config.ack_wait_ms / 1000.0)
             if record is None:
                 return
@@ -189,6 +188,8 @@ class Pusher:
         except Exception as exc:  # the store: the deadline and the sweeper take over
             log.warning("pushing message %s failed: %s", entry.message_id, exc)
         finally:
+            if not claiming:
+                self._claimer.release(entry)
             state.in_flight.discard(entry.message_id)
             self._wakeups.notify(service)
 
