@@ -4,7 +4,10 @@ consumers never race for one record) and per-service wakeups.
 ``Wakeups`` is a generation counter per service: a waiter reads the generation before looking
 at the queue and waits only if nothing was notified since, so a message queued between the look
 and the wait is never missed. The index notifies a service when a message of it is queued (or
-re-queued); deliverers notify when one of their slots frees up.
+re-queued); deliverers notify when one of their slots frees up. Counters are kept only for the
+services someone follows (a Consume dispatcher, a pusher, a long poll): a waiter follows its
+service while it reads generations and waits, and a service nobody follows costs nothing, however
+many destinations messages are sent to.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 
 from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
 from lucid_cp.clock import Clock
@@ -25,14 +29,38 @@ log = logging.getLogger("lucid_cp.messaging.claims")
 class Wakeups:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        # Per followed service: its generation and how many follow it.
         self._generation: dict[str, int] = {}
+        self._followers: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
+    @property
+    def followed(self) -> int:
+        """How many services have a generation counter here."""
+        return len(self._generation)
+
+    @contextlib.contextmanager
+    def following(self, service: str) -> Iterator[None]:
+        """Counts ``service``'s notifications while the caller reads generations and waits."""
+        self._followers[service] = self._followers.get(service, 0) + 1
+        self._generation.setdefault(service, 0)
+        try:
+            yield
+        finally:
+            left = self._followers[service] - 1
+            if left:
+                self._followers[service] = left
+            else:
+                del self._followers[service]
+                del self._generation[service]
+
     def generation(self, service: str) -> int:
+        """Only meaningful while following ``service``."""
         return self._generation.get(service, 0)
 
     def notify(self, service: str) -> None:
-        self._generation[service] = self._generation.get(service, 0) + 1
+        if service in self._generation:
+            self._generation[service] += 1
         for waiter in self._waiters.pop(service, ()):
             if not waiter.done():
                 waiter.set_result(None)

@@ -5,10 +5,17 @@ service hands the next messages, in delivery order, round-robin to the consumers
 slot (at most ``maxInFlight`` unacked deliveries each), claiming each with a compare-and-swap
 (``MessageQueue.claim``), so a message is with one consumer at a time across every replica.
 A slot frees when the delivery is acked or nacked, when the index shows the message left that
-attempt (acked through REST, timed out by a sweeper), or when its ack deadline passes.
+attempt (acked through REST, timed out by a sweeper), or when its ack deadline passes; but a
+delivery still waiting to be written to the stream (a reader that does not read: the transport
+is full) keeps its slot until it is taken out to be written, and is dropped then if its deadline
+passed meanwhile (its claim times out as any other). So once the transport's buffers are full,
+a stalled reader is not handed more and more deliveries, each burning an attempt, only to
+receive them all stale. (What the transport took before, up to a few MB, it still receives.)
 
-A long poll (PullMessages) claims directly, up to maxMessages, and waits for a wakeup or for
-the next backoff to end while it has nothing.
+A long poll (PullMessages) claims directly, up to maxMessages and at most ``records.ANSWER_BYTES``
+of deliveries (always at least one: an answer too big to send would leave its messages claimed
+and unseen until their deadline), and waits for a wakeup or for the next backoff to end while
+it has nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ log = logging.getLogger("lucid_cp.messaging.dispatch")
 
 # Seconds to wait after a round that failed (the store did not answer) before the next.
 ERROR_PAUSE = 0.5
+# A delivery's bytes beyond its message's: the attempt, the ack deadline, the field framing.
+DELIVERY_OVERHEAD = 64
 
 
 @dataclass(eq=False)
@@ -44,25 +53,46 @@ class Consumer:
     ack_wait: float  # seconds
     # Deliveries not acked yet: message id -> (attempt, ack deadline).
     in_flight: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # Those of them not written to the stream yet: (message id, attempt).
+    unsent: set[tuple[str, int]] = field(default_factory=set)
     reserved: int = 0
     closed: bool = False
     error: BaseException | None = None
     _out: asyncio.Queue[pb.Delivery | None] = field(default_factory=asyncio.Queue)
 
     def free(self, now: float) -> int:
-        for message_id in [m for m, (_, deadline) in self.in_flight.items() if deadline <= now]:
-            del self.in_flight[message_id]  # its deadline passed: it is redelivered anyway
+        for message_id, (attempt, deadline) in list(self.in_flight.items()):
+            if deadline <= now and (message_id, attempt) not in self.unsent:
+                del self.in_flight[message_id]  # its deadline passed: it is redelivered anyway
         return self.max_in_flight - len(self.in_flight) - self.reserved
 
     def hand(self, record: spb.StoredMessage) -> None:
-        self.in_flight[record.message.message_id] = (
-            record.attempt,
-            records.seconds(record.claim.ack_deadline),
-        )
+        message_id = record.message.message_id
+        self.in_flight[message_id] = (record.attempt, records.seconds(record.claim.ack_deadline))
+        self.unsent.add((message_id, record.attempt))
         self._out.put_nowait(records.delivery(record))
 
     def settle(self, message_id: str) -> bool:
-        return self.in_flight.pop(message_id, None) is not None
+        """Frees the slot of ``message_id``'s delivery, unless it is not written yet (``take``
+        frees it then)."""
+        held = self.in_flight.get(message_id)
+        if held is None or (message_id, held[0]) in self.unsent:
+            return False
+        del self.in_flight[message_id]
+        return True
+
+    def take(self, delivery: pb.Delivery, now: float) -> bool:
+        """``delivery`` is out of the queue: whether to write it (it still holds its slot and
+        its deadline has not passed). False frees its slot, if it held one."""
+        message_id, attempt = delivery.message.message_id, delivery.attempt
+        self.unsent.discard((message_id, attempt))
+        held = self.in_flight.get(message_id)
+        if held is None or held[0] != attempt:
+            return False  # a newer attempt of it was handed since
+        if held[1] > now:
+            return True
+        del self.in_flight[message_id]
+        return False
 
     def end(self, error: BaseException | None = None) -> None:
         if not self.closed:
@@ -131,11 +161,25 @@ class Dispatcher:
                 state.task.cancel()
 
     def settled(self, consumer: Consumer, message_id: str) -> None:
-        """The consumer acked or nacked ``message_id``: its slot is free."""
-        if self._holders.get(message_id) is consumer:
-            del self._holders[message_id]
+        """The consumer acked or nacked ``message_id``, or the message left that attempt: its
+        slot is free (a delivery not written yet keeps it until ``next`` takes it out)."""
         if consumer.settle(message_id):
             self._wakeups.notify(consumer.service)
+        self._forget(consumer, message_id)
+
+    async def next(self, consumer: Consumer) -> pb.Delivery | None:
+        """The consumer's next delivery to write to its stream; None once it is closed. One
+        whose ack deadline passed while it waited is dropped, its slot freed."""
+        while (delivery := await consumer.next()) is not None:
+            if consumer.take(delivery, self._clock.now()):
+                return delivery
+            self._forget(consumer, delivery.message.message_id)
+            self._wakeups.notify(consumer.service)
+        return None
+
+    def _forget(self, consumer: Consumer, message_id: str) -> None:
+        if message_id not in consumer.in_flight and self._holders.get(message_id) is consumer:
+            del self._holders[message_id]
 
     async def stop(self) -> None:
         states = list(self._services.values())
@@ -168,20 +212,21 @@ class Dispatcher:
             self.settled(holder, message_id)
 
     async def _serve(self, service: str, state: _Service) -> None:
-        while state.consumers:
-            generation = self._wakeups.generation(service)
-            try:
-                more, next_due = await self._round(service, state)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("dispatching %s failed: %s", service, exc)
-                await self._clock.sleep(ERROR_PAUSE)
-                continue
-            if more:
-                continue
-            timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
-            await self._wakeups.wait(service, generation, timeout)
+        with self._wakeups.following(service):
+            while state.consumers:
+                generation = self._wakeups.generation(service)
+                try:
+                    more, next_due = await self._round(service, state)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("dispatching %s failed: %s", service, exc)
+                    await self._clock.sleep(ERROR_PAUSE)
+                    continue
+                if more:
+                    continue
+                timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
+                await self._wakeups.wait(service, generation, timeout)
 
     async def _round(self, service: str, state: _Service) -> tuple[bool, float | None]:
         """One round: claims as many messages as the consumers have free slots, round-robin.
@@ -255,18 +300,34 @@ class Dispatcher:
         ack_wait = self.config_of(service).ack_wait_ms / 1000.0
         label = f"pull {uuid.uuid4().hex[:12]} on {self._replica}"
         deadline = self._clock.monotonic() + wait
-        while True:
-            generation = self._wakeups.generation(service)
-            ready, next_due = self._claimer.reserve(service, max_messages)
-            claimed = await self._claim_all(ready, label, ack_wait)
-            if claimed:
-                return [records.delivery(r) for r in claimed]
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
-                return []
-            if next_due is not None:
-                remaining = min(remaining, max(0.0, next_due - self._clock.now()))
-            await self._wakeups.wait(service, generation, remaining)
+        with self._wakeups.following(service):
+            while True:
+                generation = self._wakeups.generation(service)
+                ready, next_due = self._claimer.reserve(service, max_messages)
+                claimed = await self._claim_all(self._fitting(ready), label, ack_wait)
+                if claimed:
+                    return [records.delivery(r) for r in claimed]
+                if ready:
+                    continue  # every claim lost (a claim wakes nobody): others may be ready
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    return []
+                if next_due is not None:
+                    remaining = min(remaining, max(0.0, next_due - self._clock.now()))
+                await self._wakeups.wait(service, generation, remaining)
+
+    def _fitting(self, ready: list[Entry]) -> list[Entry]:
+        """The first of the reserved ``ready`` whose deliveries fit in ``records.ANSWER_BYTES``
+        (at least one); the others' reservations are released. A claim changes no message, so the
+        index's record tells its size."""
+        size = 0
+        for n, entry in enumerate(ready):
+            size += entry.record.message.ByteSize() + DELIVERY_OVERHEAD
+            if n > 0 and size > records.ANSWER_BYTES:
+                for unused in ready[n:]:
+                    self._claimer.release(unused)
+                return ready[:n]
+        return ready
 
     async def _claim_all(
         self, ready: Sequence[Entry], label: str, ack_wait: float

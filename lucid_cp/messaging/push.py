@@ -139,16 +139,17 @@ class Pusher:
             self._wakeups.notify(service)
 
     async def _serve(self, service: str, state: _Service) -> None:
-        while True:
-            generation = self._wakeups.generation(service)
-            try:
-                next_due = self._round(service, state)
-            except Exception as exc:  # a bug must not end pushing for the service
-                log.exception("push round for %s failed: %s", service, exc)
-                await self._clock.sleep(ERROR_PAUSE)
-                continue
-            timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
-            await self._wakeups.wait(service, generation, timeout)
+        with self._wakeups.following(service):
+            while True:
+                generation = self._wakeups.generation(service)
+                try:
+                    next_due = self._round(service, state)
+                except Exception as exc:  # a bug must not end pushing for the service
+                    log.exception("push round for %s failed: %s", service, exc)
+                    await self._clock.sleep(ERROR_PAUSE)
+                    continue
+                timeout = None if next_due is None else max(0.0, next_due - self._clock.now())
+                await self._wakeups.wait(service, generation, timeout)
 
     def _round(self, service: str, state: _Service) -> float | None:
         busy = max(len(state.in_flight), self._index.processing(service))
@@ -165,15 +166,14 @@ class Pusher:
 
     async def _push(self, service: str, state: _Service, entry: Entry) -> None:
         config = state.config
+        claiming = False  # the claim releases the reservation itself
         try:
             instance = self._pick(service)
             if instance is None:
-                try:
-                    await self._queue.no_instance(entry)
-                finally:
-                    self._claimer.release(entry)
+                await self._queue.no_instance(entry)
                 return
             label = f"instance {instance.service_id}"
+            claiming = True
             record = await self._claimer.claim(entry, label, config.ack_wait_ms / 1000.0)
             if record is None:
                 return
@@ -188,6 +188,8 @@ class Pusher:
         except Exception as exc:  # the store: the deadline and the sweeper take over
             log.warning("pushing message %s failed: %s", entry.message_id, exc)
         finally:
+            if not claiming:
+                self._claimer.release(entry)
             state.in_flight.discard(entry.message_id)
             self._wakeups.notify(service)
 

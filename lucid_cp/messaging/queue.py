@@ -123,7 +123,9 @@ class MessageQueue:
         existing = result.responses[0]
         assert isinstance(existing, KeyValue)  # the compare failed: the key exists (one txn)
         stored = spb.StoredMessage.FromString(existing.value)
-        if stored.digest != record.digest:
+        # Both digests are of the message with its defaults applied (a record written before
+        # digests were taken so holds another digest: its message, stored so, is compared).
+        if record.digest not in (stored.digest, records.digest(stored.message)):
             raise MessageIdConflict(
                 f"message {message.message_id} was already sent with other content",
                 details={"messageId": message.message_id},
@@ -266,6 +268,9 @@ class MessageQueue:
     async def dead_letters(
         self, principal: Principal, destination: str, limit: int, offset: int
     ) -> pb.DeadLetterList:
+        """Up to ``limit`` dead letters from ``offset``, oldest first, and at most
+        ``records.ANSWER_BYTES`` of them (at least one): fewer than ``limit`` while ``total``
+        says more follow."""
         if not principal.is_admin:
             destination = destination or principal.subject
             principal.require_acts_as(destination)
@@ -274,6 +279,7 @@ class MessageQueue:
         found.sort(key=lambda p: (p[1], p[2]))
         page = found[offset : offset + limit]
         out = pb.DeadLetterList(total=len(found), revision=listed.revision)
+        size = 0
         for start in range(0, len(page), MAX_TXN_OPS):
             chunk = page[start : start + MAX_TXN_OPS]
             got = await self._store.txn([], [Get(keys.message_key(p[2])) for p in chunk])
@@ -283,9 +289,13 @@ class MessageQueue:
                 record = spb.StoredMessage.FromString(kv.value)
                 if not record.dead_lettered:
                     continue  # replayed meanwhile
-                out.dead_letters.add(
+                dead = pb.DeadLetter(
                     message=record.message, status=records.status(record, kv.mod_revision)
                 )
+                size += dead.ByteSize()
+                if out.dead_letters and size > records.ANSWER_BYTES:
+                    return out  # a full page: the caller asks again from offset + its length
+                out.dead_letters.append(dead)
         return out
 
     async def replay(self, principal: Principal, message_id: str) -> pb.MessageResponse:

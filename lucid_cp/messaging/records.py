@@ -43,6 +43,10 @@ MAX_HEADERS_BYTES = 64 * 1024
 # write of it can be refused.
 MAX_HISTORY = 50
 MAX_ERROR_CHARS = 1024
+# What one answer carrying messages (a pull, a dead-letter page) may hold, serialized: well under
+# gRPC's 4 MiB message limit, and above the largest message with its status (~600 KiB), so an
+# answer always holds at least one.
+ANSWER_BYTES = 2 * 1024 * 1024
 
 
 def ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -91,11 +95,14 @@ def header_errors(message: pb.InterServiceMessage) -> list[tuple[str, str]]:
 
 
 def new_record(message: pb.InterServiceMessage, now: float) -> spb.StoredMessage:
-    record = spb.StoredMessage(state=QUEUED, digest=digest(message))
+    """The record of a new message, with its defaults applied; its digest is of the message as
+    stored (defaults applied), so a re-send that spells a default out is the same content."""
+    record = spb.StoredMessage(state=QUEUED)
     record.message.CopyFrom(message)
     if record.message.priority == pb.PRIORITY_UNSPECIFIED:
         record.message.priority = pb.PRIORITY_NORMAL
     record.message.retry_policy.CopyFrom(retry_policy(message))
+    record.digest = digest(record.message)
     record.queued_at.CopyFrom(ts(now))
     record.expires_at.CopyFrom(ts(now + message.ttl))
     record.updated_at.CopyFrom(ts(now))
@@ -182,18 +189,19 @@ def deliver(
 def fail_attempt(
     record: spb.StoredMessage, now: float, outcome: int, error: str, *, retryable: bool
 ) -> spb.StoredMessage:
-    """The current attempt failed: queued again after the backoff, or failed (dead-lettered)
-    when it may not be retried or was the last one. Expired meanwhile: expired."""
+    """The current attempt failed: expired when its TTL passed meanwhile (even if it was the
+    last attempt: a message past its TTL is never dead-lettered); otherwise queued again after
+    the backoff, or failed (dead-lettered) when it may not be retried or was the last one."""
     out = _copy(record)
     _end_attempt(out, now, outcome, error)
+    out.ClearField("next_attempt_at")
+    if expired(out, now):
+        out.state = EXPIRED
+        return out
     policy = retry_policy(out.message)
     if not retryable or out.attempt >= policy.max_attempts:
         out.state = FAILED
         out.dead_lettered = True
-        out.ClearField("next_attempt_at")
-        return out
-    if expired(out, now):
-        out.state = EXPIRED
         return out
     out.state = QUEUED
     out.next_attempt_at.CopyFrom(ts(now + backoff(policy, out.attempt)))

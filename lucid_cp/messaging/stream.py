@@ -53,7 +53,7 @@ async def consume(
     )
     on_done(lambda: _cancel(reader))
     try:
-        while (delivery := await consumer.next()) is not None:
+        while (delivery := await dispatcher.next(consumer)) is not None:
             yield pb.ConsumeResponse(delivery=delivery)
         if consumer.error is not None:
             raise consumer.error

@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 
+from lucid_cp.api.lucid.messaging.v1 import delivery_pb2 as dlpb
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 
 from .conftest import Queue, message, until
@@ -101,3 +102,76 @@ async def test_first_message_must_be_start(q: Queue) -> None:
         assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     else:
         raise AssertionError("the stream should have failed")
+
+
+async def _attempts(q: Queue) -> int:
+    """Attempts spent so far on tron-node's messages (claims made)."""
+    return sum(e.record.attempt for e in q.system.index.entries())
+
+
+async def test_a_stalled_reader_is_not_flooded_with_stale_deliveries(q: Queue) -> None:
+    # Regression: a slot freed when its delivery's ack deadline passed even if the delivery
+    # still waited to be written to the stream (the reader was not reading, the transport was
+    # full): the consumer kept claiming, every claim burnt an attempt, and the reader then got
+    # a pile of deliveries all past their deadline.
+    policy = {"maxAttempts": 10, "initialDelay": 100, "backoffMultiplier": 1.0}
+    sent = [message(payload={"n": n, "blob": "x" * 250_000}, retryPolicy=policy) for n in range(30)]
+    for msg in sent:
+        await q.send(msg)
+    stall = asyncio.Event()
+
+    async def requests():  # type: ignore[no-untyped-def]
+        start = pb.ConsumeStart(service_name="tron-node", max_in_flight=1, ack_wait_ms=100)
+        yield pb.ConsumeRequest(start=start)
+        await stall.wait()
+
+    call = q.stub.Consume(requests(), metadata=q.md("tron-node"))
+    try:
+        # The reader does not read: the transport's buffers fill up within a few MB...
+        await asyncio.sleep(3)
+        stalled = await _attempts(q)
+        # ...after which nothing more is claimed for it: no attempt is burnt while it stalls.
+        await asyncio.sleep(1.5)
+        assert await _attempts(q) <= stalled + 1
+        # It reads again: what the transport held comes first (stale), and the deliveries
+        # that waited past their deadline on the server were dropped, not sent.
+        stale = 0
+        while True:
+            response = await asyncio.wait_for(call.read(), 5)
+            delivery = response.delivery
+            if delivery.ack_deadline.ToNanoseconds() / 1e9 > q.clock.now():
+                break  # a fresh one
+            stale += 1
+        assert stale < stalled
+    finally:
+        stall.set()
+        call.cancel()
+
+
+async def test_wakeups_are_kept_only_for_services_someone_follows(q: Queue) -> None:
+    # Regression: a wakeup counter stayed in memory for every destination ever sent to.
+    wakeups = q.system.wakeups
+    for n in range(30):
+        await q.send(message(destination=f"nobody-{n}"))
+    assert wakeups.followed == 0
+
+    async def followed(n: int) -> bool:
+        return wakeups.followed == n
+
+    poll = asyncio.create_task(q.pull("tron-node", wait_ms=10_000))
+    await until(lambda: followed(1))
+    await q.send(message())
+    [delivery] = await asyncio.wait_for(poll, 5)
+    assert delivery.message.destination == "tron-node"
+    assert wakeups.followed == 0
+    consumer = FakeConsumer(q.stub, "tron-node", q.md("tron-node"))
+    await until(lambda: followed(1))
+    await consumer.close()
+    await until(lambda: followed(0))
+    push = pb.ConsumerConfig(delivery_mode=dlpb.DELIVERY_MODE_PUSH, path="/in")
+    request = pb.PutConsumerRequest(service_name="nobody-1", config=push)
+    await q.stub.PutConsumer(request, metadata=q.admin)
+    await until(lambda: followed(1))
+    request.config.delivery_mode = dlpb.DELIVERY_MODE_PULL
+    await q.stub.PutConsumer(request, metadata=q.admin)
+    await until(lambda: followed(0))

@@ -166,3 +166,23 @@ async def test_retention_deletes_final_messages_but_keeps_dead_letters(fq: Queue
 
     await until(gone)
     assert (await fq.status(dead.message_id)).status == pb.MESSAGE_STATE_FAILED
+
+
+async def test_a_ttl_passing_during_the_last_attempt_expires_instead_of_dead_lettering(
+    fq: Queue,
+) -> None:
+    # Regression: the last attempt was checked before expiry, so these were dead-lettered.
+    await _configure(fq, ack_wait_ms=10_000)
+    timed_out, nacked = (message(ttl=5, retryPolicy={"maxAttempts": 1}) for _ in range(2))
+    await fq.send(timed_out)
+    await fq.send(nacked)
+    first, second = await fq.pull()
+    advance(fq, 6)
+    status = await fq.nack(second, "too late")
+    assert status.status == pb.MESSAGE_STATE_EXPIRED and not status.dead_lettered
+    advance(fq, 4)  # the first one's ack deadline: the sweeper times it out
+    status = await until(lambda: fq.status_is(first.message.message_id, pb.MESSAGE_STATE_EXPIRED))
+    assert not status.dead_lettered
+    assert [a.outcome for a in status.history] == [pb.ATTEMPT_OUTCOME_TIMED_OUT]
+    dead = await fq.stub.ListDeadLetters(pb.ListDeadLettersRequest(), metadata=fq.admin)
+    assert dead.total == 0

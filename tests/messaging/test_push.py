@@ -5,6 +5,7 @@ healthy instance is a failed attempt, instances take turns, maxInFlight bounds t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,34 @@ async def test_instances_take_turns_and_max_in_flight_bounds_the_pushes(pq: Queu
     finally:
         for receiver in receivers:
             await receiver.stop()
+
+
+class _FailingOnce:
+    """Discovery's index, failing its first read (a bug, a bad record)."""
+
+    def __init__(self, instances: Any) -> None:
+        self._instances = instances
+        self.failed = False
+
+    def of_service(self, service_name: str) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bad instance record")
+        return self._instances.of_service(service_name)
+
+
+async def test_a_failure_picking_an_instance_releases_the_message(pq: Queue) -> None:
+    # Regression: the reservation was kept: the message was never pushed again by this replica.
+    receiver = await Receiver((200, 0.0)).start()
+    try:
+        await instance(pq, receiver)
+        pusher = pq.system.pusher
+        failing = pusher._instances = _FailingOnce(pusher._instances)
+        await push_mode(pq)
+        msg = message()
+        await pq.send(msg)
+        status = await settled(pq, msg.message_id)
+        assert failing.failed
+        assert status.status == pb.MESSAGE_STATE_DELIVERED and status.attempts == 1
+    finally:
+        await receiver.stop()

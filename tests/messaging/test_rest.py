@@ -9,9 +9,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from google.protobuf import json_format
 
+from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
+from lucid_cp.api.lucid.messaging.v1 import messages_pb2_grpc
 from tests.gateway.gw_live import ADMIN, Stack, bearer, start_stack
 
 BASE = "/api/v1/inter-service"
@@ -19,13 +23,18 @@ GW, NODE = bearer("api-gateway"), bearer("tron-node")
 
 
 @pytest.fixture
-async def live() -> AsyncIterator[httpx.AsyncClient]:
-    stack: Stack = await start_stack()
+async def stack() -> AsyncIterator[Stack]:
+    started = await start_stack()
     try:
-        async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=10.0) as http:
-            yield http
+        yield started
     finally:
-        await stack.stop()
+        await started.stop()
+
+
+@pytest.fixture
+async def live(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=10.0) as http:
+        yield http
 
 
 def body(**over: Any) -> dict[str, Any]:
@@ -170,3 +179,41 @@ async def test_errors(live: httpx.AsyncClient) -> None:
     assert put.status_code == 200 and put.json()["config"]["deliveryMode"] == "pull"
     got = (await live.get(f"{BASE}/consumers/tron-node", headers=NODE)).json()
     assert got["config"]["maxInFlight"] == 5 and got["revision"] == put.json()["revision"]
+
+
+async def test_a_resend_over_rest_and_grpc_is_the_same_content(
+    stack: Stack, live: httpx.AsyncClient
+) -> None:
+    # Regression: the digest was taken before the defaults were applied, so a re-send that
+    # spelled them out was a 409.
+    payload = {"op": "transfer", "amount": 5, "to": ["a", None], "deep": {"x": 1.5}}
+    bare = body(priority="normal", payload=payload)
+    spelled = bare | {"ttl": 3600, "retryPolicy": {"maxAttempts": 3, "backoffMultiplier": 2}}
+    metadata = (("authorization", GW["Authorization"]),)
+
+    def first_answer(answer: dict[str, Any]) -> tuple[str, int, str]:
+        return answer["messageId"], int(answer["revision"]), answer["queuedAt"]
+
+    async with grpc.aio.insecure_channel(stack.plane.grpc_target) as channel:
+        stub = messages_pb2_grpc.MessageServiceStub(channel)
+
+        async def over_grpc(message: dict[str, Any]) -> tuple[str, int, str]:
+            msg = pb.InterServiceMessage()
+            json_format.ParseDict(message | {"priority": "PRIORITY_NORMAL"}, msg)
+            sent = await stub.SendMessage(pb.SendMessageRequest(message=msg), metadata=metadata)
+            return first_answer(json_format.MessageToDict(sent))
+
+        async def over_rest(message: dict[str, Any]) -> tuple[str, int, str]:
+            sent = await live.post(f"{BASE}/messages", json=message, headers=GW)
+            assert sent.status_code == 202, sent.text
+            return first_answer(sent.json())
+
+        for one, two in ((bare, spelled), (spelled, bare)):
+            for send_first, send_other in ((over_rest, over_grpc), (over_grpc, over_rest)):
+                same = {"messageId": str(uuid.uuid4())}
+                answer = await send_first(one | same)
+                assert await send_other(one | same) == answer
+                assert await send_other(two | same) == answer
+                assert await send_first(two | same) == answer
+        other = spelled | same | {"retryPolicy": {"maxAttempts": 4}}
+        error(await live.post(f"{BASE}/messages", json=other, headers=GW), 409, "LUCID_ERR_1908")

@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import grpc
 
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
+from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
+from lucid_cp.messaging import keys, records
+from lucid_cp.store.base import Put, TxnResult, mod_revision_is
 
 from .conftest import Queue, message, rpc_error
 
@@ -66,3 +72,66 @@ async def test_priority_order_and_fifo_within_a_priority(q: Queue) -> None:
     # One at a time too: pulls of one follow the same order.
     for d in got:
         await q.nack(d, "later")
+
+
+async def test_a_resend_with_the_defaults_spelled_out_is_the_same_content(q: Queue) -> None:
+    # Regression: the digest was taken before the defaults were applied: this was a 409.
+    msg = message()
+    first = await q.send(msg)
+    spelled = pb.InterServiceMessage()
+    spelled.CopyFrom(msg)
+    spelled.retry_policy.max_attempts = 3
+    assert await q.send(spelled) == first
+    everything = pb.InterServiceMessage()
+    everything.CopyFrom(msg)
+    everything.priority = pb.PRIORITY_NORMAL
+    everything.ttl = 3600
+    everything.retry_policy.CopyFrom(
+        pb.RetryPolicy(max_attempts=3, initial_delay=1000, max_delay=10000, backoff_multiplier=2)
+    )
+    assert await q.send(everything) == first
+    other = pb.InterServiceMessage()
+    other.CopyFrom(spelled)
+    other.retry_policy.max_attempts = 4
+    code, reason, _ = await rpc_error(q.send(other))
+    assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "LUCID_ERR_1908")
+
+
+class _AnotherReplicaWins:
+    """The queue's store, where another replica claims ``message_id`` just before this one."""
+
+    def __init__(self, store: Any, message_id: str) -> None:
+        self._store = store
+        self._key = keys.message_key(message_id)
+        self.won = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def txn(self, compares: Any, success: Any, failure: Any = ()) -> TxnResult:
+        if not self.won and any(isinstance(op, Put) and op.key == self._key for op in success):
+            self.won = True
+            kv = await self._store.get(self._key)
+            record = spb.StoredMessage.FromString(kv.value)
+            theirs = records.claim(
+                record, records.seconds(record.updated_at), "pull x on b", "b", 30
+            )
+            await self._store.txn(
+                [mod_revision_is(self._key, kv.mod_revision)],
+                [Put(self._key, theirs.SerializeToString())],
+            )
+        result: TxnResult = await self._store.txn(compares, success, failure)
+        return result
+
+
+async def test_a_long_poll_that_loses_every_claim_looks_again_at_once(q: Queue) -> None:
+    # Regression: it waited for a wakeup that never came (a claim wakes nobody), here for the
+    # whole waitMs, while the next message was ready.
+    first, second = message(), message()
+    await q.send(first)
+    await q.send(second)
+    queue = q.system.queue
+    rival = queue._store = _AnotherReplicaWins(queue._store, first.message_id)
+    async with asyncio.timeout(5):
+        [delivery] = await q.pull(max_messages=1, wait_ms=20_000)
+    assert rival.won and delivery.message.message_id == second.message_id

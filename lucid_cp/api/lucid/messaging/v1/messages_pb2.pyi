@@ -642,7 +642,9 @@ class PullMessagesResponse(_message.Message):
 
     DELIVERIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]: ...
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """At most max_messages, and at most 2 MiB of them (always at least one): the rest stay queued."""
+
     def __init__(
         self,
         *,
@@ -822,7 +824,9 @@ class DeadLetterList(_message.Message):
     revision: _builtins.int
     @_builtins.property
     def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
-        """Oldest first."""
+        """Oldest first; at most limit, and at most 2 MiB of them (always at least one): fewer than
+        limit while total says more exist (ask again from offset + their count).
+        """
 
     def __init__(
         self,
