@@ -22,6 +22,10 @@ circuit breaker or the mTLS settings (its own watch of /lucid/mesh/), id of (sto
 "policy", revision); data the resource's REST JSON; tags ``kind`` (traffic, security,
 circuit-breakers, mtls), ``change`` (created, updated, deleted) and ``name``.
 
+Data over the event limit (64 KiB; a mesh record may be up to 1.5 MiB) is a summary: the tags,
+``key``, ``revision`` and ``truncated``. So no event is too large to append; one the store
+refuses anyway is logged and dropped (only an unavailable store is retried).
+
 After a resync (a compaction, or a feed that fell behind) the feed diffs the fresh snapshot
 against what it knew and publishes the differences; a removal found that way has no revision of
 its own (the snapshot's is used), so replicas may each publish it once.
@@ -35,7 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
@@ -45,7 +49,8 @@ from lucid_cp.clock import Clock
 from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import enum_string, to_struct
 from lucid_cp.mesh import keys as mesh_keys
-from lucid_cp.store.base import KeyValue, StoreError, WatchedPrefix
+from lucid_cp.store.base import KeyValue, StoreUnavailableError, WatchedPrefix
+from lucid_cp.validation import field_rules
 from lucid_cp.watchcache import Change, ChangeType, Handler, Reflector, Subscription
 
 log = logging.getLogger("lucid_cp.events.feed")
@@ -55,8 +60,16 @@ SOURCE = "lucid-cp"
 NAMESPACE = uuid.UUID("6f1f6a3e-6c1b-5d0e-9a51-1ac1d0e7e5a1")
 # Seconds before a removal nobody explained as a deregistration is published as an expiry.
 EXPIRY_GRACE = 2.0
-# Seconds between attempts to append an event while the store is unavailable.
-RETRY = 1.0
+# Seconds before the first retry of an append while the store is unavailable; doubled after
+# each failure up to RETRY_MAX. Any other store error (a request too large, too many ops) would
+# fail again: the event is logged and dropped, so it never holds up the ones after it.
+RETRY = 0.25
+RETRY_MAX = 5.0
+# An event's data at most (events.proto, ServiceEvent.data): a resource over it is replaced by
+# a summary (its key, revision and the event's tags, "truncated": true).
+_DATA_RULES = field_rules(pb.ServiceEvent.DESCRIPTOR.fields_by_name["data"])
+assert _DATA_RULES is not None and _DATA_RULES.max_bytes
+MAX_DATA_BYTES = _DATA_RULES.max_bytes
 _HEALTH = dpb.HealthState.DESCRIPTOR
 _REMEMBERED = 1024  # deregistrations remembered (their removal may come after the hook)
 
@@ -67,8 +80,20 @@ def event_id(key: str, kind: str, revision: int) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{key}\x00{kind}\x00{revision}"))
 
 
+def _data(key: str, revision: int, data: Message | None, tags: dict[str, str]) -> struct_pb2.Struct:
+    """The event's data: ``data`` as REST JSON (None: an empty object), or a summary when that
+    is over MAX_DATA_BYTES (a mesh record may be up to the store's 1.5 MiB)."""
+    struct = to_struct(data) if data is not None else struct_pb2.Struct()
+    if struct.ByteSize() <= MAX_DATA_BYTES:
+        return struct
+    summary = struct_pb2.Struct()
+    summary.update({**tags, "key": key, "revision": revision, "truncated": True})
+    return summary
+
+
 class Publisher:
-    """Appends the feed's events one at a time, in order, retrying while the store is down."""
+    """Appends the feed's events one at a time, in order, retrying while the store is
+    unavailable (backoff on the clock); an event the store refuses otherwise is dropped."""
 
     def __init__(self, append: Append, clock: Clock) -> None:
         self._append = append
@@ -76,6 +101,7 @@ class Publisher:
         self._queue: asyncio.Queue[pb.ServiceEvent] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.published = 0
+        self.dropped = 0  # events the store refused for good (logged)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="events-feed-publisher")
@@ -94,18 +120,15 @@ class Publisher:
         tags: dict[str, str],
     ) -> None:
         """Queues the event of (``key``, ``kind``, ``revision``); ``data``: the resource (None:
-        not known, an empty object)."""
+        not known, an empty object; over MAX_DATA_BYTES, a summary)."""
         event = pb.ServiceEvent(
             event_id=event_id(key, kind, revision),
             event_type=event_type,
             source=SOURCE,
             version="1.0",
             tags=tags,
+            data=_data(key, revision, data, tags),
         )
-        if data is not None:
-            event.data.CopyFrom(to_struct(data))
-        else:
-            event.data.SetInParent()
         stamp = timestamp_pb2.Timestamp()
         stamp.FromNanoseconds(int(self._clock.now() * 1e9))
         event.timestamp.CopyFrom(stamp)
@@ -119,18 +142,26 @@ class Publisher:
         while True:
             event = await self._queue.get()
             try:
-                while True:
-                    try:
-                        await self._append(event)
-                        self.published += 1
-                        break
-                    except StoreError as exc:
-                        log.warning("events feed: append failed (%s); retrying", exc)
-                        await self._clock.sleep(RETRY)
+                await self._append_retrying(event)
+                self.published += 1
             except Exception:
-                log.exception("events feed: event %s dropped", event.event_id)
+                self.dropped += 1
+                log.exception(
+                    "events feed: event %s (%s) dropped", event.event_id, event.event_type
+                )
             finally:
                 self._queue.task_done()
+
+    async def _append_retrying(self, event: pb.ServiceEvent) -> None:
+        delay = RETRY
+        while True:
+            try:
+                await self._append(event)
+                return
+            except StoreUnavailableError as exc:
+                log.warning("events feed: append failed (%s); retrying in %.2fs", exc, delay)
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
 
 # -- services ---------------------------------------------------------------------------------
