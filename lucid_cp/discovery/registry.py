@@ -8,7 +8,7 @@ index has applied them, so a caller reads its own writes from the same replica.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from google.protobuf import timestamp_pb2
@@ -41,6 +41,8 @@ from lucid_cp.watchcache import Subscription
 log = logging.getLogger("lucid_cp.discovery.registry")
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
+# Seconds (the clock's) a deregistration waits for each hook before it answers anyway.
+DEREGISTERED_HOOK_TIMEOUT = 5.0
 CAS_ATTEMPTS = 8
 
 
@@ -68,6 +70,10 @@ def _not_found(service_id: str) -> ServiceNotFound:
     )
 
 
+# await hook(service_id, revision): see Registry.on_deregistered.
+DeregisteredHook = Callable[[str, int], Awaitable[None]]
+
+
 class RegistryStore(KeyReader, KeyWriter, Leases, Protocol):
     """The store methods the registry uses: reads, txns and leases (never watch or compact)."""
 
@@ -84,13 +90,15 @@ class Registry:
         self._index = index
         self._clock = clock
         self._balancer = balancer or Balancer()
-        self._deregistered: list[Callable[[str, int], None]] = []
+        self._deregistered: list[DeregisteredHook] = []
 
-    def on_deregistered(self, callback: Callable[[str, int], None]) -> None:
-        """``callback(service_id, revision)`` runs after each successful deregistration made
-        through this registry (``revision``: the store revision that deleted the instance).
-        An instance whose lease expires is not reported here (watch the index for that)."""
-        self._deregistered.append(callback)
+    def on_deregistered(self, hook: DeregisteredHook) -> None:
+        """``await hook(service_id, revision)`` after each successful deregistration made
+        through this registry (``revision``: what the store answered for the revoke), before
+        the caller is answered, for at most DEREGISTERED_HOOK_TIMEOUT seconds: one that fails
+        or times out is logged and cancelled, and the deregistration stands. An instance whose
+        lease expires is not reported here (watch the index for that)."""
+        self._deregistered.append(hook)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -169,12 +177,20 @@ class Registry:
             revision = await self._store.revoke_lease(lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
-        for callback in self._deregistered:
-            try:
-                callback(service_id, revision)
-            except Exception:
-                log.exception("a deregistration observer failed")
         await self._read_your_write(revision)
+        for hook in self._deregistered:
+            try:
+                async with self._clock.timeout(DEREGISTERED_HOOK_TIMEOUT):
+                    await hook(service_id, revision)
+            except TimeoutError:
+                log.warning(
+                    "a deregistration hook took over %.0fs (%s at %d)",
+                    DEREGISTERED_HOOK_TIMEOUT,
+                    service_id,
+                    revision,
+                )
+            except Exception:
+                log.exception("a deregistration hook failed")
         return revision
 
     async def update_health(

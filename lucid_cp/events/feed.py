@@ -9,10 +9,13 @@ Service events (discovery's index, one subscription to every instance change):
   ``previousStatus`` and ``status``;
 * service.deregistered / service.expired: its lease went away, both under the id of
   (serviceId, "removed", revision). The replica that deregistered it hears it from the
-  registry (``on_deregistered``) and publishes service.deregistered at once; every replica
-  publishes service.expired after ``grace`` seconds unless it knows of the deregistration, and
-  the first append wins. So a lease that expired reads expired; a deregistration reads
-  deregistered unless its replica died before publishing it.
+  registry (``on_deregistered``, awaited before Deregister answers) and answers once
+  service.deregistered is stored; every replica publishes service.expired after ``grace``
+  seconds unless that was stored by then, and the first append wins. So a lease that expired
+  reads expired; a deregistration reads deregistered unless its event could not be stored
+  (the store refused it, the replica stopped or died first).
+
+The publisher appends in order; a stop appends what is still queued before it ends.
 
 Data is the instance's REST JSON (the last known state for the removals); tags carry
 ``serviceName`` and ``serviceId``.
@@ -36,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -65,6 +70,8 @@ EXPIRY_GRACE = 2.0
 # fail again: the event is logged and dropped, so it never holds up the ones after it.
 RETRY = 0.25
 RETRY_MAX = 5.0
+# Seconds a stop may spend appending what is still queued.
+STOP_DRAIN = 10.0
 # An event's data at most (events.proto, ServiceEvent.data): a resource over it is replaced by
 # a summary (its key, revision and the event's tags, "truncated": true).
 _DATA_RULES = field_rules(pb.ServiceEvent.DESCRIPTOR.fields_by_name["data"])
@@ -91,24 +98,65 @@ def _data(key: str, revision: int, data: Message | None, tags: dict[str, str]) -
     return summary
 
 
+@dataclass(eq=False, slots=True)
+class _Queued:
+    event: pb.ServiceEvent
+    # True once appended (or recorded before under its id), False when dropped or not
+    # appended by the stop.
+    done: asyncio.Future[bool]
+
+
 class Publisher:
     """Appends the feed's events one at a time, in order, retrying while the store is
-    unavailable (backoff on the clock); an event the store refuses otherwise is dropped."""
+    unavailable (backoff on the clock); an event the store refuses otherwise is dropped.
+
+    ``stop`` appends what is still queued before it ends (each event tried once: the first that
+    cannot reach the store drops the rest; at most STOP_DRAIN seconds), so a clean stop loses
+    nothing that the store can take."""
 
     def __init__(self, append: Append, clock: Clock) -> None:
         self._append = append
         self._clock = clock
-        self._queue: asyncio.Queue[pb.ServiceEvent] = asyncio.Queue()
+        # The head is the event being appended: it leaves the queue once settled.
+        self._queue: deque[_Queued] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self.published = 0
-        self.dropped = 0  # events the store refused for good (logged)
+        self.dropped = 0  # events the store refused for good, or left queued at the stop
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="events-feed-publisher")
 
     async def stop(self) -> None:
+        self._stopped = True
         task, self._task = self._task, None
         await cancelled(task)
+        try:
+            async with self._clock.timeout(STOP_DRAIN):
+                while self._queue:
+                    item = self._queue[0]
+                    try:
+                        await self._append(item.event)
+                    except StoreUnavailableError as exc:
+                        log.warning("events feed: stopping with the store unavailable (%s)", exc)
+                        break
+                    except Exception as exc:
+                        self._drop(item, exc)
+                    else:
+                        self._settle(item, True)
+                    self._queue.popleft()
+        except TimeoutError:
+            log.warning("events feed: the stop's appends took over %.0fs", STOP_DRAIN)
+        finally:
+            if self._queue:
+                log.error("events feed: %d event(s) not appended before the stop", len(self._queue))
+            while self._queue:
+                self.dropped += 1
+                self._settle(self._queue.popleft(), False)
+            self._idle.set()
 
     def publish(
         self,
@@ -118,9 +166,10 @@ class Publisher:
         revision: int,
         data: Message | None,
         tags: dict[str, str],
-    ) -> None:
+    ) -> asyncio.Future[bool]:
         """Queues the event of (``key``, ``kind``, ``revision``); ``data``: the resource (None:
-        not known, an empty object; over MAX_DATA_BYTES, a summary)."""
+        not known, an empty object; over MAX_DATA_BYTES, a summary). The future resolves True
+        once it is stored, False when it is dropped (or the publisher has stopped)."""
         event = pb.ServiceEvent(
             event_id=event_id(key, kind, revision),
             event_type=event_type,
@@ -132,25 +181,51 @@ class Publisher:
         stamp = timestamp_pb2.Timestamp()
         stamp.FromNanoseconds(int(self._clock.now() * 1e9))
         event.timestamp.CopyFrom(stamp)
-        self._queue.put_nowait(event)
+        item = _Queued(event, asyncio.get_running_loop().create_future())
+        if self._stopped:
+            self._drop(item, "published after the stop")
+            return item.done
+        self._queue.append(item)
+        self._idle.clear()
+        self._wake.set()
+        return item.done
 
     async def drain(self) -> None:
-        """Returns once everything queued so far is appended (tests)."""
-        await self._queue.join()
+        """Returns once everything queued so far is settled (tests)."""
+        await self._idle.wait()
 
     async def _run(self) -> None:
         while True:
-            event = await self._queue.get()
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = self._queue[0]
             try:
-                await self._append_retrying(event)
-                self.published += 1
-            except Exception:
-                self.dropped += 1
-                log.exception(
-                    "events feed: event %s (%s) dropped", event.event_id, event.event_type
-                )
-            finally:
-                self._queue.task_done()
+                await self._append_retrying(item.event)
+            except Exception as exc:
+                self._drop(item, exc)
+            else:
+                self._settle(item, True)
+            self._queue.popleft()
+
+    def _settle(self, item: _Queued, stored: bool) -> None:
+        if stored:
+            self.published += 1
+        if not item.done.done():
+            item.done.set_result(stored)
+
+    def _drop(self, item: _Queued, why: str | Exception) -> None:
+        self.dropped += 1
+        log.error(
+            "events feed: event %s (%s) dropped: %s",
+            item.event.event_id,
+            item.event.event_type,
+            why,
+            exc_info=why if isinstance(why, Exception) else None,
+        )
+        self._settle(item, False)
 
     async def _append_retrying(self, event: pb.ServiceEvent) -> None:
         delay = RETRY
@@ -200,7 +275,9 @@ class ServiceFeed:
         # (serviceId, revision) of removals: waiting for the grace to pass, or explained.
         self._expiring: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._removed: dict[tuple[str, int], dpb.ServiceInstance] = {}
-        self._deregistered: dict[tuple[str, int], bool] = {}  # -> published already
+        # (serviceId, revision) -> the append of its service.deregistered: the expiry is
+        # published only if that was not stored.
+        self._claims: dict[tuple[str, int], asyncio.Future[bool]] = {}
         self._subscription: Subscription[dpb.WatchResponse] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -284,41 +361,55 @@ class ServiceFeed:
 
     def _gone(self, instance: dpb.ServiceInstance, revision: int) -> None:
         key = (instance.service_id, revision)
-        published = self._deregistered.get(key)
-        if published is not None:
-            if not published:
-                self._publish_removal("service.deregistered", instance, revision)
-                self._deregistered[key] = True
-            return
         self._removed[key] = instance
         self._expiring[key] = asyncio.create_task(self._expire_later(key))
 
     async def _expire_later(self, key: tuple[str, int]) -> None:
-        await self._clock.sleep(self._grace)
-        self._expiring.pop(key, None)
-        instance = self._removed.pop(key, None)
-        if instance is not None:
-            self._publish_removal("service.expired", instance, key[1])
+        try:
+            await self._clock.sleep(self._grace)
+            claim = self._claims.pop(key, None)
+            if claim is not None and await asyncio.shield(claim):
+                return  # published as service.deregistered
+            instance = self._removed.get(key)
+            if instance is not None:
+                self._publish_removal("service.expired", instance, key[1])
+        finally:
+            self._expiring.pop(key, None)
+            self._removed.pop(key, None)
 
-    def on_deregistered(self, service_id: str, revision: int) -> None:
-        """The registry's hook: this replica deregistered ``service_id`` at ``revision``."""
+    async def on_deregistered(self, service_id: str, revision: int) -> None:
+        """The registry's hook: this replica deregistered ``service_id`` at ``revision``.
+        Returns once service.deregistered is stored (the registry's timeout may stop the wait:
+        the event stays queued). When it cannot be stored (the store refused it, the publisher
+        stopped first), the removal is published as service.expired after the grace, under the
+        same id: whichever is stored first stays."""
+        if self._task is None:
+            return  # stopped: another replica (or the next start) reports the removal
         key = (service_id, revision)
-        instance = self._removed.pop(key, None)
+        instance = self._removed.get(key)
         if instance is None and self._known is not None:
             instance = self._known.get(service_id)
-        timer = self._expiring.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        if instance is not None:
-            self._publish_removal("service.deregistered", instance, revision)
-        self._deregistered[key] = instance is not None
-        while len(self._deregistered) > _REMEMBERED:
-            del self._deregistered[next(iter(self._deregistered))]
+        if instance is None:
+            log.warning(
+                "events feed: %s deregistered at %d is not known here: left to the expiry",
+                service_id,
+                revision,
+            )
+            return
+        done = self._publish_removal("service.deregistered", instance, revision)
+        self._claims[key] = done
+        while len(self._claims) > _REMEMBERED:
+            del self._claims[next(iter(self._claims))]
+        if not await asyncio.shield(done):
+            log.warning(
+                "events feed: service.deregistered of %s was not stored: left to the expiry",
+                service_id,
+            )
 
     def _publish_removal(
         self, event_type: str, instance: dpb.ServiceInstance, revision: int
-    ) -> None:
-        self._publisher.publish(
+    ) -> asyncio.Future[bool]:
+        return self._publisher.publish(
             event_type,
             instance.service_id,
             "removed",

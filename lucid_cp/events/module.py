@@ -4,8 +4,8 @@ the control plane's own events. It builds on discovery (push resolves subscriber
 index; deregistrations and instance changes become events), started before it.
 
 Start order: the log's appender, the tail, the subscription index, the replica's owner lease,
-then push, retention and the feeds. Stop in reverse: the feeds stop publishing, push loops and
-the sweeper end, the owner lease is revoked (another replica takes over at once), the tail and
+then push, retention and the feeds. Stop in reverse: the feeds stop publishing (their publisher
+appends what it still holds), push loops and the sweeper end, the owner lease is revoked (another replica takes over at once), the tail and
 index stop, the appender last.
 """
 
