@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf import timestamp_pb2
@@ -70,8 +71,21 @@ def _not_found(service_id: str) -> ServiceNotFound:
     )
 
 
-# await hook(service_id, revision): see Registry.on_deregistered.
-DeregisteredHook = Callable[[str, int], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class Deregistration:
+    """What a deregistration hook is told."""
+
+    service_id: str
+    # The record's mod_revision when it was read: the removal came after it.
+    read_revision: int
+    # What the store answered for the revoke: the removal's revision, or a later one when an
+    # attempt's outcome was unknown (store/base.py, "Faults"). Not the removal's revision to
+    # rely on: watch for the first removal of service_id after read_revision instead.
+    revision: int
+
+
+# await hook(deregistration): see Registry.on_deregistered.
+DeregisteredHook = Callable[[Deregistration], Awaitable[None]]
 
 
 class RegistryStore(KeyReader, KeyWriter, Leases, Protocol):
@@ -93,9 +107,8 @@ class Registry:
         self._deregistered: list[DeregisteredHook] = []
 
     def on_deregistered(self, hook: DeregisteredHook) -> None:
-        """``await hook(service_id, revision)`` after each successful deregistration made
-        through this registry (``revision``: what the store answered for the revoke), before
-        the caller is answered, for at most DEREGISTERED_HOOK_TIMEOUT seconds: one that fails
+        """``await hook(deregistration)`` after each successful deregistration made through
+        this registry, before the caller is answered, for at most DEREGISTERED_HOOK_TIMEOUT seconds: one that fails
         or times out is logged and cancelled, and the deregistration stands. An instance whose
         lease expires is not reported here (watch the index for that)."""
         self._deregistered.append(hook)
@@ -171,17 +184,18 @@ class Registry:
     async def deregister(self, principal: Principal, service_id: str) -> int:
         """Deletes the instance and everything under its lease, at once and for good: the lease
         is revoked, so no heartbeat or health update can bring the instance back."""
-        _, instance, lease_id = await self._read(service_id)
+        kv, instance, lease_id = await self._read(service_id)
         principal.require_acts_as(instance.service_name)
         try:
             revision = await self._store.revoke_lease(lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
         await self._read_your_write(revision)
+        told = Deregistration(service_id, kv.mod_revision, revision)
         for hook in self._deregistered:
             try:
                 async with self._clock.timeout(DEREGISTERED_HOOK_TIMEOUT):
-                    await hook(service_id, revision)
+                    await hook(told)
             except TimeoutError:
                 log.warning(
                     "a deregistration hook took over %.0fs (%s at %d)",

@@ -51,6 +51,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
+from lucid_cp.discovery.registry import Deregistration
 from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import enum_string, to_struct
 from lucid_cp.mesh import keys as mesh_keys
@@ -78,7 +79,7 @@ _DATA_RULES = field_rules(pb.ServiceEvent.DESCRIPTOR.fields_by_name["data"])
 assert _DATA_RULES is not None and _DATA_RULES.max_bytes
 MAX_DATA_BYTES = _DATA_RULES.max_bytes
 _HEALTH = dpb.HealthState.DESCRIPTOR
-_REMEMBERED = 1024  # deregistrations remembered (their removal may come after the hook)
+_REMEMBERED = 1024  # claims of deregistrations kept at most (each is dropped by its timer)
 
 Append = Callable[[pb.ServiceEvent], Awaitable[object]]
 
@@ -278,6 +279,8 @@ class ServiceFeed:
         # (serviceId, revision) -> the append of its service.deregistered: the expiry is
         # published only if that was not stored.
         self._claims: dict[tuple[str, int], asyncio.Future[bool]] = {}
+        # serviceId -> deregistration hooks waiting for its removal to be seen.
+        self._awaited: dict[str, list[asyncio.Future[None]]] = {}
         self._subscription: Subscription[dpb.WatchResponse] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -296,6 +299,10 @@ class ServiceFeed:
         tasks = [t for t in (self._task, *self._expiring.values()) if t is not None]
         self._task = None
         self._expiring.clear()
+        for waiters in self._awaited.values():  # hooks waiting for a removal: they return
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -363,6 +370,29 @@ class ServiceFeed:
         key = (instance.service_id, revision)
         self._removed[key] = instance
         self._expiring[key] = asyncio.create_task(self._expire_later(key))
+        for waiter in self._awaited.pop(instance.service_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _removal(self, service_id: str, after: int) -> tuple[str, int] | None:
+        """The key of the first removal of ``service_id`` after revision ``after`` among those
+        waiting for their grace to pass; waits for it when it has not been seen yet (None: the
+        feed stopped)."""
+        while self._task is not None:
+            seen = [k for k in self._removed if k[0] == service_id and k[1] > after]
+            if seen:
+                return min(seen, key=lambda k: k[1])
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters = self._awaited.setdefault(service_id, [])
+            waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters and self._awaited.get(service_id) is waiters:
+                    del self._awaited[service_id]
+        return None
 
     async def _expire_later(self, key: tuple[str, int]) -> None:
         try:
@@ -377,26 +407,22 @@ class ServiceFeed:
             self._expiring.pop(key, None)
             self._removed.pop(key, None)
 
-    async def on_deregistered(self, service_id: str, revision: int) -> None:
-        """The registry's hook: this replica deregistered ``service_id`` at ``revision``.
-        Returns once service.deregistered is stored (the registry's timeout may stop the wait:
-        the event stays queued). When it cannot be stored (the store refused it, the publisher
-        stopped first), the removal is published as service.expired after the grace, under the
-        same id: whichever is stored first stays."""
+    async def on_deregistered(self, deregistration: Deregistration) -> None:
+        """The registry's hook: this replica deregistered an instance. Waits for the watched
+        removal of that serviceId (the first after the record the registry read: the revision
+        the store answered may be a later one), then publishes service.deregistered under the
+        removal's revision, the id the other replicas' expiry uses too. Returns once it is
+        stored (the registry's timeout may stop the wait: the event stays queued). When it
+        cannot be stored (the store refused it, the publisher stopped first), the removal is
+        published as service.expired after the grace, under the same id: whichever is stored
+        first stays."""
         if self._task is None:
             return  # stopped: another replica (or the next start) reports the removal
-        key = (service_id, revision)
-        instance = self._removed.get(key)
-        if instance is None and self._known is not None:
-            instance = self._known.get(service_id)
-        if instance is None:
-            log.warning(
-                "events feed: %s deregistered at %d is not known here: left to the expiry",
-                service_id,
-                revision,
-            )
-            return
-        done = self._publish_removal("service.deregistered", instance, revision)
+        service_id = deregistration.service_id
+        key = await self._removal(service_id, deregistration.read_revision)
+        if key is None:
+            return  # the feed stopped meanwhile
+        done = self._publish_removal("service.deregistered", self._removed[key], key[1])
         self._claims[key] = done
         while len(self._claims) > _REMEMBERED:
             del self._claims[next(iter(self._claims))]

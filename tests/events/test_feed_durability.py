@@ -5,6 +5,7 @@ stop appends what the feed still had queued."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.messaging.v1 import event_storage_pb2 as spb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import FakeClock, SystemClock
+from lucid_cp.discovery.keys import load_key
 from lucid_cp.discovery.registry import DEREGISTERED_HOOK_TIMEOUT
 from lucid_cp.events import keys
 from lucid_cp.events.feed import Publisher, event_id
@@ -180,3 +182,57 @@ async def test_a_stop_with_the_store_down_drops_the_rest_at_once() -> None:
     assert attempts == ["e.n0", "e.n0"]  # one more try at the stop, then the store is down
     assert [f.result() for f in done] == [False, False, False]
     assert publisher.dropped == 3
+
+
+# -- the removal's own revision -----------------------------------------------------------------
+
+
+async def test_a_later_revision_from_the_revoke_still_gives_one_removal_event(
+    plane: Plane,
+) -> None:
+    """After an attempt whose outcome was unknown, etcd's revoke answers the current revision,
+    not the removal's: the event still takes the removal's revision, the id every replica's
+    expiry uses, so the removal is one event."""
+    reg = await plane.register()
+    store = plane.store
+    revoke = store.revoke_lease
+    removals: list[int] = []
+
+    async def revoke_then_later(lease_id: int) -> int:
+        removals.append(await revoke(lease_id))
+        # Another write lands before the answer (a load counter: no instance change).
+        return await store.put(load_key(str(uuid.uuid4())), b"1")
+
+    store.revoke_lease = revoke_then_later  # type: ignore[method-assign]
+    gone = await asyncio.wait_for(plane.deregister(reg), 5)
+    [removed] = removals
+    assert gone.revision > removed
+    plane.clock.advance(5)  # past the grace: the expiry is not published
+    await asyncio.sleep(0.05)
+    await plane.events.system.publisher.drain()
+    found = await stored(plane.store)
+    assert [e.event_type for e in found] == ["service.registered", "service.deregistered"]
+    assert found[1].event_id == event_id(reg.service_id, "removed", removed)
+
+
+async def test_the_deregistration_matches_its_own_removal_not_an_earlier_one(
+    plane: Plane,
+) -> None:
+    """The same serviceId expired (its expiry still in the grace), registered again and
+    deregistered: the deregistration is the second removal, the expiry stays the first."""
+    reg = registration("api-gateway", ttl=30)
+    md = plane.md()
+    await plane.events.discovery.Register(dpb.RegisterRequest(registration=reg), metadata=md)
+    feed = plane.events.system.service_feed
+    plane.clock.advance(31)
+    assert await plane.store.reap_expired_leases() >= 1
+    await until(lambda: feed.pending_expiries == 1, what="the expiry seen")
+    await plane.events.discovery.Register(dpb.RegisterRequest(registration=reg), metadata=md)
+    gone = await asyncio.wait_for(plane.deregister(reg), 5)
+    plane.clock.advance(5)
+    await until(lambda: plane.events.system.publisher.published >= 4, what="four events")
+    found = await stored(plane.store)
+    removals = {e.event_type: e.event_id for e in found if e.event_type != "service.registered"}
+    assert removals["service.deregistered"] == event_id(reg.service_id, "removed", gone.revision)
+    assert removals["service.expired"] != removals["service.deregistered"]
+    assert len(found) == 4
