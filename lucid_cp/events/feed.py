@@ -32,6 +32,13 @@ refuses anyway is logged and dropped (only an unavailable store is retried).
 After a resync (a compaction, or a feed that fell behind) the feed diffs the fresh snapshot
 against what it knew and publishes the differences; a removal found that way has no revision of
 its own (the snapshot's is used), so replicas may each publish it once.
+
+At the start the feed diffs its first snapshot against the checkpoint (checkpoint.py: the
+instances whose registration is stored and whose removal is not) the same way: instances
+registered while no replica was publishing read service.registered, those gone read
+service.expired (data and tags: serviceId, serviceName). Without a checkpoint (the first start,
+or over its size) nothing is reported. Not seen: an instance registered and removed within the
+downtime, one removed and registered again (same serviceId), and health changes meanwhile.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.discovery.registry import Deregistration
+from lucid_cp.events.checkpoint import Checkpoint
 from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import enum_string, to_struct
 from lucid_cp.mesh import keys as mesh_keys
@@ -191,6 +199,11 @@ class Publisher:
         self._wake.set()
         return item.done
 
+    @property
+    def pending(self) -> int:
+        """Events queued, the one being appended included."""
+        return len(self._queue)
+
     async def drain(self) -> None:
         """Returns once everything queued so far is settled (tests)."""
         await self._idle.wait()
@@ -259,6 +272,12 @@ def _service_tags(instance: dpb.ServiceInstance) -> dict[str, str]:
     return {"serviceName": instance.service_name, "serviceId": instance.service_id}
 
 
+def _struct(values: dict[str, str]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
 class ServiceFeed:
     def __init__(
         self,
@@ -267,11 +286,13 @@ class ServiceFeed:
         clock: Clock,
         *,
         grace: float = EXPIRY_GRACE,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self._index = index
         self._publisher = publisher
         self._clock = clock
         self._grace = grace
+        self._checkpoint = checkpoint
         self._known: dict[str, dpb.ServiceInstance] | None = None
         # (serviceId, revision) of removals: waiting for the grace to pass, or explained.
         self._expiring: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -283,6 +304,11 @@ class ServiceFeed:
         self._awaited: dict[str, list[asyncio.Future[None]]] = {}
         self._subscription: Subscription[dpb.WatchResponse] | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def synced(self) -> bool:
+        """Whether the first snapshot was applied (and, with a checkpoint, diffed)."""
+        return self._known is not None
 
     @property
     def pending_expiries(self) -> int:
@@ -337,7 +363,8 @@ class ServiceFeed:
         fresh = {i.service_id: i for i in item.snapshot.instances}
         known, self._known = self._known, fresh
         if known is None:
-            return  # the start: nothing happened yet as far as this replica knows
+            self._first(fresh, item.revision)
+            return
         for sid, instance in fresh.items():
             before = known.get(sid)
             if before is None:
@@ -348,8 +375,30 @@ class ServiceFeed:
             if sid not in fresh:
                 self._gone(instance, item.revision)
 
+    def _first(self, fresh: dict[str, dpb.ServiceInstance], revision: int) -> None:
+        """The start. With a checkpoint: what changed since it, as a resync would (instances
+        added: service.registered; gone: service.expired under the snapshot's revision, data
+        and tags ``serviceId`` and ``serviceName``). Without one: nothing happened as far as
+        this replica knows."""
+        checkpoint = self._checkpoint
+        base = checkpoint.loaded if checkpoint is not None else None
+        if base is None:
+            if checkpoint is not None:
+                checkpoint.reset({sid: i.service_name for sid, i in fresh.items()}, revision)
+            return
+        for sid, instance in fresh.items():
+            if sid not in base:
+                self._registered(instance, instance.revision)
+        for sid, name in base.items():
+            if sid not in fresh:
+                tags = {"serviceName": name, "serviceId": sid}
+                done = self._publisher.publish(
+                    "service.expired", sid, "removed", revision, _struct(tags), tags
+                )
+                self._when_stored(done, sid, None, revision)
+
     def _registered(self, instance: dpb.ServiceInstance, revision: int) -> None:
-        self._publisher.publish(
+        done = self._publisher.publish(
             "service.registered",
             instance.service_id,
             "registered",
@@ -357,6 +406,25 @@ class ServiceFeed:
             instance,
             _service_tags(instance),
         )
+        self._when_stored(done, instance.service_id, instance.service_name, revision)
+
+    def _when_stored(
+        self, done: asyncio.Future[bool], service_id: str, name: str | None, revision: int
+    ) -> None:
+        """Tells the checkpoint once the event is stored: registered (``name``) or removed."""
+        checkpoint = self._checkpoint
+        if checkpoint is None:
+            return
+
+        def stored(future: asyncio.Future[bool]) -> None:
+            if future.cancelled() or not future.result():
+                return
+            if name is None:
+                checkpoint.removed(service_id, revision)
+            else:
+                checkpoint.registered(service_id, name, revision)
+
+        done.add_done_callback(stored)
 
     def _health_changed(self, previous: int, instance: dpb.ServiceInstance, revision: int) -> None:
         tags = _service_tags(instance)
@@ -435,7 +503,7 @@ class ServiceFeed:
     def _publish_removal(
         self, event_type: str, instance: dpb.ServiceInstance, revision: int
     ) -> asyncio.Future[bool]:
-        return self._publisher.publish(
+        done = self._publisher.publish(
             event_type,
             instance.service_id,
             "removed",
@@ -443,6 +511,8 @@ class ServiceFeed:
             instance,
             _service_tags(instance),
         )
+        self._when_stored(done, instance.service_id, None, revision)
+        return done
 
 
 # -- mesh policies ----------------------------------------------------------------------------
