@@ -8,7 +8,8 @@ index has applied them, so a caller reads its own writes from the same replica.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf import timestamp_pb2
@@ -41,6 +42,8 @@ from lucid_cp.watchcache import Subscription
 log = logging.getLogger("lucid_cp.discovery.registry")
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
+# Seconds (the clock's) a deregistration waits for each hook before it answers anyway.
+DEREGISTERED_HOOK_TIMEOUT = 5.0
 CAS_ATTEMPTS = 8
 
 
@@ -68,6 +71,23 @@ def _not_found(service_id: str) -> ServiceNotFound:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Deregistration:
+    """What a deregistration hook is told."""
+
+    service_id: str
+    # The record's mod_revision when it was read: the removal came after it.
+    read_revision: int
+    # What the store answered for the revoke: the removal's revision, or a later one when an
+    # attempt's outcome was unknown (store/base.py, "Faults"). Not the removal's revision to
+    # rely on: watch for the first removal of service_id after read_revision instead.
+    revision: int
+
+
+# await hook(deregistration): see Registry.on_deregistered.
+DeregisteredHook = Callable[[Deregistration], Awaitable[None]]
+
+
 class RegistryStore(KeyReader, KeyWriter, Leases, Protocol):
     """The store methods the registry uses: reads, txns and leases (never watch or compact)."""
 
@@ -84,13 +104,14 @@ class Registry:
         self._index = index
         self._clock = clock
         self._balancer = balancer or Balancer()
-        self._deregistered: list[Callable[[str, int], None]] = []
+        self._deregistered: list[DeregisteredHook] = []
 
-    def on_deregistered(self, callback: Callable[[str, int], None]) -> None:
-        """``callback(service_id, revision)`` runs after each successful deregistration made
-        through this registry (``revision``: the store revision that deleted the instance).
-        An instance whose lease expires is not reported here (watch the index for that)."""
-        self._deregistered.append(callback)
+    def on_deregistered(self, hook: DeregisteredHook) -> None:
+        """``await hook(deregistration)`` after each successful deregistration made through
+        this registry, before the caller is answered, for at most DEREGISTERED_HOOK_TIMEOUT seconds: one that fails
+        or times out is logged and cancelled, and the deregistration stands. An instance whose
+        lease expires is not reported here (watch the index for that)."""
+        self._deregistered.append(hook)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -163,18 +184,27 @@ class Registry:
     async def deregister(self, principal: Principal, service_id: str) -> int:
         """Deletes the instance and everything under its lease, at once and for good: the lease
         is revoked, so no heartbeat or health update can bring the instance back."""
-        _, instance, lease_id = await self._read(service_id)
+        kv, instance, lease_id = await self._read(service_id)
         principal.require_acts_as(instance.service_name)
         try:
             revision = await self._store.revoke_lease(lease_id)
         except LeaseNotFoundError:
             raise _not_found(service_id) from None
-        for callback in self._deregistered:
-            try:
-                callback(service_id, revision)
-            except Exception:
-                log.exception("a deregistration observer failed")
         await self._read_your_write(revision)
+        told = Deregistration(service_id, kv.mod_revision, revision)
+        for hook in self._deregistered:
+            try:
+                async with self._clock.timeout(DEREGISTERED_HOOK_TIMEOUT):
+                    await hook(told)
+            except TimeoutError:
+                log.warning(
+                    "a deregistration hook took over %.0fs (%s at %d)",
+                    DEREGISTERED_HOOK_TIMEOUT,
+                    service_id,
+                    revision,
+                )
+            except Exception:
+                log.exception("a deregistration hook failed")
         return revision
 
     async def update_health(

@@ -21,7 +21,7 @@ from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
 from lucid_cp.errors import FieldViolation, PermissionDenied
-from lucid_cp.events.errors import InvalidEventRequest
+from lucid_cp.events.errors import CursorBehindRetention, InvalidEventRequest
 from lucid_cp.events.feed import SOURCE
 from lucid_cp.events.log import EventLog
 from lucid_cp.events.matching import Matcher, path_violations
@@ -140,6 +140,8 @@ class EventControl:
                     batch = await self._reader.matching(batch.cursor, limit, matcher, fresh=True)
         except TimeoutError:
             pass
+        except CursorBehindRetention as gap:  # told from the stored cursor, as the first read
+            raise gap.since(record.cursor) from None
         return _batch(batch.events, batch.cursor, batch.more)
 
     async def ack(

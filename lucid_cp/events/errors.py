@@ -37,6 +37,10 @@ class CursorBehindRetention(InvalidEventRequest):
         self.lost = lost
         self.resume_cursor = oldest - 1
 
+    def since(self, cursor: int) -> CursorBehindRetention:
+        """The same gap told from ``cursor`` (an earlier position of the same reader)."""
+        return CursorBehindRetention(cursor, self.resume_cursor + 1)
+
 
 class EventIdConflict(AlreadyExists):
     """The eventId was published before with other content (LUCID_ERR_1908)."""

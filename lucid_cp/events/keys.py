@@ -8,6 +8,8 @@
                                         are filled on read)
 /lucid/events/owners/<id>|retention     the replica delivering a push subscription (or sweeping
                                         the log), under that replica's lease
+/lucid/events/feed/services             FeedCheckpoint: the instances the service feed has
+                                        reported, for a start to diff against
 
 Sequences are zero-padded so key order is sequence order: a range from log/<n> reads the log
 from sequence n on. Ids and subscription ids are UUIDs, so "/" never occurs inside a segment.
@@ -23,6 +25,7 @@ RETENTION = PREFIX + b"retention"
 SUBSCRIPTIONS = PREFIX + b"subscriptions/"
 OWNERS = PREFIX + b"owners/"
 RETENTION_OWNER = "retention"
+FEED_CHECKPOINT = PREFIX + b"feed/services"
 
 
 def log_key(sequence: int) -> bytes:

@@ -1,7 +1,8 @@
 """Which events a subscription wants: pure functions, no I/O.
 
 EVENT TYPE PATTERNS, as NATS subjects (events.proto): dot-separated segments; ``*`` matches
-exactly one segment, ``>`` as the last segment one or more segments, anything else itself.
+exactly one segment, ``>`` as the last segment one or more segments, anything else itself; a
+segment is never empty (events.proto: an event type is segments of [a-z0-9-] joined by dots).
 "session.*" matches "session.created", not "session.user.created" nor "session"; "session.>"
 matches both of the first two, not "session"; ">" alone matches every type.
 
@@ -31,7 +32,7 @@ def type_matches(pattern: str, event_type: str) -> bool:
     have = event_type.split(".")
     for i, segment in enumerate(want):
         if segment == ">":
-            return i == len(want) - 1 and len(have) > i
+            return i == len(want) - 1 and len(have) > i and all(have[i:])
         if i >= len(have):
             return False
         if segment == "*":

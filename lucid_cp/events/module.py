@@ -4,9 +4,10 @@ the control plane's own events. It builds on discovery (push resolves subscriber
 index; deregistrations and instance changes become events), started before it.
 
 Start order: the log's appender, the tail, the subscription index, the replica's owner lease,
-then push, retention and the feeds. Stop in reverse: the feeds stop publishing, push loops and
-the sweeper end, the owner lease is revoked (another replica takes over at once), the tail and
-index stop, the appender last.
+then push, retention and the feeds (their checkpoint, publisher, then the feeds). Stop in
+reverse: the feeds stop publishing, their publisher appends what it still holds and the
+checkpoint is written, push loops and the sweeper end, the owner lease is revoked (another
+replica takes over at once), the tail and index stop, the appender last.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lucid_cp.api.lucid.messaging.v1 import events_pb2, events_pb2_grpc
 from lucid_cp.config import RateLimit
 from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.errors import InvalidArgument
+from lucid_cp.events.checkpoint import Checkpoint
 from lucid_cp.events.control import EventControl
 from lucid_cp.events.errors import STATUS_ROWS, InvalidEventRequest
 from lucid_cp.events.feed import EXPIRY_GRACE, MeshFeed, Publisher, ServiceFeed
@@ -147,8 +149,13 @@ class EventSystem:
             interval=settings.retention_interval,
         )
         self.publisher = Publisher(lambda e: self.log.append(e, internal=True), clock)
+        self.checkpoint = Checkpoint(store, clock)
         self.service_feed = ServiceFeed(
-            discovery.index, self.publisher, clock, grace=settings.expiry_grace
+            discovery.index,
+            self.publisher,
+            clock,
+            grace=settings.expiry_grace,
+            checkpoint=self.checkpoint,
         )
         self.mesh_feed = MeshFeed(store, self.publisher, clock)
         self._registry = discovery.registry
@@ -168,6 +175,8 @@ class EventSystem:
         await self.sweeper.start()
         self._started.append(self.sweeper)
         if self.settings.own_events:
+            await self.checkpoint.start()  # stopped after the publisher: the last write
+            self._started.append(self.checkpoint)
             self.publisher.start()
             self._started.append(self.publisher)
             self.service_feed.start()

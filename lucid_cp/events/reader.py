@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
+from lucid_cp.events.errors import CursorBehindRetention
 from lucid_cp.events.log import READ_PAGE, EventLog
 from lucid_cp.events.matching import Matcher
 from lucid_cp.events.tail import LogTail
@@ -59,13 +60,21 @@ class EventReader:
         max_bytes: int = BATCH_OUT_BYTES,
     ) -> Batch:
         """Up to ``max_events`` events after ``after`` that ``matcher`` wants, examining at
-        most ``max_scan`` events and handing out at most ``max_bytes`` (at least one event)."""
+        most ``max_scan`` events and handing out at most ``max_bytes`` (at least one event).
+        A gap met on a later page (retention deleted events between two reads) is raised as
+        seen from ``after``: what this scan had collected is deleted too, so ``lost`` and
+        ``resumeCursor`` count from the caller's cursor, not from where the scan was."""
         batch = Batch([], after, False)
         scanned = size = 0
         while scanned < max_scan:
-            events, more = await self.read(
-                batch.cursor, min(READ_PAGE, max_scan - scanned), fresh=fresh
-            )
+            try:
+                events, more = await self.read(
+                    batch.cursor, min(READ_PAGE, max_scan - scanned), fresh=fresh
+                )
+            except CursorBehindRetention as gap:
+                if batch.cursor == after:
+                    raise
+                raise gap.since(after) from None
             if not events:
                 batch.more = False
                 return batch

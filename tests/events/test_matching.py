@@ -37,6 +37,10 @@ TYPES = [
     ("*.>", "a.b", True),
     ("a-b.c", "a-b.c", True),
     ("a-b.*", "a-b.", False),  # an empty segment is not a segment
+    ("session.>", "session.", False),
+    ("session.>", "session.user.", False),
+    ("session.>", "session..created", False),
+    (">", "session.", False),
     ("session", "session.created", False),
 ]
 

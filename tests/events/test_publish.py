@@ -102,6 +102,10 @@ def _big_data() -> dict[str, str]:
     [
         ({"eventType": "Session.Created"}, "event.eventType"),
         ({"eventType": "session created"}, "event.eventType"),
+        ({"eventType": "session."}, "event.eventType"),
+        ({"eventType": ".session"}, "event.eventType"),
+        ({"eventType": "session..created"}, "event.eventType"),
+        ({"eventType": "."}, "event.eventType"),
         ({"eventId": "not-a-uuid"}, "event.eventId"),
         ({"source": "ab"}, "event.source"),
         ({"data": _big_data()}, "event.data"),

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as lucid_dot_messaging_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&lucid/messaging/v1/event_storage.proto\x12\x12lucid.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1flucid/messaging/v1/events.proto\"o\n\x0bStoredEvent\x12/\n\x05\x65vent\x18\x01 \x01(\x0b\x32 .lucid.messaging.v1.ServiceEvent\x12/\n\x0b\x61ppended_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\rStoredEventId\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32!.lucid.messaging.v1.EventResponse\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&lucid/messaging/v1/event_storage.proto\x12\x12lucid.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1flucid/messaging/v1/events.proto\"o\n\x0bStoredEvent\x12/\n\x05\x65vent\x18\x01 \x01(\x0b\x32 .lucid.messaging.v1.ServiceEvent\x12/\n\x0b\x61ppended_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\rStoredEventId\x12\x33\n\x08response\x18\x01 \x01(\x0b\x32!.lucid.messaging.v1.EventResponse\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"o\n\x0e\x46\x65\x65\x64\x43heckpoint\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x39\n\tinstances\x18\x02 \x03(\x0b\x32&.lucid.messaging.v1.CheckpointInstance\x12\x10\n\x08overflow\x18\x03 \x01(\x08\">\n\x12\x43heckpointInstance\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x14\n\x0cservice_name\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,4 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOREDEVENT']._serialized_end=239
   _globals['_STOREDEVENTID']._serialized_start=241
   _globals['_STOREDEVENTID']._serialized_end=325
+  _globals['_FEEDCHECKPOINT']._serialized_start=327
+  _globals['_FEEDCHECKPOINT']._serialized_end=438
+  _globals['_CHECKPOINTINSTANCE']._serialized_start=440
+  _globals['_CHECKPOINTINSTANCE']._serialized_end=502
 # @@protoc_insertion_point(module_scope)

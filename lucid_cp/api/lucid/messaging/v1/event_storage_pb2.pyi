@@ -6,9 +6,11 @@ What the event stream stores besides subscriptions (keys in lucid_cp/events/keys
 sent to clients as such: the RPCs answer with the messages of events.proto.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
@@ -79,3 +81,59 @@ class StoredEventId(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StoredEventId: _TypeAlias = StoredEventId  # noqa: Y015
+
+@_typing.final
+class FeedCheckpoint(_message.Message):
+    """The service feed's checkpoint at /lucid/events/feed/services: the instances whose
+    service.registered is stored and whose removal is not, as of `revision` (the newest change
+    it reflects). Every replica rewrites it (at most once a second, compare-and-swap, never with
+    an older revision); a replica that starts diffs its first snapshot against it, so changes made
+    while no replica was publishing are still reported.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    OVERFLOW_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    overflow: _builtins.bool
+    """More instances than fit the checkpoint's size cap: unusable, a start reports nothing."""
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckpointInstance]: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        instances: _abc.Iterable[Global___CheckpointInstance] | None = ...,
+        overflow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "overflow", b"overflow", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedCheckpoint: _TypeAlias = FeedCheckpoint  # noqa: Y015
+
+@_typing.final
+class CheckpointInstance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    service_id: _builtins.str
+    service_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        service_id: _builtins.str = ...,
+        service_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_id", b"service_id", "service_name", b"service_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointInstance: _TypeAlias = CheckpointInstance  # noqa: Y015

@@ -15,6 +15,7 @@ appends it, so sequence order is store order. A subscription's cursor is the seq
 last event it acknowledged; pull, the stream and push continue exactly after it: nothing lost,
 nothing skipped, the unacknowledged tail redelivered after a reconnect (at least once).
 
+EVENT TYPES are dot-separated segments, none empty: ^[a-z0-9-]+(\\.[a-z0-9-]+)*$.
 EVENT TYPE PATTERNS (EventSubscription.eventTypes), as NATS subjects: dot-separated segments;
 `*` matches exactly one segment ("session.*" matches "session.created", not
 "session.user.created"); `>` as the last segment matches one or more segments ("session.>"
@@ -87,6 +88,9 @@ class ServiceEvent(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     event_type: _builtins.str
+    """Dot-separated segments of [a-z0-9-], none empty ("session.created"; not "session.",
+    ".session" or "a..b": a pattern's `*` and `>` match whole segments).
+    """
     source: _builtins.str
     """The publishing service: the caller's own (403 otherwise, admin excepted). The control
     plane's own events have source "lucid-cp".

@@ -15,6 +15,7 @@ appends it, so sequence order is store order. A subscription's cursor is the seq
 last event it acknowledged; pull, the stream and push continue exactly after it: nothing lost,
 nothing skipped, the unacknowledged tail redelivered after a reconnect (at least once).
 
+EVENT TYPES are dot-separated segments, none empty: ^[a-z0-9-]+(\\.[a-z0-9-]+)*$.
 EVENT TYPE PATTERNS (EventSubscription.eventTypes), as NATS subjects: dot-separated segments;
 `*` matches exactly one segment ("session.*" matches "session.created", not
 "session.user.created"); `>` as the last segment matches one or more segments ("session.>"
