@@ -207,7 +207,6 @@ class MessagingBench:
         self.secret_file.chmod(0o600)
         self.results: dict[str, Any] = {}
         self.problems: list[str] = []  # control-plane errors found in its log
-        self.notes: list[str] = []
         self.nats_skip = nats_missing()
         self._etcd: Any = None
         self._nats: Child | None = None
