@@ -11,6 +11,7 @@ BENCHMARKS = {
     "rest": "scripts.bench.rest",
     "health": "scripts.bench.health",
     "sidecar": "scripts.bench.sidecar",
+    "messaging": "scripts.bench.messaging",
 }
 
 

@@ -1,6 +1,8 @@
 """Child processes of a benchmark run: each prints ``READY {json}`` on stdout once it serves and
 exits when its stdin closes (or, started with ``start_server``, announces itself in its log and
 stops on SIGTERM, as ``lucid-cp serve``); ``Children`` owns them all and stops them on the way out.
+Also how to start the two servers most benchmarks need: ``lucid-cp serve`` (``serve_argv``) and a
+throwaway etcd (``start_etcd``).
 """
 
 from __future__ import annotations
@@ -10,16 +12,23 @@ import json
 import os
 import re
 import selectors
+import shlex
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scripts.bench.common import ROOT
+from scripts.bench.common import LOOPBACK, ROOT
+
+if TYPE_CHECKING:
+    from tests.etcd_server import EtcdProcess
 
 READY_PREFIX = "READY "
+# ``lucid-cp serve``'s banner once it serves gRPC.
+CP_READY = re.compile(r"lucid-cp: gRPC on (?P<host>[0-9.]+):(?P<port>[0-9]+)")
 
 
 @dataclass
@@ -169,6 +178,26 @@ class Children:
                 print(f"cleanup failed: {exc}", file=sys.stderr)
 
 
+DONE_PREFIX = "DONE "
+
+
+async def ask(child: Child, line: str) -> dict[str, Any]:
+    """Sends a command line to a child and returns its ``DONE {json}`` answer."""
+    child.send(line)
+    assert child.proc.stdout is not None
+    answer = await asyncio.to_thread(child.proc.stdout.readline)
+    text = answer.decode(errors="replace").strip()
+    if not text.startswith(DONE_PREFIX):
+        raise RuntimeError(f"{child.name} answered {text!r}:\n{child.log_tail()}")
+    return dict(json.loads(text[len(DONE_PREFIX) :]))
+
+
+def answer_done(**info: Any) -> None:
+    """Called by a child: the answer to the command it was sent (see ``ask``)."""
+    sys.stdout.write(DONE_PREFIX + json.dumps(info) + "\n")
+    sys.stdout.flush()
+
+
 def announce_ready(**info: Any) -> None:
     """Called by a child once it serves."""
     sys.stdout.write(READY_PREFIX + json.dumps(info) + "\n")
@@ -182,3 +211,74 @@ async def wait_for_stdin_eof() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while await reader.readline():
         pass
+
+
+# -- the servers ---------------------------------------------------------------------------------
+
+
+def serve_argv(
+    data_dir: Path,
+    secret_file: Path,
+    *,
+    store: str | None = None,
+    profile: Path | None = None,
+) -> list[str]:
+    """A real ``lucid-cp serve`` on loopback port 0: gRPC only, rate limits and active health
+    checks off, WARNING logs; ``store`` a store URL (None: the default, sqlite in ``data_dir``);
+    under cProfile (stats written to ``profile`` when it stops) when given. Start it with
+    ``Children.start_server(name, argv, CP_READY, ...)``."""
+    # ``python -m lucid_cp.cli`` (the ``lucid-cp`` entry point) run from the checkout's root (see
+    # ``Children``): this checkout's code, whatever the installed ``lucid-cp`` script would import.
+    cli = [sys.executable, "-m", "lucid_cp.cli"]
+    if profile is not None:
+        cli = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "lucid_cp.cli"]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        *cli,
+        "serve",
+        *(["--store", store] if store is not None else []),
+        "--grpc-addr",
+        f"{LOOPBACK}:0",
+        "--no-gateway",
+        "--no-rate-limits",
+        "--no-health-checks",
+        "--log-level",
+        "WARNING",
+        "--data-dir",
+        str(data_dir),
+        "--jwt-secret-file",
+        str(secret_file),
+    ]
+
+
+def start_etcd(children: Children, workdir: Path) -> EtcdProcess:
+    """A single-member etcd on loopback (the tests' throwaway-etcd helper, fsync on), data under
+    ``workdir``; stopped and removed by ``children.close()``."""
+    from tests.etcd_server import EtcdProcess
+
+    etcd = EtcdProcess(_etcd_dying_with_us(workdir), data_dir=workdir / "etcd")
+    children.on_close(etcd.cleanup)
+    etcd.start()
+    return etcd
+
+
+def etcd_pid(etcd: EtcdProcess) -> int | None:
+    proc = getattr(etcd, "_proc", None)
+    return proc.pid if proc is not None else None
+
+
+def _etcd_dying_with_us(workdir: Path) -> str | None:
+    """An etcd launcher that dies with this process even if we are SIGKILLed (EtcdProcess puts
+    etcd in its own session, out of reach of our process group): a shell script exec-ing etcd
+    under ``setpriv --pdeathsig KILL``. None (EtcdProcess's own lookup) without setpriv."""
+    from tests.etcd_server import find_etcd_binary
+
+    binary, setpriv = find_etcd_binary(), shutil.which("setpriv")
+    if binary is None or setpriv is None:
+        return None
+    launcher = workdir / "etcd-pdeathsig.sh"
+    launcher.write_text(
+        f'#!/bin/sh\nexec {shlex.quote(setpriv)} --pdeathsig KILL -- {shlex.quote(binary)} "$@"\n'
+    )
+    launcher.chmod(0o755)
+    return str(launcher)

@@ -68,6 +68,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time per thread name (threads of one name summed; the main thread is
+    ``main``), e.g. the event loop's thread vs gRPC's and the store's worker threads."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, rest = task.joinpath("stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except OSError:
+            continue  # the thread ended
+        name = "main" if task.name == str(pid) else name
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def grpc_frame(message: bytes) -> bytes:
     """A length-prefixed gRPC message: 0 (uncompressed), 4-byte big-endian length, payload."""
     return b"\x00" + len(message).to_bytes(4, "big") + message

@@ -4,14 +4,12 @@ with that lease, at equal concurrency."""
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
+from scripts.bench.children import etcd_pid, start_etcd
 from scripts.bench.common import CHANNEL_OPTIONS, LOOPBACK, cpu_seconds, median_run
 from scripts.bench.discovery_common import RPC_TIMEOUT, Bench, registration
 from scripts.bench.discovery_plan import Plan
@@ -24,14 +22,9 @@ async def run(bench: Bench) -> None:
     while the raw client runs (its index watches only the discovery prefix)."""
     import aetcd
 
-    from tests.etcd_server import EtcdProcess  # the tests' throwaway-etcd helper
-
     p = bench.plan
-    etcd = EtcdProcess(_etcd_dying_with_us(bench.workdir), data_dir=bench.workdir / "etcd")
-    bench.children.on_close(etcd.cleanup)
-    etcd.start()
-    etcd_proc = getattr(etcd, "_proc", None)
-    etcd_pid = etcd_proc.pid if etcd_proc is not None else None
+    etcd = start_etcd(bench.children, bench.workdir)
+    pid_of_etcd = etcd_pid(etcd)
     rounds: list[dict[str, Any]] = []
     try:
         value = registration("bench-raw", 0).registration.SerializeToString()
@@ -69,8 +62,8 @@ async def run(bench: Bench) -> None:
                 )
                 for number in range(p.register_rounds):
                     offset = number * p.register_n
-                    raw = await _measured(bench, raw_op, offset, None, etcd_pid)
-                    ours = await _measured(bench, register_op, offset, cp.pid, etcd_pid)
+                    raw = await _measured(bench, raw_op, offset, None, pid_of_etcd)
+                    ours = await _measured(bench, register_op, offset, cp.pid, pid_of_etcd)
                     rounds.append({"raw_etcd": raw, "register": ours})
         finally:
             bench.children.stop(cp)
@@ -108,23 +101,6 @@ async def _measured(
         summary["etcd_cpu_us_per_op"] = (cpu_seconds(etcd_pid) - etcd_cpu) / done * 1e6
     summary["loadavg_1m"] = os.getloadavg()[0]
     return summary
-
-
-def _etcd_dying_with_us(workdir: Path) -> str | None:
-    """An etcd launcher that dies with this process even if we are SIGKILLed (EtcdProcess puts
-    etcd in its own session, out of reach of our process group): a shell script exec-ing etcd
-    under ``setpriv --pdeathsig KILL``. None (EtcdProcess's own lookup) without setpriv."""
-    from tests.etcd_server import find_etcd_binary
-
-    binary, setpriv = find_etcd_binary(), shutil.which("setpriv")
-    if binary is None or setpriv is None:
-        return None
-    launcher = workdir / "etcd-pdeathsig.sh"
-    launcher.write_text(
-        f'#!/bin/sh\nexec {shlex.quote(setpriv)} --pdeathsig KILL -- {shlex.quote(binary)} "$@"\n'
-    )
-    launcher.chmod(0o755)
-    return str(launcher)
 
 
 def report(results: dict[str, Any], plan: Plan, rows: list[Row], notes: list[str]) -> None:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import secrets
 import sys
 import time
@@ -25,7 +24,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2_grpc
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
 from lucid_cp.auth.tokens import Role, mint_token
 from lucid_cp.clock import SystemClock
-from scripts.bench.children import Child, Children
+from scripts.bench.children import CP_READY, Child, Children, ask, serve_argv
 from scripts.bench.common import (
     CHANNEL_OPTIONS,
     LOOPBACK,
@@ -43,7 +42,6 @@ CONNECT_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Connect'].na
 PUSH_METHOD = "/bench.Push/Push"  # the baseline server's "write": push to every stream
 RPC_TIMEOUT = 30.0
 ROLE_ARGV = [sys.executable, "-m", "scripts.bench.sidecar", "--role"]
-CP_READY = re.compile(r"lucid-cp: gRPC on (?P<host>[0-9.]+):(?P<port>[0-9]+)")
 # After the last stream of a write has its snapshot: time for the ACKs to be processed and the
 # batched status writes (every 50 ms) to land, so the CPU window holds the whole push.
 SETTLE_S = 0.3
@@ -83,7 +81,8 @@ class SidecarBench:
         self.children = children
         self.clients = clients  # client processes for N > 1
         self.channels = channels  # channels per client process; 0: one per stream
-        self.secret = secrets.token_bytes(32)
+        # Printable: `lucid-cp serve` strips whitespace around the file's content.
+        self.secret = secrets.token_hex(32).encode()
         self.secret_file = workdir / "jwt.secret"
         self.secret_file.write_bytes(self.secret)
         self.secret_file.chmod(0o600)
@@ -99,30 +98,8 @@ class SidecarBench:
     def start_cp(self, name: str) -> Child:
         """A real ``lucid-cp serve``: memory store, gRPC only, rate limits and active health
         checks off (the instances' endpoints are unreachable addresses)."""
-        exe = Path(sys.executable).with_name("lucid-cp")
-        cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "lucid_cp.cli"]
-        if self.profile_dir is not None:
-            profile = self.profile_dir / f"{name}.prof"
-            cli = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "lucid_cp.cli"]
-        data_dir = self.workdir / name
-        data_dir.mkdir(exist_ok=True)
-        argv = [
-            *cli,
-            "serve",
-            "--store",
-            "memory://",
-            "--grpc-addr",
-            f"{LOOPBACK}:0",
-            "--no-gateway",
-            "--no-rate-limits",
-            "--no-health-checks",
-            "--log-level",
-            "WARNING",
-            "--data-dir",
-            str(data_dir),
-            "--jwt-secret-file",
-            str(self.secret_file),
-        ]
+        profile = self.profile_dir / f"{name}.prof" if self.profile_dir is not None else None
+        argv = serve_argv(self.workdir / name, self.secret_file, store="memory://", profile=profile)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LUCID_")}
         return self.children.start_server(name, argv, CP_READY, env=env)
 
@@ -198,13 +175,7 @@ class SidecarBench:
     @staticmethod
     async def ask(child: Child, line: str) -> dict[str, Any]:
         """Sends a command to a client process and returns its ``DONE {json}`` answer."""
-        child.send(line)
-        assert child.proc.stdout is not None
-        answer = await asyncio.to_thread(child.proc.stdout.readline)
-        text = answer.decode(errors="replace").strip()
-        if not text.startswith("DONE "):
-            raise RuntimeError(f"{child.name} answered {text!r}:\n{child.log_tail()}")
-        return dict(json.loads(text[5:]))
+        return await ask(child, line)
 
     async def arrivals(self, clients: Sequence[Child], name: str) -> list[dict[str, Any]]:
         """Every stream's record so far: group and [[arrival_ns, version, bytes], ...]."""
