@@ -1,4 +1,4 @@
-"""The service feed's checkpoint (/lucid/events/feed/services, FeedCheckpoint): which instances
+"""The service feed's checkpoint (/lucid-events/feed/services, FeedCheckpoint): which instances
 the feed has reported, so a replica that starts can report what changed while no replica was
 publishing (a single replica's restart, or every replica down at once).
 

@@ -1,14 +1,14 @@
-"""Store key layout of the event stream. Everything lives under /lucid/events/.
+"""Store key layout of the event stream. Everything lives under /lucid-events/.
 
-/lucid/events/head                      the last appended sequence (ASCII int; absent: 0)
-/lucid/events/log/<sequence:020d>       StoredEvent (event_storage.proto), one per sequence
-/lucid/events/ids/<eventId>             StoredEventId: the first answer and a content digest
-/lucid/events/retention                 the oldest retained sequence (ASCII int; absent: 1)
-/lucid/events/subscriptions/<id>        EventSubscriptionResponse as stored (head and revision
+/lucid-events/head                      the last appended sequence (ASCII int; absent: 0)
+/lucid-events/log/<sequence:020d>       StoredEvent (event_storage.proto), one per sequence
+/lucid-events/ids/<eventId>             StoredEventId: the first answer and a content digest
+/lucid-events/retention                 the oldest retained sequence (ASCII int; absent: 1)
+/lucid-events/subscriptions/<id>        EventSubscriptionResponse as stored (head and revision
                                         are filled on read)
-/lucid/events/owners/<id>|retention     the replica delivering a push subscription (or sweeping
+/lucid-events/owners/<id>|retention     the replica delivering a push subscription (or sweeping
                                         the log), under that replica's lease
-/lucid/events/feed/services             FeedCheckpoint: the instances the service feed has
+/lucid-events/feed/services             FeedCheckpoint: the instances the service feed has
                                         reported, for a start to diff against
 
 Sequences are zero-padded so key order is sequence order: a range from log/<n> reads the log
@@ -17,7 +17,7 @@ from sequence n on. Ids and subscription ids are UUIDs, so "/" never occurs insi
 
 from __future__ import annotations
 
-PREFIX = b"/lucid/events/"
+PREFIX = b"/lucid-events/"
 HEAD = PREFIX + b"head"
 LOG = PREFIX + b"log/"
 IDS = PREFIX + b"ids/"

@@ -1,7 +1,7 @@
 """The log: appends with sequences (group commit) and reads by key range. Pure asyncio over
 narrow store interfaces and the Clock; it never imports grpc.
 
-APPEND. One txn appends k events: it compares the head (/lucid/events/head: its mod_revision,
+APPEND. One txn appends k events: it compares the head (/lucid-events/head: its mod_revision,
 or that it is absent) and that none of the k eventIds is recorded yet, then puts head = n + k,
 the k log records (sequences n+1 .. n+k, in queue order) and the k idempotency records. So
 sequence order is store order and nothing is half-written. The failure branch reads the head

@@ -1,7 +1,7 @@
 """Which replica does what alone: lease-held owner keys.
 
 Each replica holds one store lease (kept alive every ttl/3). Owning a job (a push subscription's
-delivery, the retention sweep) is a create-only put of /lucid/events/owners/<name> = the replica
+delivery, the retention sweep) is a create-only put of /lucid-events/owners/<name> = the replica
 id under that lease: exactly one replica holds it at a time. A replica that stops revokes its
 lease (its keys vanish at once); one that dies loses them when the lease expires. A watch-fed
 cache of the owner keys tells the others when a key vanished, so they claim it. Writes a job

@@ -1,6 +1,6 @@
 """Retention: one replica at a time (the owner key "retention") deletes the oldest events once
 there are more than ``count`` or they were appended more than ``seconds`` ago, and records the
-oldest retained sequence at /lucid/events/retention, in the same txn as the deletions (up to
+oldest retained sequence at /lucid-events/retention, in the same txn as the deletions (up to
 60 events per txn: their log and id records). Readers compare cursors with that record: a cursor
 behind it is a gap (CursorBehindRetention), never a silent skip."""
 

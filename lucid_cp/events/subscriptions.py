@@ -1,7 +1,7 @@
 """Subscriptions: their store records and the watch-fed index that serves Get, List and the push
 loops. Pure asyncio over narrow store interfaces; it never imports grpc.
 
-A record (/lucid/events/subscriptions/<id>) is the EventSubscriptionResponse as stored: the
+A record (/lucid-events/subscriptions/<id>) is the EventSubscriptionResponse as stored: the
 subscription with its defaults, createdAt, the cursor and the dead batches; ``revision`` (its
 mod_revision) and ``head`` are filled on read. Records change only by moving the cursor forward
 (ack, push progress) and by appending dead batches, each a compare-and-swap on mod_revision.

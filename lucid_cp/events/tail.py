@@ -1,4 +1,4 @@
-"""The log's tail on this replica: one store watch on /lucid/events/log/ that tells streams, long
+"""The log's tail on this replica: one store watch on /lucid-events/log/ that tells streams, long
 polls and push loops when new events exist, and keeps a bounded ring of the newest ones so that
 followers at the head read them without a store round trip each.
 

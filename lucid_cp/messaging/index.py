@@ -1,6 +1,6 @@
 """The queue's read side: an index of the messages that are not final yet, per destination, in
 delivery order, plus the consumer configurations; on the watchcache reflector (one watch on
-/lucid/messaging/).
+/lucid-messaging/).
 
 * Order: per destination, (priority descending, the record's create_revision): FIFO within a
   priority in store commit order. A message re-queued after a failed attempt or replayed keeps

@@ -1,8 +1,8 @@
-"""Store key layout of the message queue (see proto/lucid/messaging/v1/queue_storage.proto).
+"""Store key layout of the message queue (see proto/lucid-messaging/v1/queue_storage.proto).
 
-/lucid/messaging/messages/<messageId>                          StoredMessage
-/lucid/messaging/dead/<destination>/<create revision>/<messageId>   b"" (the dead-letter listing)
-/lucid/messaging/consumers/<serviceName>                       ConsumerConfigResponse
+/lucid-messaging/messages/<messageId>                          StoredMessage
+/lucid-messaging/dead/<destination>/<create revision>/<messageId>   b"" (the dead-letter listing)
+/lucid-messaging/consumers/<serviceName>                       ConsumerConfigResponse
 
 Message ids are UUIDs and service names match ^[a-z0-9-]+$, so "/" never occurs inside a
 segment. The create revision is zero-padded to 20 digits: the listing of one destination is in
@@ -11,7 +11,7 @@ send (commit) order by key alone.
 
 from __future__ import annotations
 
-PREFIX = b"/lucid/messaging/"
+PREFIX = b"/lucid-messaging/"
 MESSAGES = PREFIX + b"messages/"
 DEAD = PREFIX + b"dead/"
 CONSUMERS = PREFIX + b"consumers/"

@@ -2,7 +2,7 @@
 stop of its index, core, deliverers and sweeper. It builds on discovery (started before it):
 push delivery resolves the destination's instances through discovery's index.
 
-Start order: the index (it lists /lucid/messaging/), then the pusher and the sweeper; the
+Start order: the index (it lists /lucid-messaging/), then the pusher and the sweeper; the
 dispatcher starts a task per service when its first consumer connects. Stop in reverse: the
 sweeper, the pusher (pushes in flight are cancelled: their messages are redelivered after their
 ack deadline), open Consume streams end, then the index."""

@@ -64,6 +64,9 @@ from lucid_cp.watchcache import Backoff
 K = TypeVar("K")
 log = logging.getLogger("lucid_cp.sidecar.distributor")
 
+# Every configuration key (discovery, mesh, sidecar) lives under it; the message queue and the
+# event log keep their data outside (/lucid-messaging/, /lucid-events/), so this watch never
+# carries message traffic.
 ROOT = b"/lucid/"
 INDEX_WAIT = 2.0  # seconds to wait for an index to apply a batch before building anyway
 TICK = 5.0  # seconds between flushes of completed usage minutes

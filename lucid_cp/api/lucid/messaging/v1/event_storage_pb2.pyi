@@ -25,7 +25,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class StoredEvent(_message.Message):
-    """One appended event at /lucid/events/log/<sequence, zero-padded to 20 digits>: the event as
+    """One appended event at /lucid-events/log/<sequence, zero-padded to 20 digits>: the event as
     published (timestamp filled in when absent), with its sequence set, and when it was appended
     (the control plane's clock: retention by age counts from here, not from the publisher's
     timestamp).
@@ -55,7 +55,7 @@ Global___StoredEvent: _TypeAlias = StoredEvent  # noqa: Y015
 
 @_typing.final
 class StoredEventId(_message.Message):
-    """The idempotency record of an eventId at /lucid/events/ids/<eventId>, written create-only in
+    """The idempotency record of an eventId at /lucid-events/ids/<eventId>, written create-only in
     the txn that appends the event and deleted with it by retention: the first answer, and a
     digest of the event as first published (SHA-256 of its deterministic serialization, sequence
     cleared), so a re-publish is told identical (202, the first answer) or different (409).
@@ -84,7 +84,7 @@ Global___StoredEventId: _TypeAlias = StoredEventId  # noqa: Y015
 
 @_typing.final
 class FeedCheckpoint(_message.Message):
-    """The service feed's checkpoint at /lucid/events/feed/services: the instances whose
+    """The service feed's checkpoint at /lucid-events/feed/services: the instances whose
     service.registered is stored and whose removal is not, as of `revision` (the newest change
     it reflects). Every replica rewrites it (at most once a second, compare-and-swap, never with
     an older revision); a replica that starts diffs its first snapshot against it, so changes made

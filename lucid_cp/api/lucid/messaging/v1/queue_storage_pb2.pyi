@@ -4,12 +4,12 @@
 isort:skip_file
 What the message queue (lucid_cp/messaging) keeps in the store: not part of the API.
 
-/lucid/messaging/messages/<messageId>   StoredMessage, one record per message, from its send
+/lucid-messaging/messages/<messageId>   StoredMessage, one record per message, from its send
                                        until the retention after it became final
-/lucid/messaging/dead/<destination>/<create revision, 20 digits>/<messageId>
+/lucid-messaging/dead/<destination>/<create revision, 20 digits>/<messageId>
                                        empty: the dead-letter listing, written in the same
                                        txn as the failure, deleted in the same txn as a replay
-/lucid/messaging/consumers/<serviceName> ConsumerConfigResponse (config, updatedAt)
+/lucid-messaging/consumers/<serviceName> ConsumerConfigResponse (config, updatedAt)
 
 Every change of a record is a compare-and-swap on its mod_revision, so replicas sharing an
 etcd never overwrite each other: the one whose txn applied first wins, the others re-read.
