@@ -22,7 +22,7 @@ from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
-from lucid_cp.errors import Conflict, FieldViolation
+from lucid_cp.errors import Conflict, FieldViolation, LucidError
 from lucid_cp.messaging import keys, records
 from lucid_cp.messaging.errors import (
     AttemptNotCurrent,
@@ -350,9 +350,22 @@ class MessageQueue:
     # -- compare-and-swap ----------------------------------------------------------------------
 
     async def _update(self, message_id: str, change: Change) -> Known:
-        """Reads the record and writes ``change`` of it, re-reading after a lost race."""
+        """Writes ``change`` of the record, re-reading after a lost race. The first try is
+        against this replica's index (it holds every message that is not final): no store read
+        when it is current, the usual case for an ack or nack. When it is stale (the CAS loses,
+        or ``change`` refuses what it shows), the stored record decides."""
         key = keys.message_key(message_id)
-        kv = await self._store.get(key)
+        kv: KeyValue | None = None
+        entry = self._index.get(message_id)
+        if entry is not None:
+            try:
+                written, kv = await self._write(Known.of(entry), change)
+            except LucidError:
+                written = None  # refused on a view that may be stale: ask the store
+            if written is not None:
+                return written
+        if kv is None:
+            kv = await self._store.get(key)
         for _ in range(CAS_ATTEMPTS):
             if kv is None:
                 raise _not_found(message_id)
