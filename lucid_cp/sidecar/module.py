@@ -86,6 +86,8 @@ class SidecarSystem:
         "sidecar-metrics": RateLimit(100),
         "sidecar-health": RateLimit(1000),
         "sidecar-connect": RateLimit(1000),
+        # The seed's "policy management" (50/min): the sidecar policies' PUT and GET.
+        "policy": RateLimit(50),
     }
     status_rows: ClassVar[Mapping[type[Exception], int]] = STATUS_ROWS
     invalid_request: ClassVar[type[InvalidArgument]] = InvalidSidecarConfiguration

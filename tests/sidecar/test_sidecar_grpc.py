@@ -405,3 +405,18 @@ async def test_config_writes_have_their_own_bucket() -> None:
         await sc.configure(config(sid), GW)
         code, reason, _ = await rpc_error(sc.configure(config(sid), GW))
         assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "LUCID_ERR_1903")
+
+
+async def test_sidecar_policies_draw_on_the_policy_bucket() -> None:
+    """The seed's "policy management" limit (50/min): PUT and GET of sidecar policies share it,
+    apart from configuration writes."""
+    limits = {"policy": RateLimit(1)}
+    settings = replace(SETTINGS, rate_limits_enabled=True, rate_limits=limits)
+    async for sc in open_sidecars(settings):
+        sid = await sc.register("api-gateway")
+        await sc.configure(config(sid, policies=[policy()]), GW)
+        await sc.configure(config(sid, policies=[policy()]), GW)  # not the policy bucket
+        get = pb.GetSidecarPolicyRequest(policy_id="rate-limit-api")
+        await sc.sidecar.GetSidecarPolicy(get, metadata=GW)
+        code, reason, _ = await rpc_error(sc.sidecar.GetSidecarPolicy(get, metadata=GW))
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "LUCID_ERR_1903")
