@@ -84,10 +84,15 @@ class ControlPlane:
         return found
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: report NOT_SERVING, drain in-flight calls, then stop the systems
-        in reverse order (discovery hands its health checks to the other replicas) and close
-        the store."""
+        """Graceful shutdown: report NOT_SERVING, end the long-lived streams of the systems that
+        hold them (their clients reconnect elsewhere instead of waiting out the grace period),
+        drain in-flight calls, then stop the systems in reverse order (discovery hands its
+        health checks to the other replicas) and close the store."""
         await self.health.enter_graceful_shutdown()
+        for system in reversed(list(self.systems.values())):
+            end_streams = getattr(system, "end_streams", None)
+            if end_streams is not None:
+                end_streams()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self._unwind.aclose()
 

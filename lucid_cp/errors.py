@@ -80,5 +80,10 @@ class RateLimited(LucidError):
         self.retry_after = retry_after
 
 
+class Unavailable(LucidError):
+    """This control plane cannot serve the call now (it is shutting down, or it has not caught
+    up with the store yet): retry, on another replica if there is one."""
+
+
 class MethodNotAllowed(LucidError):
     """The called method declares no policy: refused, fail closed."""

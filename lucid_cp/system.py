@@ -1,5 +1,5 @@
-"""The module contract: what one of Lucid's systems (discovery; mesh, sidecar and messaging
-next) declares and does, so that adding a system touches its own package and one list in
+"""The module contract: what one of Lucid's systems (discovery, mesh, sidecar, messaging,
+events) declares and does, so that adding a system touches its own package and one list in
 ``lucid_cp.app`` and nothing else.
 
 A system declares, as class attributes:
@@ -18,8 +18,11 @@ A system declares, as class attributes:
 
 and, as an instance built from an :class:`Environment`: ``start`` (build its core, index and
 background tasks), ``register`` (add its servicers to the gRPC server) and ``stop`` (release
-everything, also after a partial start). The composition root starts systems in list order,
-stops them in reverse, and unwinds what already started when a later step fails.
+everything, also after a partial start). Optionally ``end_streams()`` (synchronous): called at
+shutdown before the server drains, to end the long-lived streams the system holds so their
+clients reconnect elsewhere rather than wait out the grace period (sidecar: Connect). The
+composition root starts systems in list order, stops them in reverse, and unwinds what already
+started when a later step fails.
 """
 
 from __future__ import annotations

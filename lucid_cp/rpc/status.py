@@ -29,6 +29,7 @@ from lucid_cp.errors import (
     PermissionDenied,
     RateLimited,
     Unauthenticated,
+    Unavailable,
 )
 from lucid_cp.store.base import (
     MAX_REQUEST_BYTES,
@@ -64,6 +65,7 @@ GENERIC_ROWS: dict[type[Exception], Row] = {
     PermissionDenied: Row(code_pb2.PERMISSION_DENIED, R.PERMISSION_DENIED),
     MethodNotAllowed: Row(code_pb2.PERMISSION_DENIED, R.METHOD_NOT_ALLOWED),
     RateLimited: Row(code_pb2.RESOURCE_EXHAUSTED, R.RATE_LIMITED),
+    Unavailable: Row(code_pb2.UNAVAILABLE, R.CONTROL_PLANE_UNAVAILABLE),
     StoreUnavailableError: Row(
         code_pb2.UNAVAILABLE, R.STORE_UNAVAILABLE, "the state store is unavailable; retry later"
     ),

@@ -41,7 +41,7 @@ from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys as discovery_keys
 from lucid_cp.discovery.records import decode_record
-from lucid_cp.errors import Conflict, PermissionDenied
+from lucid_cp.errors import Conflict, PermissionDenied, Unavailable
 from lucid_cp.mesh import keys as mesh_keys
 from lucid_cp.mesh.selectors import Workload
 from lucid_cp.sidecar import keys
@@ -54,7 +54,6 @@ from lucid_cp.store.base import (
     CompactedError,
     EventType,
     KeyReader,
-    StoreUnavailableError,
     WatchBatch,
     Watcher,
     WatchEvent,
@@ -183,6 +182,11 @@ class Distributor:
     ) -> Coroutine[Any, Any, None]:
         return _supervised(loop, name, self._clock.sleep)
 
+    def end_streams(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close(Unavailable("this control-plane replica is shutting down; reconnect"))
+            self.close(session)
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -224,7 +228,7 @@ class Distributor:
                         self._evaluated_event.clear()
                         await self._evaluated_event.wait()
             if hello.version > self.evaluated:
-                raise StoreUnavailableError(
+                raise Unavailable(
                     f"this replica has evaluated the store up to revision {self.evaluated}, "
                     f"older than the sidecar's version {hello.version}; retry"
                 )

@@ -182,6 +182,11 @@ class SidecarSystem:
             server,
         )
 
+    def end_streams(self) -> None:
+        """Shutting down: every Connect stream ends with UNAVAILABLE, so sidecars reconnect to
+        another replica at once (their session records say disconnected)."""
+        self.distributor.end_streams()
+
     async def stop(self) -> None:
         await self.distributor.stop()
         await self.writer.stop()

@@ -28,6 +28,7 @@ from lucid_cp.errors import (
     PermissionDenied,
     RateLimited,
     Unauthenticated,
+    Unavailable,
 )
 from lucid_cp.rpc.status import DOMAIN, GENERIC_ROWS, STORE_RETRY_SECONDS, StatusTable
 from lucid_cp.store.base import RequestTooLargeError, StoreUnavailableError, TooManyOpsError
@@ -76,6 +77,7 @@ GENERIC_EXPECTED = [
     (PermissionDenied, code_pb2.PERMISSION_DENIED, "LUCID_ERR_1902"),
     (MethodNotAllowed, code_pb2.PERMISSION_DENIED, "LUCID_ERR_1912"),
     (RateLimited, code_pb2.RESOURCE_EXHAUSTED, "LUCID_ERR_1903"),
+    (Unavailable, code_pb2.UNAVAILABLE, "LUCID_ERR_1909"),
     (StoreUnavailableError, code_pb2.UNAVAILABLE, "LUCID_ERR_1906"),
     (TooManyOpsError, code_pb2.INVALID_ARGUMENT, "LUCID_ERR_1911"),
     (RequestTooLargeError, code_pb2.INVALID_ARGUMENT, "LUCID_ERR_1911"),

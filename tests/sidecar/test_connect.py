@@ -210,3 +210,20 @@ async def test_health_conditions(sc: Sidecars) -> None:
         assert found.sidecars[0].service_id == sid and found.sidecars[0].connected
     finally:
         await side.close()
+
+
+async def test_shutdown_ends_connect_streams_with_unavailable() -> None:
+    """A stopping replica ends its Connect streams at once (UNAVAILABLE: reconnect elsewhere)
+    instead of holding them for the whole grace period."""
+    from tests.sidecar.conftest import open_sidecars
+
+    async for sc in open_sidecars():
+        sid = await sc.register("api-gateway")
+        side = FakeSidecar(sc.sidecar, sid, auth("api-gateway"))
+        await side.wait(1)
+        started = time.monotonic()
+        await sc.plane.stop(grace=10.0)
+        assert time.monotonic() - started < 5.0
+        error = await side.ended()
+        assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+        await side.close()
