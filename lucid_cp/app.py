@@ -91,8 +91,12 @@ class ControlPlane:
         await self.health.enter_graceful_shutdown()
         for system in reversed(list(self.systems.values())):
             end_streams = getattr(system, "end_streams", None)
-            if end_streams is not None:
+            if end_streams is None:
+                continue
+            try:
                 end_streams()
+            except Exception:  # never in the way of the shutdown itself
+                log.exception("ending the streams of a system failed; draining them instead")
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self._unwind.aclose()
 

@@ -1,4 +1,4 @@
-"""Store key layout of the message queue (see proto/lucid-messaging/v1/queue_storage.proto).
+"""Store key layout of the message queue (see proto/lucid/messaging/v1/queue_storage.proto).
 
 /lucid-messaging/messages/<messageId>                          StoredMessage
 /lucid-messaging/dead/<destination>/<create revision>/<messageId>   b"" (the dead-letter listing)

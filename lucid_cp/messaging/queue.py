@@ -360,7 +360,7 @@ class MessageQueue:
         if entry is not None:
             try:
                 written, kv = await self._write(Known.of(entry), change)
-            except LucidError:
+            except (LucidError, _Lost):
                 written = None  # refused on a view that may be stale: ask the store
             if written is not None:
                 return written

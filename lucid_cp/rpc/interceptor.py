@@ -44,6 +44,13 @@ MAX_TOKEN_BYTES = 8192
 # is sent anyway (see _relay).
 FIRST_MESSAGE_GRACE = 0.05
 _NOTHING = object()  # a stream that ended without a message
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 _READ_HEADERS = frozenset({"authorization", REQUEST_ID_HEADER, MALFORMED_HEADER})
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _CODE_NAMES = {number: c.name for number, c in _CODES.items()}
@@ -347,6 +354,10 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             self._finish(attempt, "CANCELLED")
             raise
         finally:
-            if first is not None and not first.done():
-                first.cancel()
+            if first is not None:
+                if not first.done():
+                    first.cancel()
+                # Its outcome is always retrieved (no "exception never retrieved" when the call
+                # was cancelled in the same turn the first message failed).
+                first.add_done_callback(_retrieve)
         self._finish(attempt, "OK")

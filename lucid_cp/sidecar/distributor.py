@@ -153,6 +153,7 @@ class Distributor:
         self._endpoint_digests: dict[str, bytes] = {}
         self._dirty: dict[str, _Mark] = {}
         self._pushing = False  # a batch of marked sidecars is being pushed
+        self._ending = False  # end_streams ran: the replica is shutting down
         self._wake = asyncio.Event()
         self._evaluated_event = asyncio.Event()
         self.evaluated = 0
@@ -183,6 +184,7 @@ class Distributor:
         return _supervised(loop, name, self._clock.sleep)
 
     def end_streams(self) -> None:
+        self._ending = True  # a stream still opening is refused once its awaits are over
         for session in list(self.sessions.values()):
             session.close(Unavailable("this control-plane replica is shutting down; reconnect"))
             self.close(session)
@@ -232,6 +234,8 @@ class Distributor:
                     f"this replica has evaluated the store up to revision {self.evaluated}, "
                     f"older than the sidecar's version {hello.version}; retry"
                 )
+        if self._ending:
+            raise Unavailable("this control-plane replica is shutting down; reconnect")
         # Deregistered meanwhile (the watch saw it before this session existed)?
         instance = self._builder_instance(hello.service_id)
         if instance is None:

@@ -455,6 +455,11 @@ def _batches(rows: list[tuple[Any, ...]]) -> list[WatchBatch]:
 class _Watcher:
     prefix: bytes
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # While caught up and waiting: the newest commit seen that did not touch the prefix. The
+    # watcher has then seen everything up to it, so its position moves on with the store, as an
+    # etcd watch's does: a compaction never fails a watcher that is merely quiet.
+    waiting: bool = False
+    through: int = 0
 
 
 class SqliteStore:
@@ -525,7 +530,10 @@ class SqliteStore:
         for watcher in self._watchers:
             prefix = watcher.prefix
             if any(key.startswith(prefix) for key in commit.keys):
+                watcher.waiting = False
                 watcher.wakeup.set()
+            elif watcher.waiting:
+                watcher.through = commit.revision
 
     async def _reap_forever(self) -> None:
         while True:
@@ -636,9 +644,13 @@ class SqliteStore:
                     yield batch
                 next_revision = max(next_revision, scanned_through + 1)
                 if caught_up:
+                    watcher.through = scanned_through
+                    watcher.waiting = not watcher.wakeup.is_set()
                     await watcher.wakeup.wait()
+                    watcher.waiting = False
                     if self._closed:
                         raise StoreUnavailableError("store closed while watching")
+                    next_revision = max(next_revision, watcher.through + 1)
         finally:
             self._watchers.discard(watcher)
 
