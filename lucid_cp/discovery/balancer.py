@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 
 Instance = pb.ServiceInstance
+
+# The preference among a service's instances: healthy, else degraded, else (only when asked)
+# unhealthy or unknown. Draining instances are never eligible.
+_TIERS = ((pb.HEALTH_STATE_HEALTHY,), (pb.HEALTH_STATE_DEGRADED,))
+_LAST_RESORT = (pb.HEALTH_STATE_UNHEALTHY, pb.HEALTH_STATE_UNKNOWN, pb.HEALTH_STATE_UNSPECIFIED)
+
+
+def eligible(
+    instances: Iterable[Instance], *, version: str = "", include_unhealthy: bool = False
+) -> list[Instance]:
+    """The instances traffic may go to, sorted by serviceId: Resolve's choice, and what sidecar
+    snapshots, message pushes and event pushes use. Never a draining one; of ``version`` when
+    given; the best health tier that has any."""
+    usable = [i for i in instances if not i.draining and (not version or i.version == version)]
+    tiers = (*_TIERS, _LAST_RESORT) if include_unhealthy else _TIERS
+    for states in tiers:
+        chosen = [i for i in usable if i.status in states]
+        if chosen:
+            return sorted(chosen, key=lambda i: i.service_id)
+    return []
 
 
 class Balancer:

@@ -18,7 +18,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as pb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.clock import Clock
 from lucid_cp.discovery import keys
-from lucid_cp.discovery.balancer import Balancer
+from lucid_cp.discovery.balancer import Balancer, eligible
 from lucid_cp.discovery.errors import ServiceAlreadyRegistered, ServiceNotFound
 from lucid_cp.discovery.index import InstanceIndex
 from lucid_cp.discovery.records import decode_record, encode_record
@@ -421,23 +421,8 @@ class Registry:
         )
 
 
-# Resolve's preference: healthy, else degraded, else (only when asked) unhealthy or unknown.
-_TIERS = ((pb.HEALTH_STATE_HEALTHY,), (pb.HEALTH_STATE_DEGRADED,))
-_LAST_RESORT = (pb.HEALTH_STATE_UNHEALTHY, pb.HEALTH_STATE_UNKNOWN, pb.HEALTH_STATE_UNSPECIFIED)
-
-
 def _eligible(
     instances: Iterable[pb.ServiceInstance], request: pb.ResolveRequest
 ) -> list[pb.ServiceInstance]:
-    """The instances Resolve may pick from, sorted by serviceId: never a draining one."""
-    usable = [
-        i
-        for i in instances
-        if not i.draining and (not request.version or i.version == request.version)
-    ]
-    tiers = (*_TIERS, _LAST_RESORT) if request.include_unhealthy else _TIERS
-    for states in tiers:
-        chosen = [i for i in usable if i.status in states]
-        if chosen:
-            return sorted(chosen, key=lambda i: i.service_id)
-    return []
+    """The instances Resolve may pick from (``balancer.eligible``)."""
+    return eligible(instances, version=request.version, include_unhealthy=request.include_unhealthy)

@@ -32,6 +32,7 @@ from google.protobuf import timestamp_pb2
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
+from lucid_cp.discovery.balancer import Balancer, eligible
 from lucid_cp.discovery.health.http_client import build_request, request_status
 from lucid_cp.discovery.health.probes import TlsContexts
 from lucid_cp.errors import Conflict
@@ -42,7 +43,6 @@ from lucid_cp.events.reader import Batch, EventReader
 from lucid_cp.events.subscriptions import SubscriptionIndex, SubscriptionWriter, is_push
 from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import push_body
-from lucid_cp.sidecar.snapshot import usable_endpoints
 from lucid_cp.store.base import StoreError
 
 log = logging.getLogger("lucid_cp.events.push")
@@ -115,7 +115,7 @@ class Pusher:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._turn: dict[str, int] = {}  # round-robin position per subscriber service
+        self._balancer = Balancer()  # round-robin over the subscriber's instances
         self.delivered = 0  # batches POSTed with 2xx (metrics, tests)
         self.dead = 0  # batches dead-lettered
 
@@ -242,12 +242,14 @@ class Pusher:
             await self._clock.sleep(sub.retry_delay / 1000)
 
     async def _post_once(self, service: str, path: str, body: bytes) -> str:
-        candidates = usable_endpoints(self._instances.of_service(service).values())
+        candidates = eligible(self._instances.of_service(service).values())
         if not candidates:
             return f"no healthy instance of service {service} is registered"
-        turn = self._turn.get(service, 0)
-        self._turn[service] = turn + 1
-        return await self._client.post(candidates[turn % len(candidates)], path, body)
+        instance = self._balancer.pick(
+            dpb.LOAD_BALANCE_ROUND_ROBIN, candidates, cursor_key=f"events/{service}"
+        )
+        assert instance is not None  # candidates is not empty
+        return await self._client.post(instance, path, body)
 
     async def _advance(self, sid: str, cursor: int, dead: pb.DeadBatch | None) -> int:
         advanced = await self._writer.advance(

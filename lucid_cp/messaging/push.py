@@ -30,14 +30,13 @@ from lucid_cp.api.lucid.messaging.v1 import delivery_pb2 as dlpb
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
 from lucid_cp.clock import Clock
-from lucid_cp.discovery.balancer import Balancer
+from lucid_cp.discovery.balancer import Balancer, eligible
 from lucid_cp.discovery.health import http_client
 from lucid_cp.discovery.health.probes import TlsContexts, describe, unresolvable
 from lucid_cp.messaging import records
 from lucid_cp.messaging.claims import Claimer, Wakeups
 from lucid_cp.messaging.index import Entry, QueueIndex
 from lucid_cp.messaging.queue import Change, MessageQueue
-from lucid_cp.sidecar.snapshot import usable_endpoints
 
 log = logging.getLogger("lucid_cp.messaging.push")
 
@@ -194,7 +193,7 @@ class Pusher:
             self._wakeups.notify(service)
 
     def _pick(self, service: str) -> dpb.ServiceInstance | None:
-        candidates = usable_endpoints(self._instances.of_service(service).values())
+        candidates = eligible(self._instances.of_service(service).values())
         return self._balancer.pick(
             dpb.LOAD_BALANCE_ROUND_ROBIN, candidates, cursor_key=f"messaging/{service}"
         )

@@ -9,8 +9,8 @@ A snapshot holds (ConnectResponse in sidecar.proto):
   that traffic policies selecting it as source name as destination or as redirect, mirror or
   split target. Each comes with its circuit breaker (mesh), the retry and timeout this sidecar
   applies to it (``defaults.outbound``), whether its sidecars' authorization is deny-all
-  (``defaults.denies_all`` of the service's newest configuration), and its endpoints: the non-draining instances that
-  are healthy (or, when none is, degraded), as Resolve picks them;
+  (``defaults.denies_all`` of the service's newest configuration), and its endpoints: the
+  instances Resolve may pick (``discovery.balancer.eligible``);
 - the mesh-wide mTLS settings.
 
 Its ``digest`` covers everything but version, nonce and time: two snapshots with one digest are
@@ -22,13 +22,14 @@ only the sidecars that route to it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
+from lucid_cp.discovery.balancer import eligible
 from lucid_cp.mesh.engine import plain
 from lucid_cp.mesh.selectors import SelectorError, Workload, parse, single_service
 from lucid_cp.sidecar.defaults import denies_all, latest, outbound
@@ -36,7 +37,6 @@ from lucid_cp.sidecar.defaults import denies_all, latest, outbound
 _TARGET_ACTIONS = frozenset(
     {mpb.TRAFFIC_ACTION_REDIRECT, mpb.TRAFFIC_ACTION_MIRROR, mpb.TRAFFIC_ACTION_WEIGHTED_SPLIT}
 )
-_USABLE_TIERS = ((dpb.HEALTH_STATE_HEALTHY,), (dpb.HEALTH_STATE_DEGRADED,))
 
 
 class InstanceView(Protocol):
@@ -84,17 +84,6 @@ def selects(text: str, workload: Workload) -> bool:
         return parse(text).matches(workload)
     except SelectorError:
         return False
-
-
-def usable_endpoints(instances: Iterable[dpb.ServiceInstance]) -> list[dpb.ServiceInstance]:
-    """The instances a sidecar balances over: never draining; healthy ones, or degraded ones
-    when none is healthy (Resolve's tiers), in serviceId order."""
-    candidates = [i for i in instances if not i.draining]
-    for states in _USABLE_TIERS:
-        chosen = [i for i in candidates if i.status in states]
-        if chosen:
-            return sorted(chosen, key=lambda i: i.service_id)
-    return []
 
 
 def _route_services(cfg: pb.SidecarConfiguration) -> set[str]:
@@ -148,7 +137,7 @@ class SnapshotBuilder:
         """The service's endpoints as sidecars get them, and their digest."""
         cached = self._endpoints.get(service)
         if cached is None:
-            chosen = usable_endpoints(self._instances.of_service(service).values())
+            chosen = eligible(self._instances.of_service(service).values())
             endpoints = [
                 pb.Endpoint(
                     service_id=i.service_id,
