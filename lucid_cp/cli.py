@@ -23,7 +23,7 @@ from lucid_cp import logs
 from lucid_cp.app import SYSTEMS
 from lucid_cp.auth.tokens import MIN_SECRET_BYTES, Role, mint_token
 from lucid_cp.clock import SystemClock
-from lucid_cp.config import RateLimit, Settings
+from lucid_cp.config import RateLimit, Settings, positive_int
 from lucid_cp.rpc.policy import PolicyError
 from lucid_cp.startup import StartupError
 
@@ -277,16 +277,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _version() -> str:
     return f"lucid-cp {importlib.metadata.version('lucid-cp')}"
 
@@ -413,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument(
         "--ttl",
-        type=_positive_int,
+        type=positive_int,
         default=3600,
         metavar="SECONDS",
         help="lifetime in seconds, at least 1",

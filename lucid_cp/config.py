@@ -8,6 +8,7 @@ system does not touch this file.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -56,3 +57,14 @@ class Settings:
             if type(item) is kind:
                 return item
         return kind()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (every system's count and seconds flags)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

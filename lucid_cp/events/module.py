@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.descriptor import FileDescriptor
 
 from lucid_cp.api.lucid.messaging.v1 import events_pb2, events_pb2_grpc
-from lucid_cp.config import RateLimit
+from lucid_cp.config import RateLimit, positive_int
 from lucid_cp.discovery.module import DiscoverySystem
 from lucid_cp.errors import InvalidArgument
 from lucid_cp.events.checkpoint import Checkpoint
@@ -66,16 +66,6 @@ class _Stoppable(Protocol):
     async def stop(self) -> None: ...
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
 class EventSystem:
     name: ClassVar[str] = "events"
     files: ClassVar[tuple[FileDescriptor, ...]] = (events_pb2.DESCRIPTOR,)
@@ -93,14 +83,14 @@ class EventSystem:
         defaults = EventSettings()
         parser.add_argument(
             "--event-retention-seconds",
-            type=_positive_int,
+            type=positive_int,
             default=defaults.retention_seconds,
             metavar="S",
             help="keep events this long after their append (default %(default)s: 7 days)",
         )
         parser.add_argument(
             "--event-retention-count",
-            type=_positive_int,
+            type=positive_int,
             default=defaults.retention_count,
             metavar="N",
             help="keep at most this many events, the newest (default %(default)s)",
@@ -188,6 +178,13 @@ class EventSystem:
 
     def _metrics(self) -> None:
         registry, pusher, log, tail = self._env.metrics, self.pusher, self.log, self.tail
+        index = self.index
+        count_from(
+            registry,
+            "lucid_events_read_your_writes_timeouts",
+            "Subscription writes answered before this replica's index had applied them.",
+            lambda: index.read_your_writes_timeouts,
+        )
         count_from(
             registry, "lucid_events_append_txns", "Event append txns committed.", lambda: log.txns
         )
