@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -33,8 +32,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.discovery.balancer import Balancer, eligible
-from lucid_cp.discovery.health.http_client import build_request, request_status
-from lucid_cp.discovery.health.probes import TlsContexts
+from lucid_cp.discovery.health.http_post import JsonPoster
 from lucid_cp.errors import Conflict
 from lucid_cp.events.errors import CursorBehindRetention, SubscriptionNotFound
 from lucid_cp.events.matching import Matcher
@@ -60,37 +58,20 @@ class Instances(Protocol):
 
 
 class PushClient:
-    """One POST per connection (the health checks' HTTP client)."""
+    """POSTs push batches (the shared JsonPoster, with the push timeout)."""
 
     def __init__(self, clock: Clock, *, timeout: float = PUSH_TIMEOUT, user_agent: str) -> None:
-        self._clock = clock
+        self._poster = JsonPoster(clock, user_agent)
         self._timeout = timeout
-        self._user_agent = user_agent
-        self._tls = TlsContexts()
 
     async def post(self, instance: dpb.ServiceInstance, path: str, body: bytes) -> str:
         """ "" when the instance answered 2xx, else what went wrong."""
         ep = instance.endpoint
-        headers = {"Content-Type": "application/json", "User-Agent": self._user_agent}
-        tls: ssl.SSLContext | None = None
-        if ep.protocol == dpb.PROTOCOL_HTTPS:
-            tls = self._tls.for_endpoint(ep.tls)
-        where = f"{ep.host}:{ep.port}{path}"
-        try:
-            request = build_request("POST", ep.host, ep.port, path, headers, body)
-            async with self._clock.timeout(self._timeout):
-                status = await request_status(
-                    ep.host, ep.port, request, tls=tls, server_hostname=ep.host
-                )
-        except TimeoutError:
-            return f"POST {where}: no answer within {self._timeout:g}s"
-        except (OSError, ValueError, ssl.SSLError) as exc:
-            return f"POST {where}: {type(exc).__name__}: {exc}"
-        except Exception as exc:  # a malformed answer (HttpProtocolError) and the like
-            return f"POST {where}: {exc}"
-        if 200 <= status < 300:
+        answer = await self._poster.post(ep, path, body, self._timeout)
+        if isinstance(answer, int) and 200 <= answer < 300:
             return ""
-        return f"POST {where}: HTTP {status}"
+        what = f"HTTP {answer}" if isinstance(answer, int) else answer
+        return f"POST {ep.host}:{ep.port}{path}: {what}"
 
 
 class Pusher:

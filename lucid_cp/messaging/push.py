@@ -31,8 +31,7 @@ from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
 from lucid_cp.clock import Clock
 from lucid_cp.discovery.balancer import Balancer, eligible
-from lucid_cp.discovery.health import http_client
-from lucid_cp.discovery.health.probes import TlsContexts, describe, unresolvable
+from lucid_cp.discovery.health.http_post import JsonPoster
 from lucid_cp.messaging import records
 from lucid_cp.messaging.claims import Claimer, Wakeups
 from lucid_cp.messaging.index import Entry, QueueIndex
@@ -96,9 +95,8 @@ class Pusher:
         self._instances = instances
         self._wakeups = wakeups
         self._clock = clock
-        self._user_agent = user_agent
         self._balancer = Balancer()
-        self._tls = TlsContexts()
+        self._poster = JsonPoster(clock, user_agent)
         self._services: dict[str, _Service] = {}
         self._pushes: set[asyncio.Task[None]] = set()
         self._running = False
@@ -201,37 +199,16 @@ class Pusher:
     async def _post(
         self, instance: dpb.ServiceInstance, record: spb.StoredMessage, path: str
     ) -> Outcome:
-        endpoint = instance.endpoint
-        failed = unresolvable(endpoint.host)
-        if failed is not None:
-            return Outcome(pb.ATTEMPT_OUTCOME_PUSH_FAILED, failed.error)
         body = json.dumps(records.push_body(record.message), separators=(",", ":")).encode()
         headers = {
-            "Content-Type": "application/json",
-            "User-Agent": self._user_agent,
             "X-Lucid-Message-Id": record.message.message_id,
             "X-Lucid-Attempt": str(record.attempt),
         }
         timeout = max(0.001, records.seconds(record.claim.ack_deadline) - self._clock.now())
-        started = self._clock.monotonic()
-        try:
-            request = http_client.build_request(
-                "POST", endpoint.host, endpoint.port, path, headers, body
-            )
-            https = endpoint.protocol == dpb.PROTOCOL_HTTPS
-            tls = self._tls.for_endpoint(endpoint.tls) if https else None
-            async with self._clock.timeout(timeout):
-                status = await http_client.request_status(
-                    endpoint.host, endpoint.port, request, tls=tls, server_hostname=endpoint.host
-                )
-        except TimeoutError:
-            return Outcome(pb.ATTEMPT_OUTCOME_PUSH_FAILED, f"timed out after {timeout:.3g}s")
-        except (OSError, ValueError, http_client.HttpProtocolError) as exc:
-            waited = self._clock.monotonic() - started
-            return Outcome(
-                pb.ATTEMPT_OUTCOME_PUSH_FAILED, f"{describe(exc, endpoint.host)} ({waited:.3g}s)"
-            )
-        return outcome_of_status(status)
+        answer = await self._poster.post(instance.endpoint, path, body, timeout, headers)
+        if isinstance(answer, str):
+            return Outcome(pb.ATTEMPT_OUTCOME_PUSH_FAILED, answer)
+        return outcome_of_status(answer)
 
 
 def _change(result: Outcome, label: str) -> Change:
