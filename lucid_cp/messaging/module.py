@@ -141,4 +141,5 @@ class MessagingSystem:
         await self.pusher.stop()
         await self.dispatcher.stop()
         await self.claimer.stop()
+        await self.queue.writes.stop()
         await self.index.stop()

@@ -4,7 +4,9 @@ interfaces and the Clock; it never imports grpc.
 
 Every change of a message record is one txn guarded by the record's mod_revision (the
 transitions themselves are ``records.py``): a send is create-only; everything after it is a
-compare-and-swap, with the dead-letter key written or deleted in the same txn. Several replicas
+compare-and-swap, with the dead-letter key written or deleted in the same txn. Concurrent
+sends and changes share store txns (``store.group_commit``): each still succeeds or fails on
+its own guard. Several replicas
 may race for the same record; the loser re-reads (requests) or lets it go (background work: the
 winner did what was needed). Ownership is checked here: a service acts for itself, an admin for
 anyone, and a message the caller neither sent nor received is "not found".
@@ -44,6 +46,7 @@ from lucid_cp.store.base import (
     key_missing,
     mod_revision_is,
 )
+from lucid_cp.store.group_commit import GroupCommit
 from lucid_cp.validation import normalize
 
 log = logging.getLogger("lucid_cp.messaging.queue")
@@ -96,6 +99,8 @@ def _not_found(message_id: str) -> MessageNotFound:
 class MessageQueue:
     def __init__(self, store: QueueStore, index: QueueIndex, clock: Clock, replica: str) -> None:
         self._store = store
+        # Sends and record changes: concurrent ones share store txns (group commit).
+        self.writes = GroupCommit(store)
         self._index = index
         self._clock = clock
         self.replica = replica
@@ -116,7 +121,7 @@ class MessageQueue:
         record = records.new_record(message, self._clock.now())
         key = keys.message_key(message.message_id)
         value = record.SerializeToString()
-        result = await self._store.txn([key_missing(key)], [Put(key, value)], [Get(key)])
+        result = await self.writes.txn([key_missing(key)], [Put(key, value)], [Get(key)])
         if result.succeeded:
             self._index.note(KeyValue(key, value, result.revision, result.revision, 1))
             return records.accepted(record, result.revision)
@@ -399,7 +404,7 @@ class MessageQueue:
         elif record.dead_lettered and not new.dead_lettered:
             ops.append(Delete(dead))
         guard: Sequence[Compare] = [mod_revision_is(key, known.mod_revision)]
-        result = await self._store.txn(guard, ops, [Get(key)])
+        result = await self.writes.txn(guard, ops, [Get(key)])
         if result.succeeded:
             kv = KeyValue(key, value, known.create_revision, result.revision, 0)
             self._index.note(kv)

@@ -84,7 +84,7 @@ def compare_holds(op: CompareOp, actual: int | bytes, expected: int | bytes) -> 
     return actual < expected  # type: ignore[operator]
 
 
-def _op_bytes(op: TxnOp) -> int:
+def op_bytes(op: TxnOp) -> int:
     if isinstance(op, Put):
         return len(op.key) + len(op.value) + OP_OVERHEAD_BYTES
     if isinstance(op, Delete) and op.prefix:
@@ -102,7 +102,7 @@ def check_request_size(size: int) -> None:
 def check_put(key: bytes, value: bytes) -> None:
     """A single put: a valid key and a request within :data:`MAX_REQUEST_BYTES`."""
     check_key(key)
-    check_request_size(_op_bytes(Put(key, value)))
+    check_request_size(op_bytes(Put(key, value)))
 
 
 def check_txn(
@@ -116,7 +116,7 @@ def check_txn(
             f"a txn holds at most {MAX_TXN_OPS} compares, success ops and failure ops each;"
             f" got {len(compares)}, {len(success)} and {len(failure)}"
         )
-    size = sum(_op_bytes(op) for op in (*success, *failure))
+    size = sum(op_bytes(op) for op in (*success, *failure))
     for c in compares:
         value = c.value if isinstance(c.value, bytes) else b""
         size += len(c.key) + len(value) + OP_OVERHEAD_BYTES

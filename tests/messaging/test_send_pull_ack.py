@@ -12,6 +12,7 @@ from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
 from lucid_cp.messaging import keys, records
 from lucid_cp.store.base import Put, TxnResult, mod_revision_is
+from lucid_cp.store.group_commit import GroupCommit
 
 from .conftest import Queue, message, rpc_error
 
@@ -132,6 +133,7 @@ async def test_a_long_poll_that_loses_every_claim_looks_again_at_once(q: Queue) 
     await q.send(second)
     queue = q.system.queue
     rival = queue._store = _AnotherReplicaWins(queue._store, first.message_id)
+    queue.writes = GroupCommit(rival)
     async with asyncio.timeout(5):
         [delivery] = await q.pull(max_messages=1, wait_ms=20_000)
     assert rival.won and delivery.message.message_id == second.message_id
