@@ -41,6 +41,8 @@ log = logging.getLogger("lucid_cp.messaging.dispatch")
 ERROR_PAUSE = 0.5
 # A delivery's bytes beyond its message's: the attempt, the ack deadline, the field framing.
 DELIVERY_OVERHEAD = 64
+# A Consume batch takes more deliveries while it holds fewer bytes than this.
+BATCH_BYTES = 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -103,6 +105,16 @@ class Consumer:
     async def next(self) -> pb.Delivery | None:
         """The next delivery; None once the consumer is closed."""
         return await self._out.get()
+
+    def next_nowait(self) -> pb.Delivery | None:
+        """The next delivery if one is waiting; None when none is (or the consumer is closed:
+        the end stays queued for ``next``)."""
+        if self._out.empty():
+            return None
+        delivery = self._out.get_nowait()
+        if delivery is None:
+            self._out.put_nowait(None)
+        return delivery
 
 
 @dataclass(eq=False)
@@ -176,6 +188,28 @@ class Dispatcher:
             self._forget(consumer, delivery.message.message_id)
             self._wakeups.notify(consumer.service)
         return None
+
+    async def next_batch(self, consumer: Consumer, limit: int) -> list[pb.Delivery] | None:
+        """The next delivery and those already waiting behind it, up to ``limit`` and about
+        ``BATCH_BYTES`` (each message is at most 256 KiB, so a batch stays far below the
+        answer limit); None once the consumer is closed."""
+        first = await self.next(consumer)
+        if first is None:
+            return None
+        batch = [first]
+        size = first.ByteSize()
+        now = self._clock.now()
+        while len(batch) < limit and size < BATCH_BYTES:
+            delivery = consumer.next_nowait()
+            if delivery is None:
+                break
+            if consumer.take(delivery, now):
+                batch.append(delivery)
+                size += delivery.ByteSize()
+            else:
+                self._forget(consumer, delivery.message.message_id)
+                self._wakeups.notify(consumer.service)
+        return batch
 
     def _forget(self, consumer: Consumer, message_id: str) -> None:
         if message_id not in consumer.in_flight and self._holders.get(message_id) is consumer:

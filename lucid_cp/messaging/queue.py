@@ -14,6 +14,7 @@ anyone, and a message the caller neither sent nor received is "not found".
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ from lucid_cp.clock import Clock
 from lucid_cp.errors import Conflict, FieldViolation, LucidError
 from lucid_cp.messaging import keys, records
 from lucid_cp.messaging.errors import (
+    STATUS_ROWS,
     AttemptNotCurrent,
     InvalidMessageRequest,
     MessageIdConflict,
     MessageNotFound,
 )
 from lucid_cp.messaging.index import Entry, QueueIndex
+from lucid_cp.rpc.status import reason_string
 from lucid_cp.store.base import (
     MAX_TXN_OPS,
     Compare,
@@ -112,12 +115,47 @@ class MessageQueue:
     ) -> pb.MessageResponse:
         """Create-only. The same id again: the first answer when the content is the same, 409
         otherwise (the stored message untouched)."""
+        self._check_send(principal, message, "message")
+        return await self._store_new(message)
+
+    async def send_many(
+        self, principal: Principal, messages: Sequence[pb.InterServiceMessage]
+    ) -> list[pb.SendResult]:
+        """``send`` of each message, concurrently (their writes share store txns). Every message
+        is checked first: one that is invalid or not the caller's stores nothing. A message id
+        taken by other content is that message's result (LUCID_ERR_1908), not the call's
+        error; a store failure is (the messages stored before it answer the same when resent)."""
+        for n, message in enumerate(messages):
+            self._check_send(principal, message, f"messages[{n}]")
+        answers = await asyncio.gather(
+            *(self._store_new(m) for m in messages), return_exceptions=True
+        )
+        results: list[pb.SendResult] = []
+        for message, answer in zip(messages, answers, strict=True):
+            result = pb.SendResult(message_id=message.message_id)
+            if isinstance(answer, MessageIdConflict):
+                result.code = reason_string(STATUS_ROWS[MessageIdConflict])
+                result.error = answer.message
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                result.accepted.CopyFrom(answer)
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _check_send(principal: Principal, message: pb.InterServiceMessage, field: str) -> None:
         principal.require_acts_as(message.source)
-        violations = [FieldViolation(f, d) for f, d in records.header_errors(message)]
+        violations = [
+            FieldViolation(field + f.removeprefix("message"), d)
+            for f, d in records.header_errors(message)
+        ]
         if violations:
             raise InvalidMessageRequest(
                 "; ".join(f"{v.field}: {v.description}" for v in violations), violations
             )
+
+    async def _store_new(self, message: pb.InterServiceMessage) -> pb.MessageResponse:
         record = records.new_record(message, self._clock.now())
         key = keys.message_key(message.message_id)
         value = record.SerializeToString()

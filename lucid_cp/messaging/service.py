@@ -25,6 +25,12 @@ class MessageServicer:
     async def SendMessage(self, request: pb.SendMessageRequest, call: Call) -> pb.MessageResponse:
         return await self._queue.send(call.principal, request.message)
 
+    async def SendMessages(
+        self, request: pb.SendMessagesRequest, call: Call
+    ) -> pb.SendMessagesResponse:
+        results = await self._queue.send_many(call.principal, request.messages)
+        return pb.SendMessagesResponse(results=results)
+
     async def GetMessageStatus(
         self, request: pb.GetMessageStatusRequest, call: Call
     ) -> pb.MessageStatus:

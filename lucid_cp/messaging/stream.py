@@ -1,5 +1,6 @@
-"""One Consume stream: the ``start``, then the consumer's acks and nacks read in the background
-while deliveries are relayed out. Acks and nacks run concurrently (at most maxInFlight are
+"""One Consume stream: the ``start``, then the consumer's acks and nacks (alone, or several in
+one ``acks`` batch) read in the background while deliveries are relayed out (one per response,
+or with ``maxBatch`` what is ready, in ``deliveries``). Acks and nacks run concurrently (at most maxInFlight are
 outstanding anyway); one that fails (409: the deadline passed and the message went to someone
 else; the store did not answer) frees the slot and is logged: the message's own state says what
 happened, and an unacked delivery is redelivered after its deadline. A bad message (no
@@ -52,9 +53,13 @@ async def consume(
         _read(queue, dispatcher, consumer, principal, requests), name="messaging-consume-reader"
     )
     on_done(lambda: _cancel(reader))
+    max_batch = start.max_batch if start.HasField("max_batch") else 1
     try:
-        while (delivery := await dispatcher.next(consumer)) is not None:
-            yield pb.ConsumeResponse(delivery=delivery)
+        while (batch := await dispatcher.next_batch(consumer, max_batch)) is not None:
+            if max_batch == 1:
+                yield pb.ConsumeResponse(delivery=batch[0])
+            else:
+                yield pb.ConsumeResponse(deliveries=batch)
         if consumer.error is not None:
             raise consumer.error
     finally:
@@ -77,9 +82,11 @@ async def _read(
                 raise _invalid("start", "a Consume stream starts once")
             if kind is None:
                 raise _invalid("ack", "each message after the start is an ack or a nack")
-            task = asyncio.create_task(_settle(queue, dispatcher, consumer, principal, message))
-            settling.add(task)
-            task.add_done_callback(settling.discard)
+            settles = message.acks.acks if kind == "acks" else [getattr(message, kind)]
+            for settle in settles:
+                task = asyncio.create_task(_settle(queue, dispatcher, consumer, principal, settle))
+                settling.add(task)
+                task.add_done_callback(settling.discard)
     except asyncio.CancelledError:
         for task in settling:
             task.cancel()
@@ -98,26 +105,20 @@ async def _settle(
     dispatcher: Dispatcher,
     consumer: Consumer,
     principal: Principal,
-    message: pb.ConsumeRequest,
+    settle: pb.AckMessageRequest | pb.NackMessageRequest,
 ) -> None:
-    ack = message.ack if message.HasField("ack") else None
-    nack = message.nack if message.HasField("nack") else None
-    message_id = ack.message_id if ack is not None else nack.message_id if nack else ""
     try:
-        if ack is not None:
-            await queue.ack(principal, ack.message_id, ack.attempt)
-        elif nack is not None:
-            await queue.nack(principal, nack.message_id, nack.attempt, nack.error, nack.retryable)
+        if isinstance(settle, pb.AckMessageRequest):
+            await queue.ack(principal, settle.message_id, settle.attempt)
+        else:
+            await queue.nack(
+                principal, settle.message_id, settle.attempt, settle.error, settle.retryable
+            )
     except (LucidError, StoreError) as exc:
-        log.info(
-            "%s of message %s on %s: %s",
-            message.WhichOneof("kind"),
-            message_id,
-            consumer.label,
-            exc,
-        )
+        kind = "ack" if isinstance(settle, pb.AckMessageRequest) else "nack"
+        log.info("%s of message %s on %s: %s", kind, settle.message_id, consumer.label, exc)
     finally:
-        dispatcher.settled(consumer, message_id)
+        dispatcher.settled(consumer, settle.message_id)
 
 
 def _cancel(task: asyncio.Task[None]) -> None:

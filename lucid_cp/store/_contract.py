@@ -19,6 +19,7 @@ from lucid_cp.store.base import (
     CompareTarget,
     Delete,
     Get,
+    KeyValue,
     Put,
     RequestTooLargeError,
     TooManyOpsError,
@@ -82,6 +83,25 @@ def compare_holds(op: CompareOp, actual: int | bytes, expected: int | bytes) -> 
     if op is CompareOp.GREATER:
         return actual > expected  # type: ignore[operator]
     return actual < expected  # type: ignore[operator]
+
+
+def holds(c: Compare, kv: KeyValue | None) -> bool:
+    """Whether ``c`` holds for the key as ``kv`` shows it (None: the key does not exist)."""
+    if kv is None:
+        if c.target is CompareTarget.VALUE:
+            return False  # as etcd: a value compare on a missing key never holds
+        actual: int | bytes = 0
+    elif c.target is CompareTarget.VALUE:
+        actual = kv.value
+    elif c.target is CompareTarget.CREATE:
+        actual = kv.create_revision
+    elif c.target is CompareTarget.MOD:
+        actual = kv.mod_revision
+    elif c.target is CompareTarget.VERSION:
+        actual = kv.version
+    else:
+        actual = kv.lease
+    return compare_holds(c.op, actual, c.value)
 
 
 def op_bytes(op: TxnOp) -> int:

@@ -13,9 +13,12 @@ one fsync for the whole group instead of one per write; on sqlite one transactio
 * No two members of one group touch the same key (etcd refuses a txn that writes a key twice);
   a member that would is left for the next group.
 * When the joined txn's compares all hold, every member succeeded at its revision. When any
-  fails, the joined txn wrote nothing, and each member runs alone (concurrently), with its own
-  failure branch: so a member's answer never depends on its neighbours. Under contention (another
-  replica winning races) a group costs one extra round trip; alone, members are sent at once.
+  fails, the joined txn wrote nothing, and its failure branch read every guarded key at that
+  revision: a member whose own guards failed there is answered as its own txn would have been
+  then (its failure branch, when that reads only guarded keys; otherwise it runs alone), and the
+  members whose guards held go back to the front of the queue, to be joined again. So a
+  member's answer never depends on its neighbours, and one stale guard costs its group one
+  extra round trip.
 * At most ``parallel`` txns are in flight; the next group gathers meanwhile (no timer: a quiet
   store sees a lone write at once).
 """
@@ -28,12 +31,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lucid_cp.store._contract import op_bytes
+from lucid_cp.store._contract import holds, op_bytes
 from lucid_cp.store.base import (
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
     OP_OVERHEAD_BYTES,
     Compare,
+    Get,
+    KeyValue,
     KeyWriter,
     Put,
     TxnOp,
@@ -89,7 +94,8 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         member = _Member(compares, success, failure, loop.create_future())
         member.size = sum(op_bytes(op) for op in success) + sum(
-            len(c.key) + OP_OVERHEAD_BYTES + (len(c.value) if isinstance(c.value, bytes) else 0)
+            2 * (len(c.key) + OP_OVERHEAD_BYTES)
+            + (len(c.value) if isinstance(c.value, bytes) else 0)
             for c in compares
         )
         member.keys = frozenset(c.key for c in compares) | frozenset(op.key for op in success)
@@ -100,16 +106,20 @@ class GroupCommit:
             and member.size <= self._max_bytes
         )
         self._queue.append(member)
-        if not self._kick_scheduled:
-            # After the current turn: writes queued in the same turn (a gather) share a txn.
-            self._kick_scheduled = True
-            loop.call_soon(self._kick)
+        self._schedule()
         return await member.future
 
     async def stop(self) -> None:
         """Waits for the txns in flight (their callers get their answers)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _schedule(self) -> None:
+        """Groups are formed after the current turn: writes queued in the same turn (a gather)
+        share a txn."""
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
 
     def _kick(self) -> None:
         self._kick_scheduled = False
@@ -166,9 +176,12 @@ class GroupCommit:
         if len(live) == 1:
             await self._alone(live[0])
             return
+        compare_keys = list(dict.fromkeys(c.key for m in live for c in m.compares))
         try:
             result = await self._store.txn(
-                [c for m in live for c in m.compares], [op for m in live for op in m.success]
+                [c for m in live for c in m.compares],
+                [op for m in live for op in m.success],
+                [Get(key) for key in compare_keys],
             )
         except BaseException as exc:
             for member in live:
@@ -183,10 +196,38 @@ class GroupCommit:
                         TxnResult(True, result.revision, [None] * len(member.success))
                     )
             return
-        # Some compare failed, so nothing was written: each member on its own.
+        # Some guard failed, so nothing was written. The failure branch read every guarded key
+        # at that revision: a member whose guards failed there gets the answer its own txn
+        # would have had then; the others go back to the front of the queue together.
         self.fallbacks += 1
-        self.txns += len(live)
-        await asyncio.gather(*(self._alone(m) for m in live))
+        read = {
+            key: kv if isinstance(kv, KeyValue) else None
+            for key, kv in zip(compare_keys, result.responses, strict=True)
+        }
+        again: list[_Member] = []
+        alone: list[_Member] = []
+        for member in live:
+            if all(holds(c, read[c.key]) for c in member.compares):
+                again.append(member)
+            elif all(isinstance(op, Get) and op.key in read for op in member.failure):
+                if not member.future.done():
+                    member.future.set_result(
+                        TxnResult(
+                            False,
+                            result.revision,
+                            [read[op.key] for op in member.failure],
+                        )
+                    )
+            else:
+                alone.append(member)
+        if len(again) == len(live):  # cannot be (one guard failed); never loop on it
+            alone, again = live, []
+        if again:
+            self._queue.extendleft(reversed(again))
+            self._schedule()
+        if alone:
+            self.txns += len(alone)
+            await asyncio.gather(*(self._alone(m) for m in alone))
 
     async def _alone(self, member: _Member) -> None:
         try:

@@ -45,14 +45,13 @@ from lucid_cp.store._contract import (
     check_key,
     check_put,
     check_txn,
-    compare_holds,
     granted_ttl,
+    holds,
     prefix_end,
 )
 from lucid_cp.store.base import (
     CompactedError,
     Compare,
-    CompareTarget,
     Delete,
     EventType,
     FutureRevisionError,
@@ -283,20 +282,7 @@ class _Engine:
             "SELECT value, create_revision, mod_revision, version, lease FROM kv WHERE key = ?",
             (c.key,),
         ).fetchone()
-        if row is None:
-            if c.target is CompareTarget.VALUE:
-                return False  # as etcd: a value compare on a missing key never holds
-            actual: int | bytes = 0
-        else:
-            value, create, mod, version, lease = row
-            actual = {
-                CompareTarget.VALUE: value,
-                CompareTarget.CREATE: create,
-                CompareTarget.MOD: mod,
-                CompareTarget.VERSION: version,
-                CompareTarget.LEASE: lease,
-            }[c.target]
-        return compare_holds(c.op, actual, c.value)
+        return holds(c, None if row is None else KeyValue(c.key, *row))
 
     def grant_lease(self, ttl: int) -> Lease:
         while True:

@@ -21,6 +21,7 @@ class FakeConsumer:
         **start: Any,
     ) -> None:
         self.deliveries: list[pb.Delivery] = []
+        self.responses: list[pb.ConsumeResponse] = []
         self.unacked: dict[str, pb.Delivery] = {}
         self.error: grpc.aio.AioRpcError | None = None
         self._outbox: asyncio.Queue[pb.ConsumeRequest | None] = asyncio.Queue()
@@ -39,8 +40,11 @@ class FakeConsumer:
         try:
             async for response in self.call:
                 async with self._arrived:
-                    self.deliveries.append(response.delivery)
-                    self.unacked[response.delivery.message.message_id] = response.delivery
+                    self.responses.append(response)
+                    batch = response.deliveries or [response.delivery]
+                    for delivery in batch:
+                        self.deliveries.append(delivery)
+                        self.unacked[delivery.message.message_id] = delivery
                     self._arrived.notify_all()
         except grpc.aio.AioRpcError as exc:
             self.error = exc
@@ -59,6 +63,16 @@ class FakeConsumer:
                 )
             )
         )
+
+    def ack_all(self, deliveries: list[pb.Delivery]) -> None:
+        """One ``acks`` batch for ``deliveries``."""
+        for delivery in deliveries:
+            self.unacked.pop(delivery.message.message_id, None)
+        acks = [
+            pb.AckMessageRequest(message_id=d.message.message_id, attempt=d.attempt)
+            for d in deliveries
+        ]
+        self.send(pb.ConsumeRequest(acks=pb.AckBatch(acks=acks)))
 
     def nack(self, delivery: pb.Delivery, error: str, retryable: bool = True) -> None:
         self.unacked.pop(delivery.message.message_id, None)

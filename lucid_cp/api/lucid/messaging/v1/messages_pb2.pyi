@@ -584,6 +584,84 @@ class SendMessageRequest(_message.Message):
 Global___SendMessageRequest: _TypeAlias = SendMessageRequest  # noqa: Y015
 
 @_typing.final
+class SendMessagesRequest(_message.Message):
+    """Several messages in one call (each stored as if sent alone; the store writes them in shared
+    txns). Every message must be valid and the caller's own, or nothing is stored (400/403).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___InterServiceMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___InterServiceMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessagesRequest: _TypeAlias = SendMessagesRequest  # noqa: Y015
+
+@_typing.final
+class SendResult(_message.Message):
+    """One message's outcome, in request order: `accepted` when it is stored (now, or before with
+    the same content), else the error code and text (LUCID_ERR_1908: the messageId was already
+    sent with other content).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    code: _builtins.str
+    error: _builtins.str
+    @_builtins.property
+    def accepted(self) -> Global___MessageResponse: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        accepted: Global___MessageResponse | None = ...,
+        code: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "code", b"code", "error", b"error", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendResult: _TypeAlias = SendResult  # noqa: Y015
+
+@_typing.final
+class SendMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SendResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessagesResponse: _TypeAlias = SendMessagesResponse  # noqa: Y015
+
+@_typing.final
 class GetMessageStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -873,31 +951,63 @@ class ConsumeStart(_message.Message):
     SERVICE_NAME_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     ACK_WAIT_MS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     service_name: _builtins.str
     max_in_flight: _builtins.int
     """Absent: the service's ConsumerConfig."""
     ack_wait_ms: _builtins.int
+    max_batch: _builtins.int
+    """Absent or 1: each response carries one `delivery`. More: each response carries in
+    `deliveries` what is ready to be written, up to this many (and 2 MiB, at least one).
+    """
     def __init__(
         self,
         *,
         service_name: _builtins.str = ...,
         max_in_flight: _builtins.int | None = ...,
         ack_wait_ms: _builtins.int | None = ...,
+        max_batch: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ack_wait_ms", b"_ack_wait_ms", "_max_in_flight", b"_max_in_flight", "ack_wait_ms", b"ack_wait_ms", "max_in_flight", b"max_in_flight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ack_wait_ms", b"_ack_wait_ms", "_max_batch", b"_max_batch", "_max_in_flight", b"_max_in_flight", "ack_wait_ms", b"ack_wait_ms", "max_batch", b"max_batch", "max_in_flight", b"max_in_flight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ack_wait_ms", b"_ack_wait_ms", "_max_in_flight", b"_max_in_flight", "ack_wait_ms", b"ack_wait_ms", "max_in_flight", b"max_in_flight", "service_name", b"service_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ack_wait_ms", b"_ack_wait_ms", "_max_batch", b"_max_batch", "_max_in_flight", b"_max_in_flight", "ack_wait_ms", b"ack_wait_ms", "max_batch", b"max_batch", "max_in_flight", b"max_in_flight", "service_name", b"service_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ack_wait_ms: _TypeAlias = _typing.Literal["ack_wait_ms"]  # noqa: Y015
     _WhichOneofArgType__ack_wait_ms: _TypeAlias = _typing.Literal["_ack_wait_ms", b"_ack_wait_ms"]  # noqa: Y015
+    _WhichOneofReturnType__max_batch: _TypeAlias = _typing.Literal["max_batch"]  # noqa: Y015
+    _WhichOneofArgType__max_batch: _TypeAlias = _typing.Literal["_max_batch", b"_max_batch"]  # noqa: Y015
     _WhichOneofReturnType__max_in_flight: _TypeAlias = _typing.Literal["max_in_flight"]  # noqa: Y015
     _WhichOneofArgType__max_in_flight: _TypeAlias = _typing.Literal["_max_in_flight", b"_max_in_flight"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ack_wait_ms) -> _WhichOneofReturnType__ack_wait_ms | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch) -> _WhichOneofReturnType__max_batch | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_in_flight) -> _WhichOneofReturnType__max_in_flight | None: ...
 
 Global___ConsumeStart: _TypeAlias = ConsumeStart  # noqa: Y015
+
+@_typing.final
+class AckBatch(_message.Message):
+    """Several acks in one stream message (each settled as if sent alone)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___AckMessageRequest]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___AckMessageRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckBatch: _TypeAlias = AckBatch  # noqa: Y015
 
 @_typing.final
 class ConsumeRequest(_message.Message):
@@ -906,24 +1016,28 @@ class ConsumeRequest(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     NACK_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start(self) -> Global___ConsumeStart: ...
     @_builtins.property
     def ack(self) -> Global___AckMessageRequest: ...
     @_builtins.property
     def nack(self) -> Global___NackMessageRequest: ...
+    @_builtins.property
+    def acks(self) -> Global___AckBatch: ...
     def __init__(
         self,
         *,
         start: Global___ConsumeStart | None = ...,
         ack: Global___AckMessageRequest | None = ...,
         nack: Global___NackMessageRequest | None = ...,
+        acks: Global___AckBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "nack", b"nack", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "kind", b"kind", "nack", b"nack", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "nack", b"nack", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "kind", b"kind", "nack", b"nack", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "ack", "nack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "ack", "nack", "acks"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -934,16 +1048,24 @@ class ConsumeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DELIVERY_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def delivery(self) -> Global___Delivery: ...
+    def delivery(self) -> Global___Delivery:
+        """maxBatch absent or 1."""
+
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """maxBatch above 1."""
+
     def __init__(
         self,
         *,
         delivery: Global___Delivery | None = ...,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "delivery", b"delivery"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,11 @@ class MessageServiceStub:
                 request_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.MessageResponse.FromString,
                 _registered_method=True)
+        self.SendMessages = channel.unary_unary(
+                '/lucid.messaging.v1.MessageService/SendMessages',
+                request_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesRequest.SerializeToString,
+                response_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesResponse.FromString,
+                _registered_method=True)
         self.GetMessageStatus = channel.unary_unary(
                 '/lucid.messaging.v1.MessageService/GetMessageStatus',
                 request_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.GetMessageStatusRequest.SerializeToString,
@@ -97,6 +102,14 @@ class MessageServiceServicer:
     def SendMessage(self, request, context):
         """202 once stored. Re-sending a messageId with identical content: 202 with the first answer;
         with different content: 409 (LUCID_ERR_1908). Invalid: 400 LUCID_ERR_1301.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendMessages(self, request, context):
+        """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
+        Counts as one request against the rate limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +187,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     request_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessageRequest.FromString,
                     response_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.MessageResponse.SerializeToString,
             ),
+            'SendMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendMessages,
+                    request_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesRequest.FromString,
+                    response_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesResponse.SerializeToString,
+            ),
             'GetMessageStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessageStatus,
                     request_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.GetMessageStatusRequest.FromString,
@@ -249,6 +267,33 @@ class MessageService:
             '/lucid.messaging.v1.MessageService/SendMessage',
             lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessageRequest.SerializeToString,
             lucid_dot_messaging_dot_v1_dot_messages__pb2.MessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lucid.messaging.v1.MessageService/SendMessages',
+            lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesRequest.SerializeToString,
+            lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

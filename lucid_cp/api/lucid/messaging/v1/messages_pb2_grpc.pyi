@@ -66,6 +66,10 @@ class MessageServiceStub:
     """202 once stored. Re-sending a messageId with identical content: 202 with the first answer;
     with different content: 409 (LUCID_ERR_1908). Invalid: 400 LUCID_ERR_1301.
     """
+    SendMessages: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SendMessagesRequest, _messages_pb2.SendMessagesResponse]
+    """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
+    Counts as one request against the rate limit.
+    """
     GetMessageStatus: _grpc.UnaryUnaryMultiCallable[_messages_pb2.GetMessageStatusRequest, _messages_pb2.MessageStatus]
     """The status of a message the caller sent or received (admin: any); 404 otherwise."""
     PullMessages: _grpc.UnaryUnaryMultiCallable[_messages_pb2.PullMessagesRequest, _messages_pb2.PullMessagesResponse]
@@ -96,6 +100,10 @@ class MessageServiceAsyncStub(MessageServiceStub):
     SendMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.MessageResponse]  # type: ignore[assignment]
     """202 once stored. Re-sending a messageId with identical content: 202 with the first answer;
     with different content: 409 (LUCID_ERR_1908). Invalid: 400 LUCID_ERR_1301.
+    """
+    SendMessages: _aio.UnaryUnaryMultiCallable[_messages_pb2.SendMessagesRequest, _messages_pb2.SendMessagesResponse]  # type: ignore[assignment]
+    """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
+    Counts as one request against the rate limit.
     """
     GetMessageStatus: _aio.UnaryUnaryMultiCallable[_messages_pb2.GetMessageStatusRequest, _messages_pb2.MessageStatus]  # type: ignore[assignment]
     """The status of a message the caller sent or received (admin: any); 404 otherwise."""
@@ -130,6 +138,16 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messages_pb2.MessageResponse, _abc.Awaitable[_messages_pb2.MessageResponse]]:
         """202 once stored. Re-sending a messageId with identical content: 202 with the first answer;
         with different content: 409 (LUCID_ERR_1908). Invalid: 400 LUCID_ERR_1301.
+        """
+
+    @_abc_1.abstractmethod
+    def SendMessages(
+        self,
+        request: _messages_pb2.SendMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.SendMessagesResponse, _abc.Awaitable[_messages_pb2.SendMessagesResponse]]:
+        """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
+        Counts as one request against the rate limit.
         """
 
     @_abc_1.abstractmethod
