@@ -127,6 +127,12 @@ class Plan:
     messages: int = 3000
     raw_puts: int = 5000
     max_in_flight: int = 100  # the Consume stream's (and the NATS consumer's) unacked limit
+    # (1) batched: SendMessages of ``batch`` on ``batch_concurrency`` tasks, Consume with
+    # maxBatch = ``batch_in_flight`` / 4, acks in batches; raw: txns of ``batch`` puts.
+    batch: int = 50
+    batch_concurrency: int = 8
+    batch_in_flight: int = 400
+    batch_messages: int = 20000
     # (2) latency: open loop at this rate, a warm-up then the measured seconds.
     rate: float = 1000.0
     warmup_s: float = 1.0
@@ -142,6 +148,7 @@ class Plan:
 
 
 QUICK = Plan(
+    batch_messages=5000,
     warmup=100,
     messages=600,
     raw_puts=1000,
@@ -296,7 +303,8 @@ class MessagingBench:
             "target": self.target(cp),
             "token": self.token(sink),
             "service": sink,
-            "max_in_flight": self.plan.max_in_flight,
+            "max_in_flight": load.pop("max_in_flight", self.plan.max_in_flight),
+            "max_batch": load.pop("max_batch", 1),
         }
         sender = {
             "kind": "message",

@@ -163,9 +163,15 @@ async def role_send(spec: dict[str, Any]) -> None:
 
         op, close = await nats_sender(spec)
 
+    batch = spec.get("batch", 1)
+
     async def run(n: str) -> dict[str, Any]:
         load = {"concurrency": spec.get("concurrency", 0), "rate": spec.get("rate", 0.0)}
-        result = await drive(int(n), op, **load)
+        result = await drive(int(n) // batch, op, **load)
+        # With batches, an op is a call of ``batch`` messages: counts and rates in messages.
+        result["calls"] = result["done"]
+        result["done"] *= batch
+        result["per_s"] *= batch
         out = {**result, "sample_ids": sent.last[-20:], "refused_ids": sent.refused[:]}
         sent.refused.clear()
         return out
@@ -195,6 +201,26 @@ def _ours_sender(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
             await publish(request, metadata=md, timeout=RPC_TIMEOUT)
 
         return publish_one, channel.close
+    batch = spec.get("batch", 1)
+    if batch > 1:
+        send_many = messages_pb2_grpc.MessageServiceStub(channel).SendMessages
+
+        async def send_batch(sched: int) -> None:
+            messages = [make_message(sched, spec["destination"]) for _ in range(batch)]
+            request = mpb.SendMessagesRequest(messages=messages)
+            try:
+                answer = await send_many(request, metadata=md, timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError:
+                if len(sent.refused) < 100:
+                    sent.refused.extend(m.message_id for m in messages)
+                raise
+            refused = [r.message_id for r in answer.results if not r.HasField("accepted")]
+            if refused:
+                raise RuntimeError(f"{len(refused)} of a batch refused: {refused[:3]}")
+            sent.last.extend(m.message_id for m in messages)
+            del sent.last[:-20]
+
+        return send_batch, channel.close
     send = messages_pb2_grpc.MessageServiceStub(channel).SendMessage
 
     async def send_one(sched: int) -> None:
@@ -221,11 +247,19 @@ async def _etcd_putter(spec: dict[str, Any]) -> tuple[Op, Closer]:
     await client.connect()
     value = b"v" * request_bytes()
     counter = iter(range(10**9))
+    batch = spec.get("batch", 1)
 
     async def put(sched: int) -> None:
         await client.put(f"/bench/raw/{next(counter):010d}".encode(), value)
 
-    return put, client.close
+    async def put_batch(sched: int) -> None:
+        puts = [
+            client.transactions.put(f"/bench/raw/{next(counter):010d}".encode(), value)
+            for _ in range(batch)
+        ]
+        await client.transaction(compare=[], success=puts, failure=[])
+
+    return (put_batch if batch > 1 else put), client.close
 
 
 async def role_consume(spec: dict[str, Any]) -> None:
@@ -271,6 +305,9 @@ async def _consume_ours(spec: dict[str, Any], arrivals: Arrivals) -> Closer:
     md = (("authorization", f"Bearer {spec['token']}"),)
     call = messages_pb2_grpc.MessageServiceStub(channel).Consume(metadata=md)
     start = mpb.ConsumeStart(service_name=spec["service"], max_in_flight=spec["max_in_flight"])
+    max_batch = spec.get("max_batch", 1)
+    if max_batch > 1:
+        start.max_batch = max_batch
     await call.write(mpb.ConsumeRequest(start=start))
     await call.wait_for_connection()
 
@@ -279,11 +316,19 @@ async def _consume_ours(spec: dict[str, Any], arrivals: Arrivals) -> Closer:
             while (response := await call.read()) is not grpc.aio.EOF:
                 arrived = monotonic_ns()
                 assert isinstance(response, mpb.ConsumeResponse)
-                delivery = response.delivery
-                message = delivery.message
-                arrivals.add(0, int(message.headers["t"]), arrived, message.message_id)
-                ack = mpb.AckMessageRequest(message_id=message.message_id, attempt=delivery.attempt)
-                await call.write(mpb.ConsumeRequest(ack=ack))
+                acks = []
+                for delivery in response.deliveries or [response.delivery]:
+                    message = delivery.message
+                    arrivals.add(0, int(message.headers["t"]), arrived, message.message_id)
+                    acks.append(
+                        mpb.AckMessageRequest(
+                            message_id=message.message_id, attempt=delivery.attempt
+                        )
+                    )
+                if max_batch > 1:
+                    await call.write(mpb.ConsumeRequest(acks=mpb.AckBatch(acks=acks)))
+                else:
+                    await call.write(mpb.ConsumeRequest(ack=acks[0]))
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.CANCELLED:
                 arrivals.errors.append(f"{exc.code().name}: {exc.details()}")

@@ -26,44 +26,60 @@ TARGET = 0.5  # ours >= 0.5x raw etcd puts
 
 
 async def run(bench: MessagingBench) -> None:
-    results: dict[str, Any] = {"raw_etcd": await _raw_etcd(bench)}
+    p = bench.plan
+    results: dict[str, Any] = {"raw_etcd": await _raw_etcd(bench, p.concurrency, 1, p.raw_puts)}
     bench.results["throughput"] = results
+    results["raw_etcd_batch"] = await _raw_etcd(
+        bench, p.batch_concurrency, p.batch, p.batch_messages
+    )
     for store in bench.plan.stores:
-        results[store] = await _ours(bench, store)
+        results[store] = await _ours(bench, store, concurrency=p.concurrency, n=p.messages)
+        results[f"{store}-batch"] = await _ours(
+            bench,
+            store,
+            concurrency=p.batch_concurrency,
+            n=p.batch_messages,
+            batch=p.batch,
+            max_in_flight=p.batch_in_flight,
+            max_batch=p.batch_in_flight // 4,
+        )
 
 
-async def _raw_etcd(bench: MessagingBench) -> dict[str, Any]:
+async def _raw_etcd(bench: MessagingBench, concurrency: int, batch: int, n: int) -> dict[str, Any]:
     p = bench.plan
     etcd = bench.etcd()
-    spec = {"kind": "etcd", "port": etcd.client_port, "concurrency": p.concurrency}
-    sender = bench.start_role("tp-raw-etcd", "send", spec)
+    spec = {"kind": "etcd", "port": etcd.client_port, "concurrency": concurrency, "batch": batch}
+    sender = bench.start_role(f"tp-raw-etcd-{batch}", "send", spec)
     try:
-        await ask(sender, f"run {p.warmup}")
+        await ask(sender, f"run {p.warmup * batch}")
         window = Window({"etcd": bench.etcd_pid(), "client": sender.pid})
-        result = await ask(sender, f"run {p.raw_puts}")
+        result = await ask(sender, f"run {n}")
         return {**result, **window.close()}
     finally:
         bench.children.stop(sender)
 
 
-async def _ours(bench: MessagingBench, store: str) -> dict[str, Any]:
+async def _ours(
+    bench: MessagingBench, store: str, *, concurrency: int, n: int, batch: int = 1, **consume: int
+) -> dict[str, Any]:
     p = bench.plan
-    cp = bench.start_cp(f"cp-throughput-{store}", store)
+    step = f"throughput-{store}" + (f"-batch{batch}" if batch > 1 else "")
+    cp = bench.start_cp(f"cp-{step}", store)
     roles = []
     try:
         consumer_spec, sender_spec = bench.queue_specs(
-            cp, f"throughput-{store}", concurrency=p.concurrency
+            cp, step, concurrency=concurrency, batch=batch, **consume
         )
         consumer = bench.start_role(f"tp-consumer-{store}", "consume", consumer_spec)
         roles.append(consumer)
         sender = bench.start_role(f"tp-sender-{store}", "send", sender_spec)
         roles.append(sender)
-        warmed = await ask(sender, f"run {p.warmup}")
+        warmed = await ask(sender, f"run {p.warmup * batch}")
         await ask(consumer, f"wait {warmed['done']} 60")
         window = Window(
             {**bench.server_pids(cp, store), "sender": sender.pid, "consumer": consumer.pid}
         )
-        sent = await ask(sender, f"run {p.messages}")
+        sent = await ask(sender, f"run {n}")
         got = await ask(consumer, f"wait {warmed['done'] + sent['done']} 120")
         cpu = window.close()
         complete = got["fewest"] >= warmed["done"] + sent["done"]
@@ -100,68 +116,110 @@ def report(results: dict[str, Any], plan: Plan, rows: list[Row], notes: list[str
     t = results.get("throughput")
     if not t:
         return
-    raw = t["raw_etcd"]
+    raw, raw_batch = t["raw_etcd"], t.get("raw_etcd_batch")
     for store in plan.stores:
-        ours = t.get(store)
-        if not ours:
-            continue
-        text, ratio = fmt_ratio(ours["per_s"], raw["per_s"])
-        clean = (
-            ours["complete"]
-            and ours["send"]["errors"] == 0
-            and ours["consume"]["duplicates"] == 0
-            and ours["sample_delivered"][0] == ours["sample_delivered"][1]
-        )
-        rows.append(
-            Row(
-                f"(1) send→consume→ack on {store}, {plan.concurrency} senders (msg/s)",
-                fmt(ours["per_s"], digits=0),
-                fmt(raw["per_s"], digits=0) + " (raw etcd put)",
-                text,
-                f">= {TARGET}x",
-                met(ratio >= TARGET if ratio is not None and clean else None),
-            )
-        )
-        send = ours["send"]
-        text, _ = fmt_ratio(send["p99_ms"], raw["p99_ms"])
-        rows.append(
-            Row(
-                f"(1) {store}: SendMessage p50 / p99 vs put (ms)",
-                f"{fmt(send['p50_ms'], digits=2)} / {fmt(send['p99_ms'], digits=2)}",
-                f"{fmt(raw['p50_ms'], digits=2)} / {fmt(raw['p99_ms'], digits=2)}",
-                text,
-                "info",
-                "-",
-            )
-        )
-        cp_cpu = ours["cpu_s"]["cp"]
-        rows.append(
-            Row(
-                f"(1) {store}: control-plane CPU per message (µs), cores busy",
-                f"{fmt(cp_cpu / max(1, ours['send']['done']) * 1e6, digits=0)}, "
-                f"{fmt(ours['cpu_util']['cp'], digits=2)}",
-                "-",
-                "-",
-                "info",
-                "-",
-            )
-        )
+        for variant in (store, f"{store}-batch"):
+            ours = t.get(variant)
+            if ours:
+                _rows(variant, ours, raw, raw_batch, plan, rows)
     notes.append(
-        f"(1) closed loop, {plan.concurrency} concurrent tasks in one client process; raw: "
-        f"{plan.raw_puts} aetcd puts of a {request_bytes()}-byte value after {plan.warmup} "
-        f"warm-up puts; ours: {plan.messages} SendMessage after {plan.warmup} warm-up messages, "
-        f"one Consume stream (maxInFlight {plan.max_in_flight}) in another process acking each "
-        "delivery at once; rate = messages / (first send -> last delivery at the consumer). "
-        "Per message the queue writes 3 txns (create-only send, CAS claim, CAS ack). "
-        + "; ".join(_detail(store, t[store], plan) for store in plan.stores if t.get(store))
+        f"(1) closed loop. One message per call: {plan.concurrency} concurrent SendMessage tasks "
+        f"in one client process, one Consume stream (maxInFlight {plan.max_in_flight}) in "
+        f"another acking each delivery at once; raw: {plan.raw_puts} aetcd puts of a "
+        f"{request_bytes()}-byte value at the same concurrency. Batched: "
+        f"{plan.batch_concurrency} tasks sending SendMessages of {plan.batch}, one Consume "
+        f"stream (maxInFlight {plan.batch_in_flight}, maxBatch {plan.batch_in_flight // 4}) "
+        f"acking each response's deliveries in one AckBatch; raw: txns of {plan.batch} puts on "
+        f"{plan.batch_concurrency} tasks. Rate = messages / (first send -> last delivery at the "
+        "consumer). Per message the queue writes 3 records (create-only send, CAS claim, CAS "
+        "ack), joined into shared txns by group commit. "
+        + "; ".join(_detail(v, t[v]) for v in _variants(plan) if t.get(v))
         + f"; raw etcd: {raw['done']} puts, {raw['errors']} errors, etcd CPU "
         f"{fmt(raw['cpu_util']['etcd'], digits=2)} cores."
     )
 
 
-def _detail(store: str, ours: dict[str, Any], plan: Plan) -> str:
+def _variants(plan: Plan) -> list[str]:
+    return [v for store in plan.stores for v in (store, f"{store}-batch")]
+
+
+def _rows(
+    variant: str,
+    ours: dict[str, Any],
+    raw: dict[str, Any],
+    raw_batch: dict[str, Any] | None,
+    plan: Plan,
+    rows: list[Row],
+) -> None:
+    batched = variant.endswith("-batch")
+    store = variant.removesuffix("-batch")
+    how = (
+        f"batches of {plan.batch}, {plan.batch_concurrency} senders"
+        if batched
+        else f"{plan.concurrency} senders"
+    )
+    text, ratio = fmt_ratio(ours["per_s"], raw["per_s"])
+    clean = (
+        ours["complete"]
+        and ours["send"]["errors"] == 0
+        and ours["consume"]["duplicates"] == 0
+        and ours["sample_delivered"][0] == ours["sample_delivered"][1]
+    )
+    rows.append(
+        Row(
+            f"(1) send→consume→ack on {store}, {how} (msg/s)",
+            fmt(ours["per_s"], digits=0),
+            fmt(raw["per_s"], digits=0) + " (raw etcd put)",
+            text,
+            f">= {TARGET}x",
+            met(ratio >= TARGET if ratio is not None and clean else None),
+        )
+    )
+    if batched and raw_batch is not None:
+        text, _ = fmt_ratio(ours["per_s"], raw_batch["per_s"])
+        rows.append(
+            Row(
+                f"(1) {store}, batched: vs raw etcd txns of {plan.batch} puts (msg/s)",
+                fmt(ours["per_s"], digits=0),
+                fmt(raw_batch["per_s"], digits=0) + " (raw etcd txn puts)",
+                text,
+                "info",
+                "-",
+            )
+        )
+    send = ours["send"]
+    base = raw_batch if batched and raw_batch is not None else raw
+    text, _ = fmt_ratio(send["p99_ms"], base["p99_ms"])
+    call = "SendMessages" if batched else "SendMessage"
+    rows.append(
+        Row(
+            f"(1) {store}{', batched' if batched else ''}: {call} p50 / p99 vs "
+            f"{'txn' if batched else 'put'} (ms)",
+            f"{fmt(send['p50_ms'], digits=2)} / {fmt(send['p99_ms'], digits=2)}",
+            f"{fmt(base['p50_ms'], digits=2)} / {fmt(base['p99_ms'], digits=2)}",
+            text,
+            "info",
+            "-",
+        )
+    )
+    cp_cpu = ours["cpu_s"]["cp"]
+    rows.append(
+        Row(
+            f"(1) {store}{', batched' if batched else ''}: control-plane CPU per message (µs), "
+            "cores busy",
+            f"{fmt(cp_cpu / max(1, ours['send']['done']) * 1e6, digits=0)}, "
+            f"{fmt(ours['cpu_util']['cp'], digits=2)}",
+            "-",
+            "-",
+            "info",
+            "-",
+        )
+    )
+
+
+def _detail(variant: str, ours: dict[str, Any]) -> str:
     return (
-        f"{store}: sends alone ran at {ours['send']['per_s']:,.0f}/s, "
+        f"{variant}: sends alone ran at {ours['send']['per_s']:,.0f}/s, "
         f"{ours['consume']['received']} delivered ({ours['consume']['duplicates']} redelivered), "
         f"{ours['send']['errors']} send errors, last {ours['sample_delivered'][1]} read back "
         f"delivered: {ours['sample_delivered'][0]}; cores busy: {cores(ours)}"
