@@ -106,8 +106,19 @@ async def test_two_sidecars_get_each_change_and_rollout_counts_ack_and_nack(sc: 
         (dest,) = [d for d in third.destinations if d.service == "blockchain-core"]
         assert core2 not in [e.service_id for e in dest.endpoints] and dest.endpoints
         await bad.wait(3)
-        await asyncio.sleep(0.2)
-        assert len(bystander.snapshots) == 1
+        # The marker: a policy selecting only the bystander, written after the deregistration.
+        # The distributor evaluates the store in order, so the bystander's next snapshot must
+        # be the one the marker caused: nothing came for the endpoint change before it.
+        marker = await sc.mesh.CreateTrafficPolicy(
+            mpb.CreateTrafficPolicyRequest(
+                policy=traffic(name="ledger-marker", source="ledger-svc", destination="ledger-db")
+            ),
+            metadata=ADMIN,
+        )
+        second = await bystander.wait(2)
+        assert second.version >= marker.revision
+        assert [p.name for p in second.traffic_policies] == ["ledger-marker"]
+        assert [d.service for d in second.destinations] == ["ledger-db"]
         listed = await sc.sidecar.ListSidecars(pb.ListSidecarsRequest(), metadata=ADMIN)
         assert listed.total == 3
         rows = {r.service_id: r for r in listed.sidecars}
