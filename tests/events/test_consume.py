@@ -7,10 +7,20 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 
-from .conftest import GW, Events, event, open_events, rpc_error, subscription, with_events
+from .conftest import (
+    GW,
+    Events,
+    event,
+    open_events,
+    rpc_error,
+    subscription,
+    until,
+    with_events,
+)
 
 
 async def test_pull_returns_matching_events_after_the_cursor(events: Events) -> None:
@@ -59,13 +69,26 @@ async def test_ack_never_moves_back_nor_beyond_the_head(events: Events) -> None:
     assert read.cursor == 2 and read.head == 3
 
 
-async def test_long_poll_wakes_on_the_first_matching_event(events: Events) -> None:
+async def test_long_poll_wakes_on_the_first_matching_event(
+    events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The synchronisation point: the cursors the poll waits beyond (the reader's wait_beyond).
+    reader = events.system.reader
+    wait_beyond = reader.wait_beyond
+    waited: list[int] = []
+
+    async def recording(sequence: int) -> None:
+        waited.append(sequence)
+        await wait_beyond(sequence)
+
+    monkeypatch.setattr(reader, "wait_beyond", recording)
     sub = await events.subscribe(subscription("session.*"))
     poll = asyncio.create_task(events.pull(sub.subscription_id, wait_ms=5000))
-    await asyncio.sleep(0.05)
+    await until(lambda: waited == [0], what="the poll waiting beyond cursor 0")
     assert not poll.done()
     await events.publish(event("payment.settled"))  # not matching: keeps waiting
-    await asyncio.sleep(0.05)
+    # It read the event, found nothing matching, and waits again, now beyond it.
+    await until(lambda: waited == [0, 1], what="the poll waiting beyond cursor 1")
     assert not poll.done()
     await events.publish(event("session.created", data={"i": 7}))
     batch = await asyncio.wait_for(poll, 5)

@@ -84,6 +84,17 @@ class Plane:
         return asyncio.ensure_future(call)
 
 
+async def past_the_grace(plane: Plane) -> None:
+    """Moves the clock past the expiry grace of the removal (seen: the deregistration hook
+    waited for it), then waits for the synchronisation point: its grace timer is done (it
+    published the expiry or found the deregistration stored) and the publisher appended
+    whatever was queued."""
+    feed = plane.events.system.service_feed
+    plane.clock.advance(5)
+    await until(lambda: feed.pending_expiries == 0, what="the grace timer")
+    await asyncio.wait_for(plane.events.system.publisher.drain(), 5)
+
+
 @pytest.fixture
 async def plane() -> AsyncIterator[Plane]:
     clock = FakeClock(now=1_800_000_000.0)
@@ -135,8 +146,7 @@ async def test_a_hook_that_hangs_is_cut_by_the_registry_timeout(plane: Plane) ->
     gone = await asyncio.wait_for(answer, 5)  # answered although nothing is stored yet
     plane.gate.opened.set()  # the queued event is still appended, once
     await until(lambda: plane.events.system.publisher.published >= 2, what="the append")
-    plane.clock.advance(5)
-    await asyncio.sleep(0.05)
+    await past_the_grace(plane)
     found = await stored(plane.store)
     assert [e.event_type for e in found] == ["service.registered", "service.deregistered"]
     assert found[1].event_id == event_id(reg.service_id, "removed", gone.revision)
@@ -208,9 +218,7 @@ async def test_a_later_revision_from_the_revoke_still_gives_one_removal_event(
     gone = await asyncio.wait_for(plane.deregister(reg), 5)
     [removed] = removals
     assert gone.revision > removed
-    plane.clock.advance(5)  # past the grace: the expiry is not published
-    await asyncio.sleep(0.05)
-    await plane.events.system.publisher.drain()
+    await past_the_grace(plane)  # the expiry is not published
     found = await stored(plane.store)
     assert [e.event_type for e in found] == ["service.registered", "service.deregistered"]
     assert found[1].event_id == event_id(reg.service_id, "removed", removed)

@@ -26,7 +26,7 @@ from tests.discovery.conftest import auth as auth_at
 from tests.discovery.conftest import registration
 from tests.mesh.conftest import breaker, traffic
 
-from .conftest import Events, open_events, subscription
+from .conftest import Events, open_events, subscription, until
 
 
 async def own_events(events: Events) -> list[pb.ServiceEvent]:
@@ -130,8 +130,13 @@ async def test_deregistration_is_published_at_once_and_never_as_an_expiry(fake: 
     assert [e.event_type for e in found] == ["service.registered", "service.deregistered"]
     assert found[1].event_id == event_id(reg.service_id, "removed", gone.revision)
     assert found[1].data["serviceId"] == reg.service_id
+    # The synchronisation point: the removal's grace timer. Once it is done (it found the
+    # deregistration stored, or published the expiry), whatever it queued is appended by
+    # the time own_events has drained the publisher.
+    feed = fake.events.system.service_feed
+    assert feed.pending_expiries == 1
     fake.clock.advance(5)  # past the expiry grace: the expiry is not published
-    await asyncio.sleep(0.05)
+    await until(lambda: feed.pending_expiries == 0, what="the grace timer")
     assert [e.event_type for e in await own_events(fake.events)] == [
         "service.registered",
         "service.deregistered",

@@ -25,21 +25,34 @@ async def test_two_consumers_share_the_queue_within_max_in_flight(q: Queue) -> N
             await q.send(msg)
         await a.wait(2)
         await b.wait(2)
-        await asyncio.sleep(0.1)  # room for a wrong extra delivery to show up
-        assert len(a.deliveries) == 2 and len(b.deliveries) == 2
         ids = [d.message.message_id for d in a.deliveries + b.deliveries]
-        assert len(set(ids)) == 4  # never the same message to both
-        # Acks free slots; everything is delivered exactly once.
+        # The first four in delivery order, each to one consumer only.
+        assert sorted(ids) == sorted(m.message_id for m in sent[:4])
+        # Markers: two critical messages, written after both consumers are full, so they come
+        # first in delivery order. A wrong extra delivery (beyond a consumer's two slots) taken
+        # before them was one of sent[4:] and comes before them on that consumer's stream. One
+        # ack frees one slot: that consumer's third delivery must be the marker.
+        markers = [message(priority="PRIORITY_CRITICAL") for _ in range(2)]
+        for marker in markers:
+            await q.send(marker)
         seen: list[str] = []
-        while len(seen) < len(sent):
+        for consumer, marker in zip((a, b), markers, strict=True):
+            held = next(iter(consumer.unacked.values()))
+            seen.append(held.message.message_id)
+            consumer.ack(held)
+            third = (await consumer.wait(3))[2]
+            assert third.message.message_id == marker.message_id
+        # Acks free slots; everything is delivered exactly once.
+        everything = sent + markers
+        while len(seen) < len(everything):
             for consumer in (a, b):
                 for delivery in list(consumer.unacked.values()):
                     seen.append(delivery.message.message_id)
                     consumer.ack(delivery)
-            await until(lambda: _quiet(a, b, len(sent) - len(seen)))
-        assert sorted(seen) == sorted(m.message_id for m in sent)
+            await until(lambda: _quiet(a, b, len(everything) - len(seen)))
+        assert sorted(seen) == sorted(m.message_id for m in everything)
         assert len(a.deliveries) >= 3 and len(b.deliveries) >= 3
-        for msg in sent:
+        for msg in everything:
             await until(lambda m=msg: q.status_is(m.message_id, pb.MESSAGE_STATE_DELIVERED))
     finally:
         await a.close()

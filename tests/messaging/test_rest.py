@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2_grpc
+from lucid_cp.messaging.module import MessagingSystem
 from tests.gateway.gw_live import ADMIN, Stack, bearer, start_stack
 
 BASE = "/api/v1/inter-service"
@@ -58,15 +59,22 @@ def fields(err: dict[str, Any]) -> list[str]:
     return [v["field"] for v in err["details"]["fieldViolations"]]
 
 
-async def test_send_long_poll_ack_and_status(live: httpx.AsyncClient) -> None:
+async def test_send_long_poll_ack_and_status(stack: Stack, live: httpx.AsyncClient) -> None:
     empty = await live.post(f"{BASE}/queues/tron-node/pull", json={}, headers=NODE)
     assert empty.status_code == 200 and empty.json() == {"deliveries": []}
+    wakeups = stack.plane.system(MessagingSystem).wakeups
+    assert wakeups.followed == 0
     poll = asyncio.create_task(
         live.post(
             f"{BASE}/queues/tron-node/pull", json={"maxMessages": 5, "waitMs": 5000}, headers=NODE
         )
     )
-    await asyncio.sleep(0.2)  # the poll is waiting
+    # The synchronisation point: a long poll follows its service's wakeups while it waits (it
+    # found nothing and looks again on the next wakeup), so the message below is sent after
+    # the poll reached the server and waits, however slow the runner.
+    async with asyncio.timeout(5):
+        while wakeups.followed != 1:  # noqa: ASYNC110 (state the server task writes)
+            await asyncio.sleep(0.01)
     assert not poll.done()
     msg = body()
     sent = await live.post(f"{BASE}/messages", json=msg, headers=GW)

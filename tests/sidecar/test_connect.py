@@ -14,6 +14,7 @@ import pytest
 from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.mesh.v1 import mesh_pb2 as mpb
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
+from lucid_cp.sidecar.module import SidecarSystem
 from tests.discovery.conftest import auth
 from tests.mesh.conftest import traffic
 from tests.sidecar.conftest import ADMIN, Sidecars, config
@@ -106,8 +107,19 @@ async def test_two_sidecars_get_each_change_and_rollout_counts_ack_and_nack(sc: 
         (dest,) = [d for d in third.destinations if d.service == "blockchain-core"]
         assert core2 not in [e.service_id for e in dest.endpoints] and dest.endpoints
         await bad.wait(3)
-        await asyncio.sleep(0.2)
-        assert len(bystander.snapshots) == 1
+        # The marker: a policy selecting only the bystander, written after the deregistration.
+        # The distributor evaluates the store in order, so the bystander's next snapshot must
+        # be the one the marker caused: nothing came for the endpoint change before it.
+        marker = await sc.mesh.CreateTrafficPolicy(
+            mpb.CreateTrafficPolicyRequest(
+                policy=traffic(name="ledger-marker", source="ledger-svc", destination="ledger-db")
+            ),
+            metadata=ADMIN,
+        )
+        second = await bystander.wait(2)
+        assert second.version >= marker.revision
+        assert [p.name for p in second.traffic_policies] == ["ledger-marker"]
+        assert [d.service for d in second.destinations] == ["ledger-db"]
         listed = await sc.sidecar.ListSidecars(pb.ListSidecarsRequest(), metadata=ADMIN)
         assert listed.total == 3
         rows = {r.service_id: r for r in listed.sidecars}
@@ -148,10 +160,29 @@ async def test_reconnect_gets_a_snapshot_only_when_stale(sc: Sidecars) -> None:
         return (await rollout(sc, revision=version)).applied == 1
 
     await until(acked)
+    distributor = sc.plane.system(SidecarSystem).distributor
+    old = distributor.sessions[sid]
     await first.close()
+    pushed, unchanged = distributor.pushes, distributor.skipped
     again = FakeSidecar(sc.sidecar, sid, auth("api-gateway"), version=version)
-    await asyncio.sleep(0.3)
-    assert again.snapshots == [] and not again.task.done()
+
+    # The synchronisation point: the new session is registered once its hello was evaluated
+    # (and whatever that queued was taken by its stream in the same step).
+    async def opened() -> bool:
+        return distributor.sessions.get(sid) not in (None, old)
+
+    await until(opened)
+    # Counted as unchanged (lucid_sidecar_snapshots_unchanged), not pushed.
+    assert (distributor.pushes, distributor.skipped) == (pushed, unchanged + 1)
+    # The marker: a change for this sidecar written after its hello was evaluated. Its
+    # snapshot must be the first the stream carries: nothing was sent on connecting.
+    marker = await sc.mesh.CreateTrafficPolicy(
+        mpb.CreateTrafficPolicyRequest(policy=traffic(source="api-gateway")), metadata=ADMIN
+    )
+    first_sent = await again.wait(1)
+    assert first_sent.version >= marker.revision
+    assert [p.name for p in first_sent.traffic_policies] == [traffic().name]
+    assert not again.task.done()
     await again.close()
     stale = FakeSidecar(sc.sidecar, sid, auth("api-gateway"), version=version - 1)
     assert (await stale.wait(1)).version >= version
