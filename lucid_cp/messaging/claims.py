@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from lucid_cp.api.lucid.messaging.v1 import queue_storage_pb2 as spb
 from lucid_cp.clock import Clock
@@ -127,10 +127,21 @@ class Claimer:
 
     async def claim(self, entry: Entry, consumer: str, ack_wait: float) -> spb.StoredMessage | None:
         """Claims a reserved message; None when another claim or change won."""
+        [claimed] = await self.claim_many([(entry, consumer, ack_wait)])
+        if isinstance(claimed, BaseException):
+            raise claimed
+        return claimed
+
+    async def claim_many(
+        self, claims: Sequence[tuple[Entry, str, float]]
+    ) -> list[spb.StoredMessage | BaseException | None]:
+        """Claims reserved messages, each (entry, consumer, ack wait), at once; per claim the
+        record claimed, None when another claim or change won, or the store's error."""
         try:
-            return await self._queue.claim(entry, consumer, ack_wait)
+            return await self._queue.claim_many(claims)
         finally:
-            self.release(entry)
+            for entry, _, _ in claims:
+                self.release(entry)
 
     async def _expire(self, entry: Entry) -> None:
         try:

@@ -275,10 +275,7 @@ class Dispatcher:
         assigned = list(zip(ready, slots, strict=False))
         for _, consumer in assigned:
             consumer.reserved += 1
-        results = await asyncio.gather(
-            *(self._claimer.claim(e, c.label, c.ack_wait) for e, c in assigned),
-            return_exceptions=True,
-        )
+        results = await self._claimer.claim_many([(e, c.label, c.ack_wait) for e, c in assigned])
         failed: BaseException | None = None
         for (_, consumer), result in zip(assigned, results, strict=True):
             consumer.reserved -= 1
@@ -366,9 +363,7 @@ class Dispatcher:
     async def _claim_all(
         self, ready: Sequence[Entry], label: str, ack_wait: float
     ) -> list[spb.StoredMessage]:
-        results = await asyncio.gather(
-            *(self._claimer.claim(e, label, ack_wait) for e in ready), return_exceptions=True
-        )
+        results = await self._claimer.claim_many([(e, label, ack_wait) for e in ready])
         claimed = [r for r in results if isinstance(r, spb.StoredMessage)]
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:

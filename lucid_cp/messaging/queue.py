@@ -46,6 +46,7 @@ from lucid_cp.store.base import (
     KeyWriter,
     Put,
     TxnOp,
+    TxnResult,
     key_missing,
     mod_revision_is,
 )
@@ -127,19 +128,18 @@ class MessageQueue:
         error; a store failure is (the messages stored before it answer the same when resent)."""
         for n, message in enumerate(messages):
             self._check_send(principal, message, f"messages[{n}]")
-        answers = await asyncio.gather(
-            *(self._store_new(m) for m in messages), return_exceptions=True
-        )
+        begun = [self._begin_new(m) for m in messages]
+        answers = await asyncio.gather(*(b[2] for b in begun), return_exceptions=True)
         results: list[pb.SendResult] = []
-        for message, answer in zip(messages, answers, strict=True):
+        for message, (record, value, _), answer in zip(messages, begun, answers, strict=True):
             result = pb.SendResult(message_id=message.message_id)
-            if isinstance(answer, MessageIdConflict):
+            try:
+                if isinstance(answer, BaseException):
+                    raise answer
+                result.accepted.CopyFrom(self._end_new(record, value, answer))
+            except MessageIdConflict as conflict:
                 result.code = reason_string(STATUS_ROWS[MessageIdConflict])
-                result.error = answer.message
-            elif isinstance(answer, BaseException):
-                raise answer
-            else:
-                result.accepted.CopyFrom(answer)
+                result.error = conflict.message
             results.append(result)
         return results
 
@@ -156,11 +156,23 @@ class MessageQueue:
             )
 
     async def _store_new(self, message: pb.InterServiceMessage) -> pb.MessageResponse:
+        record, value, written = self._begin_new(message)
+        return self._end_new(record, value, await written)
+
+    def _begin_new(
+        self, message: pb.InterServiceMessage
+    ) -> tuple[spb.StoredMessage, bytes, asyncio.Future[TxnResult]]:
         record = records.new_record(message, self._clock.now())
         key = keys.message_key(message.message_id)
         value = record.SerializeToString()
-        result = await self.writes.txn([key_missing(key)], [Put(key, value)], [Get(key)])
+        return record, value, self.writes.submit([key_missing(key)], [Put(key, value)], [Get(key)])
+
+    def _end_new(
+        self, record: spb.StoredMessage, value: bytes, result: TxnResult
+    ) -> pb.MessageResponse:
+        message = record.message
         if result.succeeded:
+            key = keys.message_key(message.message_id)
             self._index.note(KeyValue(key, value, result.revision, result.revision, 1))
             return records.accepted(record, result.revision)
         existing = result.responses[0]
@@ -187,18 +199,47 @@ class MessageQueue:
     # -- acks and nacks ------------------------------------------------------------------------
 
     async def ack(self, principal: Principal, message_id: str, attempt: int) -> pb.MessageStatus:
+        written = await self._update(message_id, self._ack_change(principal, message_id, attempt))
+        return records.status(written.record, written.mod_revision)
+
+    async def nack(
+        self, principal: Principal, message_id: str, attempt: int, error: str, retryable: bool
+    ) -> pb.MessageStatus:
+        change = self._nack_change(principal, message_id, attempt, error, retryable)
+        written = await self._update(message_id, change)
+        return records.status(written.record, written.mod_revision)
+
+    async def settle_many(
+        self,
+        principal: Principal,
+        settles: Sequence[pb.AckMessageRequest | pb.NackMessageRequest],
+    ) -> list[BaseException | None]:
+        """Acks and nacks of a Consume stream, all at once (sharing store txns); per item,
+        None or why it failed."""
+        changes: list[tuple[str, Change]] = []
+        for settle in settles:
+            if isinstance(settle, pb.AckMessageRequest):
+                change = self._ack_change(principal, settle.message_id, settle.attempt)
+            else:
+                change = self._nack_change(
+                    principal, settle.message_id, settle.attempt, settle.error, settle.retryable
+                )
+            changes.append((settle.message_id, change))
+        written = await self._update_many(changes)
+        return [w if isinstance(w, BaseException) else None for w in written]
+
+    def _ack_change(self, principal: Principal, message_id: str, attempt: int) -> Change:
         def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
             self._check_attempt(principal, record, message_id, attempt, records.DELIVERED)
             if record.state == records.DELIVERED:
                 return None  # acked before: the same answer
             return records.deliver(record, now, record.claim.consumer, pb.ATTEMPT_OUTCOME_ACKED)
 
-        written = await self._update(message_id, change)
-        return records.status(written.record, written.mod_revision)
+        return change
 
-    async def nack(
+    def _nack_change(
         self, principal: Principal, message_id: str, attempt: int, error: str, retryable: bool
-    ) -> pb.MessageStatus:
+    ) -> Change:
         def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
             self._check_attempt(principal, record, message_id, attempt, None)
             return records.fail_attempt(
@@ -209,8 +250,7 @@ class MessageQueue:
                 retryable=records.nack_retryable(record, error, retryable),
             )
 
-        written = await self._update(message_id, change)
-        return records.status(written.record, written.mod_revision)
+        return change
 
     @staticmethod
     def _check_attempt(
@@ -243,22 +283,34 @@ class MessageQueue:
 
     # -- the replica's own work: claims, the sweeper, pushes ---------------------------------
 
-    async def claim(self, entry: Entry, consumer: str, ack_wait: float) -> spb.StoredMessage | None:
-        """queued -> processing for ``consumer``, if the record is still what the index holds
-        and is due; None when someone else changed it first (or it had expired: then it is
-        marked expired)."""
+    async def claim_many(
+        self, claims: Sequence[tuple[Entry, str, float]]
+    ) -> list[spb.StoredMessage | BaseException | None]:
+        """queued -> processing of each (entry, consumer, ack wait), all at once (sharing store
+        txns), if the record is still what the index holds and is due. Per claim: the record
+        claimed, None when someone else changed it first (or it had expired: then it is marked
+        expired), or the store's error."""
 
-        def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
-            if records.expired(record, now) and record.state == records.QUEUED:
-                return records.expire(record, now)
-            if not records.due(record, now):
-                return None
-            return records.claim(record, now, consumer, self.replica, ack_wait)
+        def change_for(consumer: str, ack_wait: float) -> Change:
+            def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
+                if records.expired(record, now) and record.state == records.QUEUED:
+                    return records.expire(record, now)
+                if not records.due(record, now):
+                    return None
+                return records.claim(record, now, consumer, self.replica, ack_wait)
 
-        written = await self._try(Known.of(entry), change)
-        if written is None or written.mod_revision == entry.mod_revision:
-            return None  # lost the race, or nothing to claim
-        return written.record if written.record.state == records.PROCESSING else None
+            return change
+
+        tries = [(Known.of(e), change_for(consumer, wait)) for e, consumer, wait in claims]
+        out: list[spb.StoredMessage | BaseException | None] = []
+        for (entry, _, _), written in zip(claims, await self._try_many(tries), strict=True):
+            if isinstance(written, BaseException):
+                out.append(written)
+            elif written is None or written.mod_revision == entry.mod_revision:
+                out.append(None)  # lost the race, or nothing to claim
+            else:
+                out.append(written.record if written.record.state == records.PROCESSING else None)
+        return out
 
     async def expire(self, entry: Entry) -> None:
         def change(record: spb.StoredMessage, now: float) -> spb.StoredMessage | None:
@@ -425,14 +477,76 @@ class MessageQueue:
         written, _ = await self._write(known, change)
         return written
 
+    async def _try_many(
+        self, tries: Sequence[tuple[Known, Change]]
+    ) -> list[Known | BaseException | None]:
+        """``_try`` of each, all submitted at once (a change that raises is that item's
+        answer)."""
+        out: list[Known | BaseException | None] = [None] * len(tries)
+        waiting: list[tuple[int, Known, _Begun]] = []
+        for n, (known, change) in enumerate(tries):
+            try:
+                begun = self._begin(known, change)
+            except Exception as exc:
+                out[n] = exc
+                continue
+            if isinstance(begun, Known):
+                out[n] = begun
+            else:
+                waiting.append((n, known, begun))
+        results = await asyncio.gather(*(b.future for _, _, b in waiting), return_exceptions=True)
+        for (n, known, begun), result in zip(waiting, results, strict=True):
+            out[n] = (
+                result if isinstance(result, BaseException) else self._end(known, begun, result)[0]
+            )
+        return out
+
+    async def _update_many(
+        self, changes: Sequence[tuple[str, Change]]
+    ) -> list[Known | BaseException]:
+        """``_update`` of each: first all at once against the index; the ones that lose a race
+        or are refused on what the index shows take ``_update``'s way (the store decides)."""
+        tries: list[tuple[Known, Change]] = []
+        placed: list[int] = []
+        slow: list[int] = []
+        for n, (message_id, change) in enumerate(changes):
+            entry = self._index.get(message_id)
+            if entry is None:
+                slow.append(n)
+            else:
+                placed.append(n)
+                tries.append((Known.of(entry), change))
+        out: list[Known | BaseException | None] = [None] * len(changes)
+        for n, written in zip(placed, await self._try_many(tries), strict=True):
+            if written is None or isinstance(written, (LucidError, _Lost)):
+                slow.append(n)
+            else:
+                out[n] = written
+        if slow:
+            again = await asyncio.gather(
+                *(self._update(*changes[n]) for n in slow), return_exceptions=True
+            )
+            for n, written in zip(slow, again, strict=True):
+                out[n] = written
+        done = [w for w in out if w is not None]
+        assert len(done) == len(out)  # _update answers or raises
+        return done
+
     async def _write(self, known: Known, change: Change) -> tuple[Known | None, KeyValue | None]:
         """(what is stored now, None) when ``change`` was written or had nothing to write;
         (None, the current record or None if gone) when the record was not ``known`` any more."""
+        begun = self._begin(known, change)
+        if isinstance(begun, Known):
+            return begun, None
+        return self._end(known, begun, await begun.future)
+
+    def _begin(self, known: Known, change: Change) -> Known | _Begun:
+        """Submits the compare-and-swap of ``change`` (``known`` itself: nothing to write)."""
         record = known.record
         message_id = record.message.message_id
         new = change(record, self._clock.now())
         if new is None:
-            return known, None
+            return known
         key = keys.message_key(message_id)
         value = new.SerializeToString()
         ops: list[TxnOp] = [Put(key, value)]
@@ -442,16 +556,30 @@ class MessageQueue:
         elif record.dead_lettered and not new.dead_lettered:
             ops.append(Delete(dead))
         guard: Sequence[Compare] = [mod_revision_is(key, known.mod_revision)]
-        result = await self.writes.txn(guard, ops, [Get(key)])
+        return _Begun(new, key, value, self.writes.submit(guard, ops, [Get(key)]))
+
+    def _end(
+        self, known: Known, begun: _Begun, result: TxnResult
+    ) -> tuple[Known | None, KeyValue | None]:
         if result.succeeded:
-            kv = KeyValue(key, value, known.create_revision, result.revision, 0)
+            kv = KeyValue(begun.key, begun.value, known.create_revision, result.revision, 0)
             self._index.note(kv)
-            return Known(new, result.revision, known.create_revision), None
+            return Known(begun.record, result.revision, known.create_revision), None
         current = result.responses[0] if result.responses else None
         if isinstance(current, KeyValue):
             self._index.note(current)
             return None, current
         return None, None
+
+
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """A submitted compare-and-swap: the new record, its key and bytes, the txn's future."""
+
+    record: spb.StoredMessage
+    key: bytes
+    value: bytes
+    future: asyncio.Future[TxnResult]
 
 
 class _Lost(Exception):

@@ -82,11 +82,10 @@ async def _read(
                 raise _invalid("start", "a Consume stream starts once")
             if kind is None:
                 raise _invalid("ack", "each message after the start is an ack or a nack")
-            settles = message.acks.acks if kind == "acks" else [getattr(message, kind)]
-            for settle in settles:
-                task = asyncio.create_task(_settle(queue, dispatcher, consumer, principal, settle))
-                settling.add(task)
-                task.add_done_callback(settling.discard)
+            settles = list(message.acks.acks) if kind == "acks" else [getattr(message, kind)]
+            task = asyncio.create_task(_settle(queue, dispatcher, consumer, principal, settles))
+            settling.add(task)
+            task.add_done_callback(settling.discard)
     except asyncio.CancelledError:
         for task in settling:
             task.cancel()
@@ -105,20 +104,20 @@ async def _settle(
     dispatcher: Dispatcher,
     consumer: Consumer,
     principal: Principal,
-    settle: pb.AckMessageRequest | pb.NackMessageRequest,
+    settles: list[pb.AckMessageRequest | pb.NackMessageRequest],
 ) -> None:
+    """Writes the acks and nacks of one stream message (together: they share store txns)."""
     try:
-        if isinstance(settle, pb.AckMessageRequest):
-            await queue.ack(principal, settle.message_id, settle.attempt)
-        else:
-            await queue.nack(
-                principal, settle.message_id, settle.attempt, settle.error, settle.retryable
-            )
-    except (LucidError, StoreError) as exc:
-        kind = "ack" if isinstance(settle, pb.AckMessageRequest) else "nack"
-        log.info("%s of message %s on %s: %s", kind, settle.message_id, consumer.label, exc)
+        failures = await queue.settle_many(principal, settles)
     finally:
-        dispatcher.settled(consumer, settle.message_id)
+        for settle in settles:
+            dispatcher.settled(consumer, settle.message_id)
+    for settle, failure in zip(settles, failures, strict=True):
+        if isinstance(failure, (LucidError, StoreError)):
+            kind = "ack" if isinstance(settle, pb.AckMessageRequest) else "nack"
+            log.info("%s of message %s on %s: %s", kind, settle.message_id, consumer.label, failure)
+        elif failure is not None:
+            log.error("%s failed on %s", settle.message_id, consumer.label, exc_info=failure)
 
 
 def _cancel(task: asyncio.Task[None]) -> None:

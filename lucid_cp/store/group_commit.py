@@ -49,7 +49,7 @@ log = logging.getLogger("lucid_cp.store.group_commit")
 
 # What one joined txn may carry (etcd's request limit, less a margin for its own framing).
 GROUP_BYTES = MAX_REQUEST_BYTES - 64 * 1024
-PARALLEL = 2
+PARALLEL = 4
 
 
 @dataclass(eq=False)
@@ -91,8 +91,17 @@ class GroupCommit:
         success: Sequence[TxnOp],
         failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
-        loop = asyncio.get_running_loop()
-        member = _Member(compares, success, failure, loop.create_future())
+        return await self.submit(compares, success, failure)
+
+    def submit(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> asyncio.Future[TxnResult]:
+        """``txn`` without a coroutine: the future of its result (many writes can be submitted
+        and gathered without a task each)."""
+        member = _Member(compares, success, failure, asyncio.get_running_loop().create_future())
         member.size = sum(op_bytes(op) for op in success) + sum(
             2 * (len(c.key) + OP_OVERHEAD_BYTES)
             + (len(c.value) if isinstance(c.value, bytes) else 0)
@@ -107,7 +116,7 @@ class GroupCommit:
         )
         self._queue.append(member)
         self._schedule()
-        return await member.future
+        return member.future
 
     async def stop(self) -> None:
         """Waits for the txns in flight (their callers get their answers)."""

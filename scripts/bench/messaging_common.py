@@ -130,8 +130,8 @@ class Plan:
     # (1) batched: SendMessages of ``batch`` on ``batch_concurrency`` tasks, Consume with
     # maxBatch = ``batch_in_flight`` / 4, acks in batches; raw: txns of ``batch`` puts.
     batch: int = 50
-    batch_concurrency: int = 8
-    batch_in_flight: int = 400
+    batch_concurrency: int = 16
+    batch_in_flight: int = 1000
     batch_messages: int = 20000
     # (2) latency: open loop at this rate, a warm-up then the measured seconds.
     rate: float = 1000.0
