@@ -129,19 +129,29 @@ class MessageQueue:
         for n, message in enumerate(messages):
             self._check_send(principal, message, f"messages[{n}]")
         begun = [self._begin_new(m) for m in messages]
-        answers = await asyncio.gather(*(b[2] for b in begun), return_exceptions=True)
-        results: list[pb.SendResult] = []
-        for message, (record, value, _), answer in zip(messages, begun, answers, strict=True):
-            result = pb.SendResult(message_id=message.message_id)
-            try:
-                if isinstance(answer, BaseException):
-                    raise answer
-                result.accepted.CopyFrom(self._end_new(record, value, answer))
-            except MessageIdConflict as conflict:
-                result.code = reason_string(STATUS_ROWS[MessageIdConflict])
-                result.error = conflict.message
-            results.append(result)
-        return results
+        answers = await asyncio.gather(*(b.future for b in begun), return_exceptions=True)
+        return [self.send_result(b, a) for b, a in zip(begun, answers, strict=True)]
+
+    def submit_send(self, principal: Principal, message: pb.InterServiceMessage) -> PendingSend:
+        """``send`` without a coroutine, for a pipelined stream: checks the message (raises as
+        ``send`` does) and submits its write; ``send_result`` answers it once written."""
+        self._check_send(principal, message, "message")
+        return self._begin_new(message)
+
+    def send_result(
+        self, pending: PendingSend, written: TxnResult | BaseException
+    ) -> pb.SendResult:
+        """A submitted send's answer: accepted, or the conflict of its id (a store failure
+        raises)."""
+        result = pb.SendResult(message_id=pending.record.message.message_id)
+        try:
+            if isinstance(written, BaseException):
+                raise written
+            result.accepted.CopyFrom(self._end_new(pending, written))
+        except MessageIdConflict as conflict:
+            result.code = reason_string(STATUS_ROWS[MessageIdConflict])
+            result.error = conflict.message
+        return result
 
     @staticmethod
     def _check_send(principal: Principal, message: pb.InterServiceMessage, field: str) -> None:
@@ -156,20 +166,18 @@ class MessageQueue:
             )
 
     async def _store_new(self, message: pb.InterServiceMessage) -> pb.MessageResponse:
-        record, value, written = self._begin_new(message)
-        return self._end_new(record, value, await written)
+        pending = self._begin_new(message)
+        return self._end_new(pending, await pending.future)
 
-    def _begin_new(
-        self, message: pb.InterServiceMessage
-    ) -> tuple[spb.StoredMessage, bytes, asyncio.Future[TxnResult]]:
+    def _begin_new(self, message: pb.InterServiceMessage) -> PendingSend:
         record = records.new_record(message, self._clock.now())
         key = keys.message_key(message.message_id)
         value = record.SerializeToString()
-        return record, value, self.writes.submit([key_missing(key)], [Put(key, value)], [Get(key)])
+        future = self.writes.submit([key_missing(key)], [Put(key, value)], [Get(key)])
+        return PendingSend(record, value, future)
 
-    def _end_new(
-        self, record: spb.StoredMessage, value: bytes, result: TxnResult
-    ) -> pb.MessageResponse:
+    def _end_new(self, pending: PendingSend, result: TxnResult) -> pb.MessageResponse:
+        record, value = pending.record, pending.value
         message = record.message
         if result.succeeded:
             key = keys.message_key(message.message_id)
@@ -570,6 +578,15 @@ class MessageQueue:
             self._index.note(current)
             return None, current
         return None, None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSend:
+    """A submitted send: its record, the record's bytes, the create-only txn's future."""
+
+    record: spb.StoredMessage
+    value: bytes
+    future: asyncio.Future[TxnResult]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """MessageService servicer: thin. Authentication, rate limits, validation and error mapping
 happen in the policy interceptor, which hands each method the request and a ``Call``; each
 method calls the core with the caller's principal (ownership is the core's): sends, status,
-acks, dead letters and consumer configurations (``queue.py``), pull delivery (``dispatch.py``,
-``stream.py``)."""
+acks, dead letters and consumer configurations (``queue.py``), pipelined sends (``publish.py``),
+pull delivery (``dispatch.py``, ``stream.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.call import Call
-from lucid_cp.messaging import stream
+from lucid_cp.messaging import publish, stream
 from lucid_cp.messaging.dispatch import Dispatcher
 from lucid_cp.messaging.queue import MessageQueue
 
@@ -30,6 +30,11 @@ class MessageServicer:
     ) -> pb.SendMessagesResponse:
         results = await self._queue.send_many(call.principal, request.messages)
         return pb.SendMessagesResponse(results=results)
+
+    def PublishMessages(
+        self, requests: AsyncIterator[pb.SendMessageRequest], call: Call
+    ) -> AsyncIterator[pb.SendResult]:
+        return publish.publish(self._queue, call.principal, requests, call.on_done)
 
     async def GetMessageStatus(
         self, request: pb.GetMessageStatusRequest, call: Call

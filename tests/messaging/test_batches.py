@@ -150,3 +150,57 @@ async def test_send_a_batch_over_rest(live: tuple[Stack, httpx.AsyncClient]) -> 
         403,
         "LUCID_ERR_1902",
     )
+
+
+async def publish(
+    q: Queue, messages: list[pb.InterServiceMessage], as_: str = "api-gateway"
+) -> tuple[list[pb.SendResult], grpc.aio.AioRpcError | None]:
+    """Publishes ``messages`` on one PublishMessages stream; its answers and its error."""
+
+    async def requests():  # type: ignore[no-untyped-def]
+        for m in messages:
+            yield pb.SendMessageRequest(message=m)
+
+    call = q.stub.PublishMessages(requests(), metadata=q.md(as_))
+    answers: list[pb.SendResult] = []
+    try:
+        async for answer in call:
+            answers.append(answer)
+    except grpc.aio.AioRpcError as exc:
+        return answers, exc
+    return answers, None
+
+
+async def test_publish_pipelines_sends_on_one_stream(q: Queue) -> None:
+    clash = message()
+    await q.send(clash)
+    changed = pb.InterServiceMessage()
+    changed.CopyFrom(clash)
+    changed.ttl = 60
+    fresh = [message() for _ in range(40)]
+    answers, error = await publish(q, [*fresh[:20], changed, *fresh[20:]])
+    assert error is None
+    by_id = {a.message_id: a for a in answers}
+    assert len(answers) == 41 and len(by_id) == 41
+    assert all(by_id[m.message_id].accepted.status == pb.MESSAGE_STATE_QUEUED for m in fresh)
+    assert by_id[clash.message_id].code == "LUCID_ERR_1908"
+    for m in fresh:
+        assert (await q.status(m.message_id)).status == pb.MESSAGE_STATE_QUEUED
+    assert (await q.status(clash.message_id)).expires_at.seconds - (
+        await q.status(clash.message_id)
+    ).queued_at.seconds == 3600
+
+
+async def test_publish_ends_at_an_invalid_or_foreign_message(q: Queue) -> None:
+    good = [message(), message()]
+    bad = message(ttl=0)
+    answers, error = await publish(q, [*good, bad, message()])
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ttl" in (error.details() or "")
+    assert sorted(a.message_id for a in answers) == sorted(m.message_id for m in good)
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await q.status(bad.message_id)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    answers, error = await publish(q, [message(), message(source="tron-node")])
+    assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert len(answers) == 1

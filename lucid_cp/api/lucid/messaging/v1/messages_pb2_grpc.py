@@ -47,6 +47,11 @@ class MessageServiceStub:
                 request_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesRequest.SerializeToString,
                 response_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesResponse.FromString,
                 _registered_method=True)
+        self.PublishMessages = channel.stream_stream(
+                '/lucid.messaging.v1.MessageService/PublishMessages',
+                request_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessageRequest.SerializeToString,
+                response_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendResult.FromString,
+                _registered_method=True)
         self.GetMessageStatus = channel.unary_unary(
                 '/lucid.messaging.v1.MessageService/GetMessageStatus',
                 request_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.GetMessageStatusRequest.SerializeToString,
@@ -110,6 +115,17 @@ class MessageServiceServicer:
     def SendMessages(self, request, context):
         """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
         Counts as one request against the rate limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishMessages(self, request_iterator, context):
+        """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
+        sent alone, and answered by a SendResult (matched by messageId; answers may come out of
+        order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
+        message that is invalid or not the caller's ends the stream with that error (400/403)
+        after the answers of those before it. Counts once against the rate limit, when it opens.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +207,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.SendMessages,
                     request_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesRequest.FromString,
                     response_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesResponse.SerializeToString,
+            ),
+            'PublishMessages': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishMessages,
+                    request_deserializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessageRequest.FromString,
+                    response_serializer=lucid_dot_messaging_dot_v1_dot_messages__pb2.SendResult.SerializeToString,
             ),
             'GetMessageStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessageStatus,
@@ -294,6 +315,33 @@ class MessageService:
             '/lucid.messaging.v1.MessageService/SendMessages',
             lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesRequest.SerializeToString,
             lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishMessages(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/lucid.messaging.v1.MessageService/PublishMessages',
+            lucid_dot_messaging_dot_v1_dot_messages__pb2.SendMessageRequest.SerializeToString,
+            lucid_dot_messaging_dot_v1_dot_messages__pb2.SendResult.FromString,
             options,
             channel_credentials,
             insecure,

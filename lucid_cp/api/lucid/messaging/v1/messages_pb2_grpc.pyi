@@ -70,6 +70,13 @@ class MessageServiceStub:
     """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
     Counts as one request against the rate limit.
     """
+    PublishMessages: _grpc.StreamStreamMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendResult]
+    """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
+    sent alone, and answered by a SendResult (matched by messageId; answers may come out of
+    order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
+    message that is invalid or not the caller's ends the stream with that error (400/403)
+    after the answers of those before it. Counts once against the rate limit, when it opens.
+    """
     GetMessageStatus: _grpc.UnaryUnaryMultiCallable[_messages_pb2.GetMessageStatusRequest, _messages_pb2.MessageStatus]
     """The status of a message the caller sent or received (admin: any); 404 otherwise."""
     PullMessages: _grpc.UnaryUnaryMultiCallable[_messages_pb2.PullMessagesRequest, _messages_pb2.PullMessagesResponse]
@@ -104,6 +111,13 @@ class MessageServiceAsyncStub(MessageServiceStub):
     SendMessages: _aio.UnaryUnaryMultiCallable[_messages_pb2.SendMessagesRequest, _messages_pb2.SendMessagesResponse]  # type: ignore[assignment]
     """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
     Counts as one request against the rate limit.
+    """
+    PublishMessages: _aio.StreamStreamMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendResult]  # type: ignore[assignment]
+    """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
+    sent alone, and answered by a SendResult (matched by messageId; answers may come out of
+    order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
+    message that is invalid or not the caller's ends the stream with that error (400/403)
+    after the answers of those before it. Counts once against the rate limit, when it opens.
     """
     GetMessageStatus: _aio.UnaryUnaryMultiCallable[_messages_pb2.GetMessageStatusRequest, _messages_pb2.MessageStatus]  # type: ignore[assignment]
     """The status of a message the caller sent or received (admin: any); 404 otherwise."""
@@ -148,6 +162,19 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messages_pb2.SendMessagesResponse, _abc.Awaitable[_messages_pb2.SendMessagesResponse]]:
         """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
         Counts as one request against the rate limit.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishMessages(
+        self,
+        request_iterator: _MaybeAsyncIterator[_messages_pb2.SendMessageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messages_pb2.SendResult], _abc.AsyncIterator[_messages_pb2.SendResult]]:
+        """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
+        sent alone, and answered by a SendResult (matched by messageId; answers may come out of
+        order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
+        message that is invalid or not the caller's ends the stream with that error (400/403)
+        after the answers of those before it. Counts once against the rate limit, when it opens.
         """
 
     @_abc_1.abstractmethod
