@@ -35,7 +35,7 @@ from lucid_cp.messaging.errors import (
     MessageNotFound,
 )
 from lucid_cp.messaging.index import Entry, QueueIndex
-from lucid_cp.rpc.status import reason_string
+from lucid_cp.reasons import reason_string
 from lucid_cp.store.base import (
     MAX_TXN_OPS,
     Compare,

@@ -31,6 +31,7 @@ from lucid_cp.errors import (
     Unauthenticated,
     Unavailable,
 )
+from lucid_cp.reasons import reason_string
 from lucid_cp.store.base import (
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
@@ -82,12 +83,6 @@ GENERIC_ROWS: dict[type[Exception], Row] = {
     ),
 }
 _INTERNAL = Row(code_pb2.INTERNAL, R.INTERNAL)
-
-
-def reason_string(reason: int) -> str:
-    """The wire string of an ErrorReason ("LUCID_ERR_1002"), read from its descriptor."""
-    value = errors_pb2.ErrorReason.DESCRIPTOR.values_by_number[reason]
-    return str(value.GetOptions().Extensions[options_pb2.wire])
 
 
 def _declared(reason: int) -> bool:

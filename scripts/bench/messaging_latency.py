@@ -27,17 +27,23 @@ async def run(bench: MessagingBench) -> None:
     bench.results["latency"] = results
     for store in p.stores:
         results[store] = await _ours(bench, store, p.rate)
+        results[f"{store}-stream"] = await _ours(bench, store, p.rate, stream=True)
     if bench.nats_skip is None:
         results["nats"] = await _nats(bench)
     for store in p.stores:
         results[f"{store}@low"] = await _ours(bench, store, p.low_rate)
 
 
-async def _ours(bench: MessagingBench, store: str, rate: float) -> dict[str, Any]:
-    name = f"latency-{store}-{rate:g}"
+async def _ours(
+    bench: MessagingBench, store: str, rate: float, *, stream: bool = False
+) -> dict[str, Any]:
+    """SendMessage per message and one delivery per Consume response; or (``stream``) sends
+    pipelined on one PublishMessages stream and Consume batches (maxBatch) acked in batches."""
+    name = f"latency-{store}-{rate:g}" + ("-stream" if stream else "")
     cp = bench.start_cp(f"cp-{name}", store)
     try:
-        consumer, sender = bench.queue_specs(cp, name, rate=rate)
+        batching = {"publish": True, "max_batch": bench.plan.max_in_flight} if stream else {}
+        consumer, sender = bench.queue_specs(cp, name, rate=rate, **batching)
         pids = bench.server_pids(cp, store)
         result = await _measure(bench, name, consumer, sender, pids, rate)
         # Sends that failed: stored or not? (a client error does not say)
@@ -95,16 +101,22 @@ def report(results: dict[str, Any], plan: Plan, rows: list[Row], notes: list[str
         return
     nats = lat.get("nats")
     base = nats["latency"] if nats else None
-    for store in plan.stores:
-        ours = lat.get(store)
+    for key in [v for store in plan.stores for v in (store, f"{store}-stream")]:
+        ours = lat.get(key)
         if not ours:
             continue
+        store = key.removesuffix("-stream")
+        how = (
+            "PublishMessages stream, Consume maxBatch"
+            if key.endswith("-stream")
+            else "SendMessage per message"
+        )
         mine = ours["latency"]
         text, _ = fmt_ratio(mine["p99_ms"], base["p99_ms"] if base else None)
         clean = mine["missing"] == 0 and ours["send"]["errors"] == 0
         rows.append(
             Row(
-                f"(2) send→delivery at {plan.rate:,.0f} msg/s on {store}: p50 / p99 (ms)",
+                f"(2) send→delivery at {plan.rate:,.0f} msg/s on {store}, {how}: p50 / p99 (ms)",
                 _pair(mine),
                 _pair(base) + " (NATS JetStream)" if base else "n/a (NATS skipped)",
                 text,
@@ -114,7 +126,7 @@ def report(results: dict[str, Any], plan: Plan, rows: list[Row], notes: list[str
         )
         rows.append(
             Row(
-                f"(2) {store} at {plan.rate:,.0f} msg/s: sends refused, delivered/s, "
+                f"(2) {key} at {plan.rate:,.0f} msg/s: sends refused, delivered/s, "
                 "control-plane cores busy",
                 f"{ours['send']['errors']} of {ours['send']['done'] + ours['send']['errors']}, "
                 f"{fmt(_delivered_per_s(ours), digits=0)}, {fmt(ours['cpu_util']['cp'], digits=2)}",

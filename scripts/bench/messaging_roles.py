@@ -22,7 +22,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,8 @@ def _ours_sender(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
             await publish(request, metadata=md, timeout=RPC_TIMEOUT)
 
         return publish_one, channel.close
+    if spec.get("publish"):
+        return _ours_publisher(spec, sent)
     batch = spec.get("batch", 1)
     if batch > 1:
         send_many = messages_pb2_grpc.MessageServiceStub(channel).SendMessages
@@ -235,6 +237,56 @@ def _ours_sender(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
         del sent.last[:-20]
 
     return send_one, channel.close
+
+
+def _ours_publisher(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
+    """Sends pipelined on one PublishMessages stream: each op writes its message and waits for
+    its answer (matched by messageId)."""
+    channel = grpc.aio.insecure_channel(spec["target"], options=CHANNEL_OPTIONS)
+    md = (("authorization", f"Bearer {spec['token']}"),)
+    outbox: asyncio.Queue[mpb.SendMessageRequest | None] = asyncio.Queue()
+    waiting: dict[str, asyncio.Future[mpb.SendResult]] = {}
+
+    async def requests() -> AsyncIterator[mpb.SendMessageRequest]:
+        while (request := await outbox.get()) is not None:
+            yield request
+
+    call = messages_pb2_grpc.MessageServiceStub(channel).PublishMessages(requests(), metadata=md)
+
+    async def read() -> None:
+        try:
+            async for answer in call:
+                future = waiting.pop(answer.message_id, None)
+                if future is not None and not future.done():
+                    future.set_result(answer)
+        except grpc.aio.AioRpcError as exc:
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(exc)
+
+    reader = asyncio.create_task(read())
+
+    async def publish_one(sched: int) -> None:
+        message = make_message(sched, spec["destination"])
+        future: asyncio.Future[mpb.SendResult] = asyncio.get_running_loop().create_future()
+        waiting[message.message_id] = future
+        outbox.put_nowait(mpb.SendMessageRequest(message=message))
+        answer = await asyncio.wait_for(future, RPC_TIMEOUT)
+        if not answer.HasField("accepted"):
+            if len(sent.refused) < 100:
+                sent.refused.append(message.message_id)
+            raise RuntimeError(f"{answer.code}: {answer.error}")
+        sent.last.append(message.message_id)
+        del sent.last[:-20]
+
+    async def close() -> None:
+        outbox.put_nowait(None)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await channel.close()
+
+    return publish_one, close
 
 
 async def _etcd_putter(spec: dict[str, Any]) -> tuple[Op, Closer]:
