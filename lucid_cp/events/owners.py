@@ -23,7 +23,6 @@ from typing import Protocol
 
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
-from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     Compare,
     CompareOp,
@@ -37,6 +36,7 @@ from lucid_cp.store.base import (
     WatchedPrefix,
     key_missing,
 )
+from lucid_cp.tasks import cancel_and_wait
 from lucid_cp.watchcache import Handler, Reflector
 
 log = logging.getLogger("lucid_cp.events.owners")
@@ -90,7 +90,7 @@ class Owners:
     async def stop(self) -> None:
         """Releases everything at once (revokes the lease)."""
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         await self._cache.stop()
         if self.lease:
             with contextlib.suppress(Exception):

@@ -37,6 +37,7 @@ from lucid_cp.store.base import (
     Leases,
     Put,
 )
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.sidecar.writer")
 
@@ -95,10 +96,8 @@ class StatusWriter:
     async def stop(self) -> None:
         """Writes what is pending (one attempt: the store's own deadlines bound it), then
         revokes the replica lease."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
         try:
             await self._flush()
         except Exception as exc:

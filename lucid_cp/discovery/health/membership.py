@@ -26,6 +26,7 @@ from typing import Protocol
 
 from lucid_cp.clock import Clock
 from lucid_cp.store.base import KeyValue, KeyWriter, LeaseNotFoundError, Leases, WatchedPrefix
+from lucid_cp.tasks import cancel_and_wait
 from lucid_cp.watchcache import Handler, Reflector
 
 log = logging.getLogger("lucid_cp.discovery.health")
@@ -148,9 +149,7 @@ class LeaseMembership:
     async def stop(self) -> None:
         """Leaves at once (lease revoked), so the others take over this replica's share."""
         task, self._keepalive = self._keepalive, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         await self._replicas.stop()
         if self._lease:
             try:
