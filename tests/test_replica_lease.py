@@ -1,5 +1,6 @@
 """The replica lease (lucid_cp.replica_lease): one grant, one keepalive loop, a new lease after a
-lost one with its users told before and after."""
+lost one with its users told before and after; and its three users sharing one lease through a
+loss (health membership, sidecar status writer, event owners) and stopping alone."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from lucid_cp.clock import FakeClock
+from lucid_cp.api.lucid.sidecar.v1 import storage_pb2 as spb
+from lucid_cp.clock import FakeClock, SystemClock
+from lucid_cp.discovery.health.membership import PREFIX, LeaseMembership
+from lucid_cp.events import keys as event_keys
+from lucid_cp.events.owners import Owners
 from lucid_cp.replica_lease import ReplicaLease
+from lucid_cp.sidecar import keys as sidecar_keys
+from lucid_cp.sidecar.writer import StatusWriter
 from lucid_cp.store.base import Lease, LeaseNotFoundError, StoreUnavailableError
 from lucid_cp.store.memory import MemoryStore
 from tests.watchcache.fakes import eventually
@@ -158,3 +165,64 @@ async def test_stop_revokes_and_unsubscribed_users_hear_nothing(
         await lease.start()
     with pytest.raises(ValueError):
         ReplicaLease(store, clock, ttl=0)
+
+
+# -- the users, sharing one lease -------------------------------------------------------------
+
+
+async def test_three_users_share_one_lease_and_hold_their_keys_again_after_a_loss() -> None:
+    clock = SystemClock()
+    store = MemoryStore(reap_interval=0.05)
+    lease = ReplicaLease(store, clock, ttl=1)
+    membership = LeaseMembership(store, "replica-a", lease, clock=clock)
+    writer = StatusWriter(store, lambda sid: 0, "replica-a-1", lease=lease, clock=clock)
+    owners = Owners(store, clock, "replica-a", lease=lease)
+    lost: list[int] = []
+    changed: list[int] = []
+    owners.on_lost(lambda: lost.append(1))
+    owners.on_change(lambda: changed.append(1))
+    parts = (membership, writer, owners)
+    try:
+        for part in parts:
+            await part.start()
+        writer.progress(7, 1)
+        await writer.drain()
+        assert await owners.claim("job")
+
+        async def leases() -> set[int]:
+            found: set[int] = set()
+            for key in (
+                PREFIX + b"replica-a",
+                sidecar_keys.replica_key("replica-a-1"),
+                event_keys.owner_key("job"),
+            ):
+                kv = await store.get(key)
+                found.add(kv.lease if kv is not None else 0)
+            return found
+
+        old = lease.id
+        assert await leases() == {old}
+        await store.revoke_lease(old)  # expired: every key under it is gone
+        await eventually(lambda: lease.id not in (0, old) and bool(lost))
+        await eventually(lambda: membership.members() == {"replica-a"})
+        assert await owners.claim("job")  # the jobs are claimed again under the new lease
+        new = lease.id
+        for _ in range(200):
+            if await leases() == {new}:
+                break
+            await asyncio.sleep(0.01)
+        assert await leases() == {new} and changed
+        progress = await store.get(sidecar_keys.replica_key("replica-a-1"))
+        assert progress is not None
+        assert spb.ReplicaProgress.FromString(progress.value).evaluated_revision == 7
+
+        # Each user stopping alone leaves at once; the lease lives on for the others.
+        for part in parts:
+            await part.stop()
+        assert await leases() == {0} and lease.id == new
+        await store.keepalive(new)
+    finally:
+        for part in parts:
+            await part.stop()
+        await lease.stop()
+        await store.close()
