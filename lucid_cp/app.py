@@ -32,6 +32,7 @@ from lucid_cp.events.module import EventSystem
 from lucid_cp.mesh.module import MeshSystem
 from lucid_cp.messaging.module import MessagingSystem
 from lucid_cp.readiness import StoreMonitor
+from lucid_cp.replica_lease import ReplicaLease
 from lucid_cp.rpc import reflection_v1
 from lucid_cp.rpc.interceptor import MAX_TOKEN_BYTES, PolicyInterceptor
 from lucid_cp.rpc.metrics import RpcMetrics
@@ -87,7 +88,7 @@ class ControlPlane:
         """Graceful shutdown: report NOT_SERVING, end the long-lived streams of the systems that
         hold them (their clients reconnect elsewhere instead of waiting out the grace period),
         drain in-flight calls, then stop the systems in reverse order (discovery hands its
-        health checks to the other replicas) and close the store."""
+        health checks to the other replicas), revoke the replica lease and close the store."""
         await self.health.enter_graceful_shutdown()
         for system in reversed(list(self.systems.values())):
             end_streams = getattr(system, "end_streams", None)
@@ -159,7 +160,11 @@ async def start_control_plane(
             store = _open_store(settings.store_url, clock)
         unwind.push_async_callback(store.close)
         await _check_store(store, settings.store_url, clock)
-        env = Environment(settings, store, clock, registry)
+        # One lease per process, shared by the systems; revoked after they stopped.
+        lease = ReplicaLease(store, clock, ttl=settings.replica_ttl)
+        unwind.push_async_callback(lease.stop)
+        await lease.start()
+        env = Environment(settings, store, clock, registry, lease)
         for kind in systems:
             system = kind(env)
             unwind.push_async_callback(system.stop)

@@ -47,6 +47,10 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     # Seconds in-flight RPCs get to finish on shutdown.
     shutdown_grace: float = 5.0
+    # Seconds this process's replica lease (lucid_cp.replica_lease) lives without a keepalive:
+    # after this long a dead replica's health-check share and push subscriptions move to the
+    # others and its sidecars read as disconnected.
+    replica_ttl: int = 10
     log_level: str = "INFO"
     # Per-system sections, at most one instance of each type; absent ones take their defaults.
     sections: tuple[object, ...] = ()

@@ -13,7 +13,6 @@ plane unready; a probe asks the store itself, at a bounded cost (one read per in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ from grpc_health.v1 import health, health_pb2
 
 from lucid_cp.clock import Clock
 from lucid_cp.store.base import KeyReader, StoreError
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.readiness")
 
@@ -96,7 +96,4 @@ class StoreMonitor:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 from lucid_cp.clock import Clock
 from lucid_cp.config import RateLimit, Settings
 from lucid_cp.errors import InvalidArgument
+from lucid_cp.replica_lease import ReplicaLease
 from lucid_cp.store.base import Store
 
 S = TypeVar("S", bound="System")
@@ -52,6 +53,9 @@ class Environment:
     store: Store
     clock: Clock
     metrics: CollectorRegistry
+    # This process's store lease, started before the systems and revoked after they stopped:
+    # what a system holds only while the replica lives goes under it.
+    lease: ReplicaLease
     # The systems started before this one, by name (a system may build on an earlier one).
     systems: dict[str, System] = field(default_factory=dict)
 

@@ -36,6 +36,8 @@ CORE_FILES = (
     "lucid_cp/store/base.py",
     "lucid_cp/clock.py",
     "lucid_cp/call.py",
+    "lucid_cp/tasks.py",
+    "lucid_cp/replica_lease.py",
 )
 NOT_CORE = (
     "lucid_cp/discovery/service.py",  # the servicer

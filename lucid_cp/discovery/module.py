@@ -131,9 +131,7 @@ class DiscoverySystem:
         if not store.shared:
             membership = StaticMembership(replica_id)
         else:
-            membership = LeaseMembership(
-                store, replica_id, settings.health_replica_ttl, clock=self._env.clock
-            )
+            membership = LeaseMembership(store, replica_id, self._env.lease, clock=self._env.clock)
         clock = self._env.clock
         prober = ProtocolProber(
             HttpProber(user_agent, clock=clock),

@@ -15,8 +15,5 @@ class DiscoverySettings:
     health_max_concurrent_checks: int = 1000
     # Concurrent store writes of status transitions.
     health_write_concurrency: int = 16
-    # Seconds the replica-membership lease lives without keepalive (etcd stores; with sqlite
-    # and memory there is a single replica). A dead replica's share moves after this long.
-    health_replica_ttl: int = 3
     # This replica's id among those sharing the store ("" = a random one per process).
     health_replica_id: str = ""

@@ -25,7 +25,6 @@ from typing import Protocol
 from lucid_cp.api.lucid.messaging.v1 import event_storage_pb2 as spb
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
-from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     Get,
     KeyReader,
@@ -36,6 +35,7 @@ from lucid_cp.store.base import (
     key_missing,
     mod_revision_is,
 )
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.events.checkpoint")
 
@@ -88,7 +88,7 @@ class Checkpoint:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         if self._saved != self._version:
             try:
                 await self._write()

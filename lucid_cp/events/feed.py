@@ -60,10 +60,10 @@ from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.discovery.registry import Deregistration
 from lucid_cp.events.checkpoint import Checkpoint
-from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import enum_string, to_struct
 from lucid_cp.mesh import keys as mesh_keys
 from lucid_cp.store.base import KeyValue, StoreUnavailableError, WatchedPrefix
+from lucid_cp.tasks import cancel_and_wait
 from lucid_cp.validation import field_rules
 from lucid_cp.watchcache import Change, ChangeType, Handler, Reflector, Subscription
 
@@ -142,7 +142,7 @@ class Publisher:
     async def stop(self) -> None:
         self._stopped = True
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         try:
             async with self._clock.timeout(STOP_DRAIN):
                 while self._queue:
@@ -329,9 +329,7 @@ class ServiceFeed:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
     async def _run(self) -> None:
         assert self._subscription is not None
@@ -570,7 +568,7 @@ class MeshFeed:
         if self._subscription is not None:
             self._subscription.close()
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         await self._cache.stop()
 
     async def _run(self) -> None:

@@ -37,7 +37,6 @@ from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
 from lucid_cp.events.errors import CursorBehindRetention, EventIdConflict
-from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     MAX_REQUEST_BYTES,
     MAX_TXN_OPS,
@@ -51,6 +50,7 @@ from lucid_cp.store.base import (
     key_missing,
     mod_revision_is,
 )
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.events.log")
 
@@ -117,7 +117,7 @@ class EventLog:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():

@@ -3,11 +3,11 @@ and stop of its log, tail, subscription index, push delivery, retention sweeper 
 the control plane's own events. It builds on discovery (push resolves subscribers through its
 index; deregistrations and instance changes become events), started before it.
 
-Start order: the log's appender, the tail, the subscription index, the replica's owner lease,
-then push, retention and the feeds (their checkpoint, publisher, then the feeds). Stop in
-reverse: the feeds stop publishing, their publisher appends what it still holds and the
-checkpoint is written, push loops and the sweeper end, the owner lease is revoked (another
-replica takes over at once), the tail and index stop, the appender last.
+Start order: the log's appender, the tail, the subscription index, the owner keys (under the
+process's replica lease), then push, retention and the feeds (their checkpoint, publisher, then
+the feeds). Stop in reverse: the feeds stop publishing, their publisher appends what it still
+holds and the checkpoint is written, push loops and the sweeper end, the owner keys are deleted
+(another replica takes over at once), the tail and index stop, the appender last.
 """
 
 from __future__ import annotations
@@ -48,9 +48,6 @@ class EventSettings:
     retention_count: int = 1_000_000
     # Seconds between retention sweeps.
     retention_interval: float = 10.0
-    # TTL of this replica's owner lease (push delivery, retention): a dead replica's push
-    # subscriptions move to another after this long.
-    owner_ttl: int = 10
     # Seconds before a lease that went away unexplained is published as service.expired.
     expiry_grace: float = EXPIRY_GRACE
     # Newest events this replica keeps in memory for followers at the head.
@@ -116,7 +113,7 @@ class EventSystem:
         self.index = SubscriptionIndex(store, clock=clock)
         self.writer = SubscriptionWriter(store)
         self.control = EventControl(self.log, self.reader, self.index, self.writer, clock)
-        self.owners = Owners(store, clock, discovery.replica_id, ttl=settings.owner_ttl)
+        self.owners = Owners(store, clock, discovery.replica_id, lease=env.lease)
         self.pusher = Pusher(
             index=self.index,
             writer=self.writer,

@@ -1,15 +1,15 @@
 """Which replica does what alone: lease-held owner keys.
 
-Each replica holds one store lease (kept alive every ttl/3). Owning a job (a push subscription's
-delivery, the retention sweep) is a create-only put of /lucid-events/owners/<name> = the replica
-id under that lease: exactly one replica holds it at a time. A replica that stops revokes its
-lease (its keys vanish at once); one that dies loses them when the lease expires. A watch-fed
+Owning a job (a push subscription's delivery, the retention sweep) is a create-only put of
+/lucid-events/owners/<name> = the replica id under the replica lease (lucid_cp.replica_lease,
+one per process): exactly one replica holds it at a time. A replica that stops deletes the keys
+it holds (they vanish at once); one that dies loses them when the lease expires. A watch-fed
 cache of the owner keys tells the others when a key vanished, so they claim it. Writes a job
 makes take ``guard(name)``: they apply only while this replica still holds the key.
 
-When the keepalive finds the lease gone (this replica was cut off longer than the ttl), every
-job it held may already run elsewhere: ``on_lost`` listeners stop them, a new lease is granted,
-and the jobs are claimed again like any other free job.
+When the replica lease is found gone (this replica was cut off longer than the ttl), every job
+it held may already run elsewhere: ``on_lost`` listeners stop them, and once a new lease is
+granted the jobs are claimed again like any other free job.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
-from lucid_cp.events.tasks import cancelled
+from lucid_cp.replica_lease import ReplicaLease
 from lucid_cp.store.base import (
     Compare,
     CompareOp,
@@ -32,7 +32,6 @@ from lucid_cp.store.base import (
     KeyValue,
     KeyWriter,
     LeaseNotFoundError,
-    Leases,
     Put,
     WatchedPrefix,
     key_missing,
@@ -41,9 +40,12 @@ from lucid_cp.watchcache import Handler, Reflector
 
 log = logging.getLogger("lucid_cp.events.owners")
 
+# Owner keys deleted at once at stop (one guarded txn each).
+RELEASE_CONCURRENCY = 64
 
-class OwnerStore(WatchedPrefix, KeyWriter, Leases, Protocol):
-    """Reads, txns, leases and the watch of the owner keys."""
+
+class OwnerStore(WatchedPrefix, KeyWriter, Protocol):
+    """Reads, txns and the watch of the owner keys."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,33 +71,43 @@ class _OwnerKeys(Handler[Owner]):
 
 
 class Owners:
-    def __init__(self, store: OwnerStore, clock: Clock, replica: str, *, ttl: int = 10) -> None:
+    def __init__(
+        self, store: OwnerStore, clock: Clock, replica: str, *, lease: ReplicaLease
+    ) -> None:
         self.replica = replica
         self._store = store
         self._clock = clock
-        self._ttl = ttl
-        self.lease = 0
+        self._lease = lease
+        self._held: set[str] = set()  # claimed and not released since (the cache may lag)
         self._changed_listeners: list[Callable[[], None]] = []
         self._lost_listeners: list[Callable[[], None]] = []
         self._cache: Reflector[Owner] = Reflector(
             store, keys.OWNERS, _OwnerKeys(self._changed), clock=clock, history=0, name="owners"
         )
-        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def lease(self) -> int:
+        """The replica lease the owner keys go under (0 while a lost one is being replaced)."""
+        return self._lease.id
 
     async def start(self) -> None:
-        self.lease = (await self._store.grant_lease(self._ttl)).id
+        await self._lease.start()
+        self._unsubscribe = self._lease.subscribe(
+            lost=self._lost, granted=lambda _: self._changed()
+        )
         await self._cache.start()
-        self._task = asyncio.create_task(self._keepalive(), name="events-owner-lease")
 
     async def stop(self) -> None:
-        """Releases everything at once (revokes the lease)."""
-        task, self._task = self._task, None
-        await cancelled(task)
+        """Releases everything at once (deletes the owner keys this replica holds)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        lease = self.lease
+        mine = {name for name, owner in self._cache.items() if lease and owner.lease == lease}
         await self._cache.stop()
-        if self.lease:
-            with contextlib.suppress(Exception):
-                await self._store.revoke_lease(self.lease)
-            self.lease = 0
+        await self._release_all(sorted(self._held | mine))
+        self._held.clear()
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """``listener()`` runs after every applied batch of owner-key changes."""
@@ -109,6 +121,12 @@ class Owners:
         for listener in self._changed_listeners:
             listener()
 
+    def _lost(self) -> None:
+        log.warning("events: replica lease lost; jobs stop and are reclaimed")
+        self._held.clear()
+        for listener in self._lost_listeners:
+            listener()
+
     # -- ownership ---------------------------------------------------------------------------
 
     def owner_of(self, name: str) -> Owner | None:
@@ -118,17 +136,20 @@ class Owners:
     async def claim(self, name: str) -> bool:
         """Takes ``name`` if nobody holds it; True when this replica holds it now."""
         key = keys.owner_key(name)
-        if not self.lease:
+        lease = self.lease
+        if not lease:
             return False
         try:
             result = await self._store.txn(
-                [key_missing(key)], [Put(key, self.replica.encode(), self.lease)]
+                [key_missing(key)], [Put(key, self.replica.encode(), lease)]
             )
         except LeaseNotFoundError:
-            return False  # the keepalive notices and starts over
-        if result.succeeded:
+            self._lease.lost(lease)  # replaced now; then every job is claimed again
+            return False
+        if result.succeeded or await self.holds(name):
+            self._held.add(name)
             return True
-        return await self.holds(name)
+        return False
 
     async def holds(self, name: str) -> bool:
         result = await self._store.txn([self.guard(name)], [])
@@ -136,28 +157,16 @@ class Owners:
 
     async def release(self, name: str) -> None:
         key = keys.owner_key(name)
+        self._held.discard(name)
         with contextlib.suppress(Exception):
             await self._store.txn([self.guard(name)], [Delete(key)])
+
+    async def _release_all(self, names: Iterable[str]) -> None:
+        batch = list(names)
+        for start in range(0, len(batch), RELEASE_CONCURRENCY):
+            chunk = batch[start : start + RELEASE_CONCURRENCY]
+            await asyncio.gather(*(self.release(name) for name in chunk))
 
     def guard(self, name: str) -> Compare:
         """Holds while this replica's lease holds ``name``."""
         return Compare(keys.owner_key(name), CompareTarget.LEASE, CompareOp.EQUAL, self.lease)
-
-    async def _keepalive(self) -> None:
-        period = max(self._ttl / 3, 0.1)
-        while True:
-            await self._clock.sleep(period)
-            try:
-                await self._store.keepalive(self.lease)
-            except LeaseNotFoundError:
-                log.warning(
-                    "events: replica lease %x expired; jobs stop and are reclaimed", self.lease
-                )
-                self.lease = 0
-                for listener in self._lost_listeners:
-                    listener()
-                with contextlib.suppress(Exception):
-                    self.lease = (await self._store.grant_lease(self._ttl)).id
-                self._changed()
-            except Exception as exc:
-                log.warning("events: replica lease keepalive failed (%s); retrying", exc)

@@ -39,9 +39,9 @@ from lucid_cp.events.matching import Matcher
 from lucid_cp.events.owners import Owners
 from lucid_cp.events.reader import Batch, EventReader
 from lucid_cp.events.subscriptions import SubscriptionIndex, SubscriptionWriter, is_push
-from lucid_cp.events.tasks import cancelled
 from lucid_cp.events.wire import push_body
 from lucid_cp.store.base import StoreError
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.events.push")
 
@@ -114,12 +114,10 @@ class Pusher:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         loops = list(self._loops.values())
         self._loops.clear()
-        for loop in loops:
-            loop.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await cancel_and_wait(*loops)
 
     def _stop_all(self) -> None:
         for loop in self._loops.values():

@@ -14,7 +14,6 @@ from lucid_cp.api.lucid.messaging.v1 import event_storage_pb2 as spb
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
 from lucid_cp.events.owners import Owners
-from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     Delete,
     KeyReader,
@@ -24,6 +23,7 @@ from lucid_cp.store.base import (
     key_missing,
     mod_revision_is,
 )
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.events.retention")
 
@@ -62,7 +62,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -20,7 +20,6 @@ from lucid_cp.api.lucid.messaging.v1 import event_storage_pb2 as spb
 from lucid_cp.api.lucid.messaging.v1 import events_pb2 as pb
 from lucid_cp.clock import Clock
 from lucid_cp.events import keys
-from lucid_cp.events.tasks import cancelled
 from lucid_cp.store.base import (
     CompactedError,
     EventType,
@@ -28,6 +27,7 @@ from lucid_cp.store.base import (
     WatchBatch,
     WatchedPrefix,
 )
+from lucid_cp.tasks import cancel_and_wait
 from lucid_cp.watchcache import Backoff
 from lucid_cp.watchcache.waiters import RevisionWaiters
 
@@ -73,7 +73,7 @@ class LogTail:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         self.connected = False
 
     async def _resync(self) -> None:

@@ -58,6 +58,7 @@ from lucid_cp.store.base import (
     Watcher,
     WatchEvent,
 )
+from lucid_cp.tasks import cancel_and_wait
 from lucid_cp.watchcache import Backoff
 
 K = TypeVar("K")
@@ -190,10 +191,8 @@ class Distributor:
             self.close(session)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
         for session in list(self.sessions.values()):
             session.close()
             self._forget(session, replaced=False)

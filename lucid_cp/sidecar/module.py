@@ -3,10 +3,10 @@ stop of its indexes, cores and servicer. It builds on discovery (a configuration
 registered instance and lives under its lease; snapshots carry endpoints) and on the mesh
 (policies, circuit breakers and mTLS go into snapshots), both started before it.
 
-Start order: the configuration index, the status index, the status writer (it takes the
-replica's lease), then the distributor (its watch replays what the indexes applied meanwhile).
-Stop in reverse: streams end, their sessions are recorded as disconnected and written, and the
-replica lease is revoked."""
+Start order: the configuration index, the status index, the status writer (it writes the
+replica's progress under the process's replica lease), then the distributor (its watch replays
+what the indexes applied meanwhile). Stop in reverse: streams end, their sessions are recorded as
+disconnected and written, and the replica's progress record is deleted."""
 
 from __future__ import annotations
 
@@ -47,8 +47,6 @@ class SidecarSettings:
     index_history: int = 1_000
     # Seconds between batched status writes (sessions, usage, replica progress).
     status_write_interval: float = 0.05
-    # TTL of this replica's lease: a replica gone this long has its sidecars read as disconnected.
-    replica_ttl: int = 10
 
 
 class _IndexContents:
@@ -118,9 +116,9 @@ class SidecarSystem:
             # Per process: a replica restarted with the same --replica-id must not make its
             # predecessor's session records read as live again.
             f"{discovery.replica_id}-{secrets.token_hex(3)}",
+            lease=env.lease,
             clock=env.clock,
             interval=settings.status_write_interval,
-            ttl=settings.replica_ttl,
         )
         self.builder = SnapshotBuilder(discovery.index, self.index, mesh.index)
         self.distributor = Distributor(

@@ -13,6 +13,7 @@ from lucid_cp.auth.tokens import Principal
 from lucid_cp.errors import FieldViolation
 from lucid_cp.sidecar.distributor import Distributor
 from lucid_cp.sidecar.session import InvalidConnectMessage, Session
+from lucid_cp.tasks import cancel
 
 
 async def connect(
@@ -32,7 +33,7 @@ async def connect(
     session = await distributor.open(principal, first.hello)
     on_done(lambda: distributor.close(session))
     reader = asyncio.create_task(_read(session, requests), name="sidecar-connect-reader")
-    on_done(lambda: _cancel(reader))
+    on_done(lambda: cancel(reader))
     try:
         while (snapshot := await session.next_snapshot()) is not None:
             yield snapshot
@@ -53,7 +54,3 @@ async def _read(session: Session, requests: AsyncIterator[pb.ConnectRequest]) ->
         session.close(exc)
         return
     session.close()  # the sidecar half-closed: the stream is over
-
-
-def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()

@@ -6,8 +6,8 @@ What it writes (keys in ``keys.py``):
 - usage records: one per sidecar per completed minute (``usage.py``), plus the deletion of the
   record of the same minute a day earlier (24 h retention). Under the instance's lease.
 - this replica's progress record, only when its evaluated revision advanced. Under the
-  replica's own lease (kept alive here; revoked on stop: its sessions then read as
-  disconnected on every replica at once).
+  replica lease (lucid_cp.replica_lease; written again under a new one when it was lost) and
+  deleted on stop: this replica's sessions then read as disconnected on every replica at once.
 
 Pending writes are flushed every ``interval`` seconds in store txns of at most
 ``MAX_TXN_OPS`` ops. A write whose instance lease is gone is dropped (the instance, and so its
@@ -18,7 +18,6 @@ is retried with backoff: a store outage delays status, it never loses the latest
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Protocol
 
 from lucid_cp.api.lucid.sidecar.v1 import storage_pb2 as spb
 from lucid_cp.clock import Clock
+from lucid_cp.replica_lease import ReplicaLease
 from lucid_cp.sidecar import keys
 from lucid_cp.store.base import (
     MAX_REQUEST_BYTES,
@@ -34,23 +34,23 @@ from lucid_cp.store.base import (
     Delete,
     KeyWriter,
     LeaseNotFoundError,
-    Leases,
     Put,
 )
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.sidecar.writer")
 
 DAY_MINUTES = 24 * 60
 
 
-class WriterStore(KeyWriter, Leases, Protocol):
-    """Txns and leases (never reads or watches)."""
+class WriterStore(KeyWriter, Protocol):
+    """Txns (never reads or watches)."""
 
 
 @dataclass(slots=True)
 class _Write:
     value: bytes | None  # None: delete
-    lease: int  # 0: the replica's own lease
+    lease: int  # 0: the replica lease
 
 
 class StatusWriter:
@@ -60,17 +60,17 @@ class StatusWriter:
         lease_of: Callable[[str], int],
         replica: str,
         *,
+        lease: ReplicaLease,
         clock: Clock,
         interval: float = 0.05,
-        ttl: int = 10,
     ) -> None:
         self.replica = replica
         self._store = store
         self._lease_of = lease_of
+        self._lease = lease
         self._clock = clock
         self._interval = interval
-        self._ttl = ttl
-        self._lease = 0
+        self._unsubscribe: Callable[[], None] | None = None
         self._pending: dict[bytes, _Write] = {}
         self._in_flight = 0  # flushes under way: their batch is out of _pending, not yet written
         self._wake = asyncio.Event()
@@ -85,28 +85,25 @@ class StatusWriter:
         return len(self._pending)
 
     async def start(self) -> None:
-        lease = await self._store.grant_lease(self._ttl)
-        self._lease = lease.id
-        self._tasks = [
-            asyncio.create_task(self._flush_loop(), name="sidecar-status-writer"),
-            asyncio.create_task(self._keepalive_loop(), name="sidecar-status-keepalive"),
-        ]
+        await self._lease.start()
+        self._unsubscribe = self._lease.subscribe(granted=self._lease_replaced)
+        self._tasks = [asyncio.create_task(self._flush_loop(), name="sidecar-status-writer")]
 
     async def stop(self) -> None:
-        """Writes what is pending (one attempt: the store's own deadlines bound it), then
-        revokes the replica lease."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        """Writes what is pending, with the deletion of this replica's progress record (one
+        attempt: the store's own deadlines bound it)."""
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._progress_record is not None:  # the replica leaves: its sessions read as such
+            self._pending[keys.replica_key(self.replica)] = _Write(None, 0)
+            self._progress_record = None
         try:
             await self._flush()
         except Exception as exc:
             log.warning("sidecar status: %d writes lost at stop (%s)", len(self._pending), exc)
-        if self._lease:
-            with contextlib.suppress(Exception):
-                await self._store.revoke_lease(self._lease)
-            self._lease = 0
 
     # -- what to write -----------------------------------------------------------------------
 
@@ -181,7 +178,7 @@ class StatusWriter:
             while items:
                 chunk = _chunk(items)
                 ops = [
-                    Put(k, w.value, w.lease or self._lease)
+                    Put(k, w.value, w.lease or self._lease.require())
                     if w.value is not None
                     else Delete(k, prefix=k.endswith(b"/"))
                     for k, w in chunk
@@ -189,8 +186,9 @@ class StatusWriter:
                 try:
                     await self._store.txn([], ops)
                 except LeaseNotFoundError as exc:
-                    if exc.lease_id == self._lease:
-                        raise  # our own lease expired: the keepalive loop re-grants it
+                    if exc.lease_id == self._lease.id:  # the replica lease expired: replaced
+                        self._lease.lost(exc.lease_id)  # now, and the write retried after
+                        raise
                     items = [(k, w) for k, w in items if w.lease != exc.lease_id]
                     continue
                 items = items[len(chunk) :]
@@ -201,22 +199,13 @@ class StatusWriter:
         finally:
             self._in_flight -= 1
 
-    async def _keepalive_loop(self) -> None:
-        period = max(self._ttl / 3, 0.1)
-        while True:
-            await self._clock.sleep(period)
-            try:
-                await self._store.keepalive(self._lease)
-            except LeaseNotFoundError:
-                log.warning("sidecar replica lease %x expired; granting a new one", self._lease)
-                with contextlib.suppress(Exception):
-                    self._lease = (await self._store.grant_lease(self._ttl)).id
-                    progress = keys.replica_key(self.replica)
-                    if self._progress_record is not None:  # back under the new lease
-                        self._pending.setdefault(progress, _Write(self._progress_record, 0))
-                        self._wake.set()
-            except Exception as exc:
-                log.warning("sidecar replica keepalive failed (%s); retrying", exc)
+    def _lease_replaced(self, lease: int) -> None:
+        """A new replica lease replaced a lost one: the progress record goes back under it."""
+        if self._progress_record is not None:
+            self._pending.setdefault(
+                keys.replica_key(self.replica), _Write(self._progress_record, 0)
+            )
+            self._wake.set()
 
 
 def _chunk(items: list[tuple[bytes, _Write]]) -> list[tuple[bytes, _Write]]:

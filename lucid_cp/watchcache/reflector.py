@@ -32,6 +32,7 @@ from lucid_cp.store.base import (
     WatchedPrefix,
     WatchEvent,
 )
+from lucid_cp.tasks import cancel_and_wait
 from lucid_cp.watchcache.fanout import FanOut, Route
 from lucid_cp.watchcache.handler import Handler
 from lucid_cp.watchcache.history import Change, ChangeType, History
@@ -102,10 +103,7 @@ class Reflector(Generic[V]):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.connected = False
 
     async def _run(self) -> None:

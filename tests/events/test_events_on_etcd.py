@@ -25,7 +25,7 @@ pytestmark = pytest.mark.etcd
 
 
 async def _two(url: str) -> tuple[ControlPlane, ControlPlane]:
-    settings = replace(with_events(expiry_grace=0.5, owner_ttl=3), store_url=url)
+    settings = replace(with_events(expiry_grace=0.5), store_url=url, replica_ttl=3)
     return await start_control_plane(settings), await start_control_plane(settings)
 
 

@@ -22,9 +22,8 @@ async def main(store_url: str, replica_id: str, speed: str, ttl: str) -> None:
             store_url=store_url,
             grpc_addr="127.0.0.1:0",
             jwt_secret=b"replica-process-secret-0123456789abcdef",
-            sections=(
-                DiscoverySettings(health_replica_id=replica_id, health_replica_ttl=int(ttl)),
-            ),
+            replica_ttl=int(ttl),
+            sections=(DiscoverySettings(health_replica_id=replica_id),),
         ),
         clock=ScaledClock(float(speed)),
     )

@@ -13,6 +13,7 @@ from lucid_cp.discovery.health.membership import (
     StaticMembership,
     rendezvous_owner,
 )
+from lucid_cp.replica_lease import ReplicaLease
 from lucid_cp.store.memory import MemoryStore
 
 from .flaky import FlakyStore
@@ -50,8 +51,10 @@ async def store() -> AsyncIterator[MemoryStore]:
 
 async def test_replicas_split_the_keys_and_take_over_a_dead_ones_share(store: MemoryStore) -> None:
     link_b = FlakyStore(store)
-    a = LeaseMembership(store, "replica-a", ttl=1, clock=CLOCK)
-    b = LeaseMembership(link_b, "replica-b", ttl=1, clock=CLOCK)
+    lease_a = ReplicaLease(store, CLOCK, ttl=1)
+    lease_b = ReplicaLease(link_b, CLOCK, ttl=1)
+    a = LeaseMembership(store, "replica-a", lease_a, clock=CLOCK)
+    b = LeaseMembership(link_b, "replica-b", lease_b, clock=CLOCK)
     await a.start()
     await b.start()
     try:
@@ -73,11 +76,14 @@ async def test_replicas_split_the_keys_and_take_over_a_dead_ones_share(store: Me
     finally:
         await b.stop()
         await a.stop()
+        await lease_b.stop()
+        await lease_a.stop()
 
 
 async def test_clean_stop_hands_over_at_once(store: MemoryStore) -> None:
-    a = LeaseMembership(store, "replica-a", ttl=30, clock=CLOCK)
-    b = LeaseMembership(store, "replica-b", ttl=30, clock=CLOCK)
+    lease_a, lease_b = ReplicaLease(store, CLOCK, ttl=30), ReplicaLease(store, CLOCK, ttl=30)
+    a = LeaseMembership(store, "replica-a", lease_a, clock=CLOCK)
+    b = LeaseMembership(store, "replica-b", lease_b, clock=CLOCK)
     await a.start()
     await b.start()
     await wait_until(lambda: a.members() == {"replica-a", "replica-b"}, 2, "both joined")
@@ -85,8 +91,10 @@ async def test_clean_stop_hands_over_at_once(store: MemoryStore) -> None:
     await wait_until(lambda: a.members() == {"replica-a"}, 1, "b's key revoked")
     assert b.members() == frozenset() and not b.owns(KEYS[0])
     await a.stop()
+    await lease_b.stop()
+    await lease_a.stop()
 
 
 async def test_replica_ids_cannot_escape_the_prefix(store: MemoryStore) -> None:
     with pytest.raises(ValueError):
-        LeaseMembership(store, "a/b", clock=CLOCK)
+        LeaseMembership(store, "a/b", ReplicaLease(store, CLOCK, ttl=3), clock=CLOCK)

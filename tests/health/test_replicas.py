@@ -39,7 +39,8 @@ def settings(store_url: str, replica_id: str) -> Settings:
         store_url=store_url,
         grpc_addr="127.0.0.1:0",
         jwt_secret=b"replica-tests-secret-0123456789abcdef",
-        sections=(DiscoverySettings(health_replica_id=replica_id, health_replica_ttl=TTL),),
+        replica_ttl=TTL,
+        sections=(DiscoverySettings(health_replica_id=replica_id),),
     )
 
 

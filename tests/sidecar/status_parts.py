@@ -15,6 +15,7 @@ from lucid_cp.api.lucid.discovery.v1 import discovery_pb2 as dpb
 from lucid_cp.api.lucid.sidecar.v1 import sidecar_pb2 as pb
 from lucid_cp.clock import FakeClock
 from lucid_cp.mesh.selectors import Workload
+from lucid_cp.replica_lease import ReplicaLease
 from lucid_cp.sidecar.observe import Observer
 from lucid_cp.sidecar.session import Session
 from lucid_cp.sidecar.status import StatusIndex
@@ -92,6 +93,7 @@ class Replica:
     """One control-plane replica's status parts on a shared store."""
 
     clock: FakeClock
+    lease: ReplicaLease
     writer: StatusWriter
     status: StatusIndex
     observer: Observer
@@ -126,24 +128,26 @@ async def start_replica(
     local: Callable[[], Mapping[str, Session]] | None = None,
 ) -> Replica:
     """A replica whose observer sees its own sessions as local (unless ``local`` says else)."""
+    lease = ReplicaLease(writer_store or store, clock, ttl=LONG_TTL)
     writer = StatusWriter(
         writer_store or store,
         instances.lease_of,
         name,
+        lease=lease,
         clock=clock,
         interval=INTERVAL,
-        ttl=LONG_TTL,
     )
     status = StatusIndex(store, clock=clock)
     await status.start()
     await writer.start()
     sessions: dict[str, Session] = {}
     observer = Observer(store, status, instances, (), local or (lambda: sessions), clock)
-    return Replica(clock, writer, status, observer, sessions)
+    return Replica(clock, lease, writer, status, observer, sessions)
 
 
 async def stop_replica(replica: Replica) -> None:
     await replica.writer.stop()
+    await replica.lease.stop()
     await replica.status.stop()
 
 

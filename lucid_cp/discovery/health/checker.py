@@ -38,6 +38,7 @@ from lucid_cp.discovery.health.state import DEGRADED, HealthMachine, Outcome
 from lucid_cp.discovery.health.writer import StatusWriter, WriteOutcome
 from lucid_cp.discovery.index import InstanceIndex
 from lucid_cp.store.base import KeyWriter
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
@@ -127,10 +128,8 @@ class HealthChecker:
         self._task = asyncio.create_task(self._follow_index(), name="health-checker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await self._scheduler.stop()
         await self.writer.stop()
         await asyncio.gather(*self._releases, return_exceptions=True)

@@ -20,6 +20,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from lucid_cp.clock import Clock
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
@@ -61,9 +62,7 @@ class CheckScheduler:
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
     async def _loop(self, key: str, interval: float, due: float, job: Job) -> None:
         while True:

@@ -44,6 +44,7 @@ from lucid_cp.store.base import (
     TxnOp,
     mod_revision_is,
 )
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.discovery.health")
 
@@ -120,10 +121,8 @@ class StatusWriter:
         ]
 
     async def stop(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        workers, self._workers = self._workers, []
+        await cancel_and_wait(*workers)
 
     async def _worker(self) -> None:
         backoff = MIN_BACKOFF
