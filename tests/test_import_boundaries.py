@@ -38,6 +38,9 @@ CORE_FILES = (
     "lucid_cp/call.py",
     "lucid_cp/tasks.py",
     "lucid_cp/replica_lease.py",
+    "lucid_cp/reasons.py",
+    "lucid_cp/store/group_commit.py",
+    "lucid_cp/store/_contract.py",
 )
 NOT_CORE = (
     "lucid_cp/discovery/service.py",  # the servicer

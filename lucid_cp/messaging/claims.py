@@ -22,6 +22,7 @@ from lucid_cp.clock import Clock
 from lucid_cp.messaging import records
 from lucid_cp.messaging.index import Entry, QueueIndex
 from lucid_cp.messaging.queue import MessageQueue
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.messaging.claims")
 
@@ -152,9 +153,4 @@ class Claimer:
             self.release(entry)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)

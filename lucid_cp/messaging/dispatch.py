@@ -21,7 +21,6 @@ it has nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from lucid_cp.clock import Clock
 from lucid_cp.messaging import records
 from lucid_cp.messaging.claims import Claimer, Wakeups
 from lucid_cp.messaging.index import Entry, QueueIndex
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.messaging.dispatch")
 
@@ -221,12 +221,7 @@ class Dispatcher:
         for state in states:
             for consumer in state.consumers:
                 consumer.end()
-            if state.task is not None:
-                state.task.cancel()
-        for state in states:
-            if state.task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await state.task
+        await cancel_and_wait(*(state.task for state in states))
 
     # -- Consume streams -----------------------------------------------------------------------
 

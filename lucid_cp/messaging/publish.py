@@ -19,6 +19,7 @@ from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
 from lucid_cp.auth.tokens import Principal
 from lucid_cp.messaging.queue import MessageQueue, PendingSend
 from lucid_cp.store.base import TxnResult
+from lucid_cp.tasks import cancel
 
 MAX_PENDING = 1000
 
@@ -34,7 +35,7 @@ async def publish(
 ) -> AsyncIterator[pb.SendResult]:
     answers: asyncio.Queue[_Item] = asyncio.Queue()
     reader = asyncio.create_task(_read(queue, principal, requests, answers), name="publish-reader")
-    on_done(lambda: _cancel(reader))
+    on_done(lambda: cancel(reader))
     try:
         while (item := await answers.get()) is not None:
             if isinstance(item, BaseException):
@@ -83,7 +84,3 @@ async def _read(
         await asyncio.wait(list(pending))
         await asyncio.sleep(0)  # the done callbacks run
     answers.put_nowait(end)
-
-
-def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()

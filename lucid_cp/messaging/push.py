@@ -18,7 +18,6 @@ endpoint protocol is https (verified against its ``tls.certAuthority`` when it h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from lucid_cp.messaging import records
 from lucid_cp.messaging.claims import Claimer, Wakeups
 from lucid_cp.messaging.index import Entry, QueueIndex
 from lucid_cp.messaging.queue import Change, MessageQueue
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.messaging.push")
 
@@ -113,11 +113,7 @@ class Pusher:
         tasks = [s.task for s in self._services.values() if s.task is not None]
         tasks += list(self._pushes)
         self._services.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     def _config_changed(self, service: str, record: pb.ConsumerConfigResponse | None) -> None:
         if not self._running:

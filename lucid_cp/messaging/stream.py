@@ -20,6 +20,7 @@ from lucid_cp.messaging.dispatch import Consumer, Dispatcher
 from lucid_cp.messaging.errors import InvalidMessageRequest
 from lucid_cp.messaging.queue import MessageQueue
 from lucid_cp.store.base import StoreError
+from lucid_cp.tasks import cancel
 
 log = logging.getLogger("lucid_cp.messaging.stream")
 
@@ -52,7 +53,7 @@ async def consume(
     reader = asyncio.create_task(
         _read(queue, dispatcher, consumer, principal, requests), name="messaging-consume-reader"
     )
-    on_done(lambda: _cancel(reader))
+    on_done(lambda: cancel(reader))
     max_batch = start.max_batch if start.HasField("max_batch") else 1
     try:
         while (batch := await dispatcher.next_batch(consumer, max_batch)) is not None:
@@ -118,7 +119,3 @@ async def _settle(
             log.info("%s of message %s on %s: %s", kind, settle.message_id, consumer.label, failure)
         elif failure is not None:
             log.error("%s failed on %s", settle.message_id, consumer.label, exc_info=failure)
-
-
-def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()

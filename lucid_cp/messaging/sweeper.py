@@ -15,7 +15,6 @@ Every change is a compare-and-swap: replicas sweeping the same record race harml
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -24,6 +23,7 @@ from lucid_cp.clock import Clock
 from lucid_cp.messaging import records
 from lucid_cp.messaging.index import QueueIndex
 from lucid_cp.messaging.queue import MessageQueue
+from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.messaging.sweeper")
 
@@ -55,10 +55,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:
