@@ -49,7 +49,7 @@ log = logging.getLogger("lucid_cp.store.group_commit")
 
 # What one joined txn may carry (etcd's request limit, less a margin for its own framing).
 GROUP_BYTES = MAX_REQUEST_BYTES - 64 * 1024
-PARALLEL = 4
+PARALLEL = 2
 
 
 @dataclass(eq=False)
