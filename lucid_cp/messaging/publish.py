@@ -3,8 +3,9 @@
 Each request is checked and its create-only write submitted at once (``MessageQueue.submit_send``:
 no task per message; concurrent writes share store txns), and answered by a SendResult as soon
 as its write returns, so answers may overtake each other (each names its messageId). At most
-``MAX_PENDING`` requests are unanswered: the reader stops reading meanwhile and HTTP/2 flow
-control holds the client. A message that is invalid (the interceptor's field rules) or not the
+``MAX_PENDING`` requests are read and not yet answered (an answer counts once the transport took
+it): the reader stops reading meanwhile and HTTP/2 flow control holds the client, also one that
+writes without reading its answers. A message that is invalid (the interceptor's field rules) or not the
 caller's ends the stream with that error, after the answers of those before it; a store failure
 ends it with the store's error the same way (the messages answered were stored; the others may
 be, and answer the same when sent again)."""
@@ -34,13 +35,19 @@ async def publish(
     on_done: Callable[[Callable[[], None]], None],
 ) -> AsyncIterator[pb.SendResult]:
     answers: asyncio.Queue[_Item] = asyncio.Queue()
-    reader = asyncio.create_task(_read(queue, principal, requests, answers), name="publish-reader")
+    # A slot is taken when a request is read and freed once its answer was handed to the
+    # transport: a client that writes without reading is held by flow control.
+    slots = asyncio.Semaphore(MAX_PENDING)
+    reader = asyncio.create_task(
+        _read(queue, principal, requests, answers, slots), name="publish-reader"
+    )
     on_done(lambda: cancel(reader))
     try:
         while (item := await answers.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
+            slots.release()
     finally:
         reader.cancel()
 
@@ -50,13 +57,12 @@ async def _read(
     principal: Principal,
     requests: AsyncIterator[pb.SendMessageRequest],
     answers: asyncio.Queue[_Item],
+    slots: asyncio.Semaphore,
 ) -> None:
-    slots = asyncio.Semaphore(MAX_PENDING)
     pending: set[asyncio.Future[TxnResult]] = set()
 
     def answer(sent: PendingSend, done: asyncio.Future[TxnResult]) -> None:
         pending.discard(done)
-        slots.release()
         if done.cancelled():
             return
         failure = done.exception()

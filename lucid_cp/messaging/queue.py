@@ -221,9 +221,10 @@ class MessageQueue:
         self,
         principal: Principal,
         settles: Sequence[pb.AckMessageRequest | pb.NackMessageRequest],
+        settled: Callable[[str], None],
     ) -> list[BaseException | None]:
         """Acks and nacks of a Consume stream, all at once (sharing store txns); per item,
-        None or why it failed."""
+        None or why it failed. ``settled(message id)`` is called as each one ends."""
         changes: list[tuple[str, Change]] = []
         for settle in settles:
             if isinstance(settle, pb.AckMessageRequest):
@@ -233,7 +234,7 @@ class MessageQueue:
                     principal, settle.message_id, settle.attempt, settle.error, settle.retryable
                 )
             changes.append((settle.message_id, change))
-        written = await self._update_many(changes)
+        written = await self._update_many(changes, settled)
         return [w if isinstance(w, BaseException) else None for w in written]
 
     def _ack_change(self, principal: Principal, message_id: str, attempt: int) -> Change:
@@ -510,10 +511,11 @@ class MessageQueue:
         return out
 
     async def _update_many(
-        self, changes: Sequence[tuple[str, Change]]
+        self, changes: Sequence[tuple[str, Change]], ended: Callable[[str], None]
     ) -> list[Known | BaseException]:
         """``_update`` of each: first all at once against the index; the ones that lose a race
-        or are refused on what the index shows take ``_update``'s way (the store decides)."""
+        or are refused on what the index shows take ``_update``'s way (the store decides).
+        ``ended(message id)`` is called as each one ends."""
         tries: list[tuple[Known, Change]] = []
         placed: list[int] = []
         slow: list[int] = []
@@ -530,12 +532,18 @@ class MessageQueue:
                 slow.append(n)
             else:
                 out[n] = written
+                ended(changes[n][0])
+
+        async def one(n: int) -> None:
+            try:
+                out[n] = await self._update(*changes[n])
+            except Exception as exc:
+                out[n] = exc
+            finally:
+                ended(changes[n][0])
+
         if slow:
-            again = await asyncio.gather(
-                *(self._update(*changes[n]) for n in slow), return_exceptions=True
-            )
-            for n, written in zip(slow, again, strict=True):
-                out[n] = written
+            await asyncio.gather(*(one(n) for n in slow))
         done = [w for w in out if w is not None]
         assert len(done) == len(out)  # _update answers or raises
         return done

@@ -107,12 +107,19 @@ async def _settle(
     principal: Principal,
     settles: list[pb.AckMessageRequest | pb.NackMessageRequest],
 ) -> None:
-    """Writes the acks and nacks of one stream message (together: they share store txns)."""
+    """Writes the acks and nacks of one stream message (together: they share store txns);
+    each frees its slot as it ends."""
+    left = {settle.message_id for settle in settles}
+
+    def settled(message_id: str) -> None:
+        left.discard(message_id)
+        dispatcher.settled(consumer, message_id)
+
     try:
-        failures = await queue.settle_many(principal, settles)
+        failures = await queue.settle_many(principal, settles, settled)
     finally:
-        for settle in settles:
-            dispatcher.settled(consumer, settle.message_id)
+        for message_id in list(left):  # cancelled: free what is left
+            settled(message_id)
     for settle, failure in zip(settles, failures, strict=True):
         if isinstance(failure, (LucidError, StoreError)):
             kind = "ack" if isinstance(settle, pb.AckMessageRequest) else "nack"

@@ -254,15 +254,23 @@ def _ours_publisher(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
     call = messages_pb2_grpc.MessageServiceStub(channel).PublishMessages(requests(), metadata=md)
 
     async def read() -> None:
+        ended: BaseException = RuntimeError("the PublishMessages stream ended")
         try:
             async for answer in call:
                 future = waiting.pop(answer.message_id, None)
                 if future is not None and not future.done():
                     future.set_result(answer)
-        except grpc.aio.AioRpcError as exc:
-            for future in waiting.values():
-                if not future.done():
-                    future.set_exception(exc)
+        except BaseException as exc:
+            ended = exc
+            raise
+        finally:
+            for future in waiting.values():  # no answer will come
+                if future.done():
+                    continue
+                if isinstance(ended, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(ended)
 
     reader = asyncio.create_task(read())
 

@@ -14,6 +14,7 @@ from lucid_cp.store.base import (
     Delete,
     Get,
     KeyValue,
+    LeaseNotFoundError,
     Put,
     StoreUnavailableError,
     TxnOp,
@@ -194,3 +195,79 @@ async def test_a_store_failure_reaches_every_member(store: Counting) -> None:
     store.fail_with = None
     assert (await group.txn(*create(b"after"))).succeeded
     await group.stop()
+
+
+async def test_writes_whose_guards_held_are_joined_again_without_newcomers(
+    store: Counting,
+) -> None:
+    # Regression (review): re-queued writes were joined with new ones, so a steady trickle of
+    # stale guards could hold a good write back for ever.
+    for key in (b"a", b"c", b"d"):
+        await store.store.put(key, b"taken")
+    gate = asyncio.Event()
+    real = store.txn
+
+    async def gated(*args: Any) -> TxnResult:
+        await gate.wait()
+        return await real(*args)
+
+    store.txn = gated  # type: ignore[method-assign]
+    group = GroupCommit(store, parallel=1)
+    first = [asyncio.ensure_future(group.txn(*create(k))) for k in (b"a", b"b", b"b2")]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(group.txn(*create(k))) for k in (b"c", b"d")]
+    await asyncio.sleep(0)
+    gate.set()
+    a, b, b2 = await asyncio.gather(*first)
+    assert not a.succeeded and b.succeeded and b2.succeeded
+    assert store.txns[:2] == [(3, 3), (2, 2)]  # b and b2 again, alone together
+    assert not any(r.succeeded for r in await asyncio.gather(*later))
+
+
+async def test_a_refused_joined_txn_is_retried_member_by_member(store: Counting) -> None:
+    lease = await store.store.grant_lease(10)
+    await store.store.revoke_lease(lease.id)
+    group = GroupCommit(store)
+    results = await asyncio.gather(
+        group.txn(*create(b"ok1")),
+        group.txn([key_missing(b"leased")], [Put(b"leased", b"v", lease=lease.id)]),
+        group.txn(*create(b"ok2")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], TxnResult) and results[0].succeeded
+    assert isinstance(results[1], LeaseNotFoundError)
+    assert isinstance(results[2], TxnResult) and results[2].succeeded
+
+
+async def test_a_member_whose_write_is_stored_is_answered_as_written(store: Counting) -> None:
+    # As after an unknown outcome the store could not confirm: the joined txn had applied,
+    # another key of it changed, and the resend failed its guards.
+    revision = await store.store.put(b"mine", b"new")
+    group = GroupCommit(store)
+    mine, other = await asyncio.gather(
+        group.txn([mod_revision_is(b"mine", 1)], [Put(b"mine", b"new")], [Get(b"mine")]),
+        group.txn(*create(b"other")),
+    )
+    assert mine.succeeded and mine.revision == revision
+    assert other.succeeded
+
+
+async def test_an_unexpected_failure_answers_every_member(store: Counting) -> None:
+    async def short(*args: Any) -> TxnResult:
+        return TxnResult(False, 5, [])  # a broken store: no reads in the failure branch
+
+    store.txn = short  # type: ignore[method-assign]
+    group = GroupCommit(store)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(group.txn(*create(b"x%d" % i)) for i in range(3)), return_exceptions=True),
+        5,
+    )
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+async def test_stop_waits_for_writes_not_yet_sent(store: Counting) -> None:
+    group = GroupCommit(store)
+    pending = group.submit(*create(b"late"))
+    await group.stop()
+    assert pending.done() and pending.result().succeeded

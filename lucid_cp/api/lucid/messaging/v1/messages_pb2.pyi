@@ -958,7 +958,7 @@ class ConsumeStart(_message.Message):
     ack_wait_ms: _builtins.int
     max_batch: _builtins.int
     """Absent or 1: each response carries one `delivery`. More: each response carries in
-    `deliveries` what is ready to be written, up to this many (and 2 MiB, at least one).
+    `deliveries` what is ready to be written, up to this many (and about 1 MiB, at least one).
     """
     def __init__(
         self,
