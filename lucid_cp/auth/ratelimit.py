@@ -17,7 +17,9 @@ class _Bucket:
 
 
 class RateLimiter:
-    """``acquire(bucket, subject)`` takes one token or raises RateLimited with the wait time.
+    """``acquire(bucket, subject, cost)`` takes ``cost`` tokens (one by default) or raises
+    RateLimited with the wait time (none taken). A cost above the bucket's capacity can never be
+    met: callers keep costs below it (a batch's items are capped by its field rules).
 
     Buckets are kept per (bucket name, subject); the least recently used are forgotten past
     ``max_principals`` (a forgotten bucket restarts full, which only ever errs on the lenient side).
@@ -31,7 +33,7 @@ class RateLimiter:
         self._max = max_principals
         self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
 
-    def acquire(self, bucket: str, subject: str) -> None:
+    def acquire(self, bucket: str, subject: str, cost: int = 1) -> None:
         limit = self._limits.get(bucket)
         if limit is None:  # start-up checks every policy's bucket; never "unknown = unlimited"
             raise LookupError(f"rate-limit bucket {bucket!r} is not configured")
@@ -48,6 +50,6 @@ class RateLimiter:
             self._buckets.move_to_end(key)
             state.tokens = min(limit.capacity, state.tokens + (now - state.updated) * rate)
             state.updated = now
-        if state.tokens < 1.0:
-            raise RateLimited(bucket, (1.0 - state.tokens) / rate)
-        state.tokens -= 1.0
+        if state.tokens < cost:
+            raise RateLimited(bucket, (cost - state.tokens) / rate)
+        state.tokens -= cost

@@ -188,6 +188,16 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         async for raw in raws:
             yield self._decode(policy, handler, raw)
 
+    async def _charged(
+        self, requests: AsyncIterator[Message], bucket: str, subject: str
+    ) -> AsyncIterator[Message]:
+        """A client stream whose every message takes a token: one over the limit ends the
+        request stream with RateLimited (the servicer says what that means for the call)."""
+        assert self._limiter is not None
+        async for message in requests:
+            self._limiter.acquire(bucket, subject)
+            yield message
+
     def _observe(self, attempt: _Attempt) -> None:
         """Latency: of the whole call (unary responses), or until the first message (streams)."""
         if attempt.timed:
@@ -297,7 +307,13 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         try:
             call = self._authorize(policy, attempt, context)
             assert policy is not None  # _authorize refuses a method without one
-            response = await inner(request(policy), call)
+            message = request(policy)
+            if policy.items and self._limiter is not None:
+                # A batch: a token per item; the call took the first.
+                extra = len(getattr(message, policy.items)) - 1
+                if extra > 0:
+                    self._limiter.acquire(policy.bucket, call.principal.subject, extra)
+            response = await inner(message, call)
         except Exception as exc:  # every error goes through the one table
             await self._fail(context, exc, attempt)
             return None
@@ -330,7 +346,10 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         try:
             call = self._authorize(policy, attempt, context)
             assert policy is not None  # _authorize refuses a method without one
-            stream = inner(request(policy), call).__aiter__()
+            incoming = request(policy)
+            if policy.each_request and self._limiter is not None:
+                incoming = self._charged(incoming, policy.bucket, call.principal.subject)
+            stream = inner(incoming, call).__aiter__()
             first = asyncio.ensure_future(stream.__anext__())
             done, _ = await asyncio.wait({first}, timeout=FIRST_MESSAGE_GRACE)
             if not done:  # a stream that waits for something to send: headers now

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor import FieldDescriptor, FileDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
@@ -37,6 +37,10 @@ class MethodPolicy:
     admin_only: bool
     # Raised for a request that breaks its declared field rules (the system's own subclass).
     invalid: InvalidRequestError
+    # A batch: the repeated request field whose items take a token each (at least one).
+    items: str = ""
+    # A client stream: each request message takes a token (besides the call's own).
+    each_request: bool = False
 
 
 def policies_from(
@@ -62,13 +66,29 @@ def policies_from(
                     continue
                 declared = options.Extensions[options_pb2.policy]
                 full = f"/{service.full_name}/{method.name}"
+                items = declared.rate_limit_items
+                if items:
+                    field = method.input_type.fields_by_name.get(items)
+                    if field is None or not _repeated(field) or method.client_streaming:
+                        raise PolicyError(
+                            f"{full}: rate_limit_items {items!r} is not a repeated field of a "
+                            "unary request"
+                        )
+                if declared.rate_limit_each_request and not method.client_streaming:
+                    raise PolicyError(f"{full}: rate_limit_each_request needs a client stream")
                 table[full] = MethodPolicy(
                     full,
                     declared.rate_limit_bucket,
                     declared.admin_only,
                     per_method.get(method.full_name, invalid),
+                    items,
+                    declared.rate_limit_each_request,
                 )
     return table
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
 
 
 def check_buckets(policies: Mapping[str, MethodPolicy], configured: Iterable[str]) -> None:

@@ -4,15 +4,17 @@ message. Each message in a batch is treated as if it came alone."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import httpx
 import pytest
 
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
+from lucid_cp.config import RateLimit
 from tests.gateway.gw_live import Stack, bearer, start_stack
 
-from .conftest import Queue, message, until
+from .conftest import SETTINGS, Queue, message, open_queue, until
 from .fake_consumer import FakeConsumer
 from .test_rest import BASE, GW, body, error, fields
 
@@ -204,3 +206,19 @@ async def test_publish_ends_at_an_invalid_or_foreign_message(q: Queue) -> None:
     answers, error = await publish(q, [message(), message(source="tron-node")])
     assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert len(answers) == 1
+
+
+async def test_batches_and_publish_streams_take_a_token_per_message() -> None:
+    settings = replace(SETTINGS, rate_limits_enabled=True, rate_limits={"messages": RateLimit(10)})
+    async for q in open_queue(settings):
+        answer = await send_many(q, [message() for _ in range(6)])  # 6 of 10
+        assert len(answer.results) == 6
+        over = [message() for _ in range(5)]  # 5 > the 4 left: all refused, nothing stored
+        with pytest.raises(grpc.aio.AioRpcError) as limited:
+            await send_many(q, over)
+        assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(q.system.index) == 6
+        # A stream: one token to open, one per message; 3 left, so 2 messages get through.
+        answers, error = await publish(q, [message() for _ in range(4)])
+        assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(answers) == 2 and len(q.system.index) == 8

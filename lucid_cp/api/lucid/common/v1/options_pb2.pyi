@@ -279,21 +279,33 @@ class MethodPolicy(_message.Message):
 
     RATE_LIMIT_BUCKET_FIELD_NUMBER: _builtins.int
     ADMIN_ONLY_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_ITEMS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_EACH_REQUEST_FIELD_NUMBER: _builtins.int
     rate_limit_bucket: _builtins.str
     """Per-principal token bucket the method draws from (configured in the system's module,
     overridable with `lucid-cp serve --rate-limit BUCKET=N/SECONDS`). Required.
     """
     admin_only: _builtins.bool
     """Only admin principals may call the method; service tokens are refused."""
+    rate_limit_items: _builtins.str
+    """A unary method whose request carries several items (a batch): the name of that repeated
+    field; the call takes one token per item (at least one).
+    """
+    rate_limit_each_request: _builtins.bool
+    """A client-streaming method whose every request message is a unit of work (a pipelined
+    send): each message takes one token, besides the one the call takes when it opens.
+    """
     def __init__(
         self,
         *,
         rate_limit_bucket: _builtins.str = ...,
         admin_only: _builtins.bool = ...,
+        rate_limit_items: _builtins.str = ...,
+        rate_limit_each_request: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_only", b"admin_only", "rate_limit_bucket", b"rate_limit_bucket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_only", b"admin_only", "rate_limit_bucket", b"rate_limit_bucket", "rate_limit_each_request", b"rate_limit_each_request", "rate_limit_items", b"rate_limit_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -114,7 +114,8 @@ class MessageServiceServicer:
 
     def SendMessages(self, request, context):
         """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
-        Counts as one request against the rate limit.
+        Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
+        when the bucket holds fewer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,7 +126,9 @@ class MessageServiceServicer:
         sent alone, and answered by a SendResult (matched by messageId; answers may come out of
         order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
         message that is invalid or not the caller's ends the stream with that error (400/403)
-        after the answers of those before it. Counts once against the rate limit, when it opens.
+        after the answers of those before it. The stream takes a token of the rate limit when it
+        opens and one per message: a message over the limit ends it with RESOURCE_EXHAUSTED (429)
+        after the answers of those before it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,14 +68,17 @@ class MessageServiceStub:
     """
     SendMessages: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SendMessagesRequest, _messages_pb2.SendMessagesResponse]
     """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
-    Counts as one request against the rate limit.
+    Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
+    when the bucket holds fewer).
     """
     PublishMessages: _grpc.StreamStreamMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendResult]
     """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
     sent alone, and answered by a SendResult (matched by messageId; answers may come out of
     order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
     message that is invalid or not the caller's ends the stream with that error (400/403)
-    after the answers of those before it. Counts once against the rate limit, when it opens.
+    after the answers of those before it. The stream takes a token of the rate limit when it
+    opens and one per message: a message over the limit ends it with RESOURCE_EXHAUSTED (429)
+    after the answers of those before it.
     """
     GetMessageStatus: _grpc.UnaryUnaryMultiCallable[_messages_pb2.GetMessageStatusRequest, _messages_pb2.MessageStatus]
     """The status of a message the caller sent or received (admin: any); 404 otherwise."""
@@ -110,14 +113,17 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """
     SendMessages: _aio.UnaryUnaryMultiCallable[_messages_pb2.SendMessagesRequest, _messages_pb2.SendMessagesResponse]  # type: ignore[assignment]
     """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
-    Counts as one request against the rate limit.
+    Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
+    when the bucket holds fewer).
     """
     PublishMessages: _aio.StreamStreamMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendResult]  # type: ignore[assignment]
     """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
     sent alone, and answered by a SendResult (matched by messageId; answers may come out of
     order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
     message that is invalid or not the caller's ends the stream with that error (400/403)
-    after the answers of those before it. Counts once against the rate limit, when it opens.
+    after the answers of those before it. The stream takes a token of the rate limit when it
+    opens and one per message: a message over the limit ends it with RESOURCE_EXHAUSTED (429)
+    after the answers of those before it.
     """
     GetMessageStatus: _aio.UnaryUnaryMultiCallable[_messages_pb2.GetMessageStatusRequest, _messages_pb2.MessageStatus]  # type: ignore[assignment]
     """The status of a message the caller sent or received (admin: any); 404 otherwise."""
@@ -161,7 +167,8 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.SendMessagesResponse, _abc.Awaitable[_messages_pb2.SendMessagesResponse]]:
         """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
-        Counts as one request against the rate limit.
+        Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
+        when the bucket holds fewer).
         """
 
     @_abc_1.abstractmethod
@@ -174,7 +181,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         sent alone, and answered by a SendResult (matched by messageId; answers may come out of
         order) once stored. At most 1,000 unanswered at a time (more waits, by flow control). A
         message that is invalid or not the caller's ends the stream with that error (400/403)
-        after the answers of those before it. Counts once against the rate limit, when it opens.
+        after the answers of those before it. The stream takes a token of the rate limit when it
+        opens and one per message: a message over the limit ends it with RESOURCE_EXHAUSTED (429)
+        after the answers of those before it.
         """
 
     @_abc_1.abstractmethod
