@@ -103,6 +103,8 @@ class _FieldPlan:
     set_default: Callable[[Message], None] | None  # applies default_json, compiled once
     recurse: bool  # a message field (or repeated message, or map value) of a project type
     free_form: bool  # a Struct / Value / ListValue field (or repeated, or map value)
+    repeated: bool = False
+    presence: bool = False  # has_presence (HasField tells whether it is set)
 
 
 def _default_setter(field: FieldDescriptor, default_json: str) -> Callable[[Message], None]:
@@ -157,7 +159,18 @@ def _plan(descriptor: Descriptor) -> tuple[_FieldPlan, ...]:
         setter = (
             _default_setter(field, rules.default_json) if rules and rules.default_json else None
         )
-        plans.append(_FieldPlan(field, rules, pattern, setter, recurse, free_form))
+        plans.append(
+            _FieldPlan(
+                field,
+                rules,
+                pattern,
+                setter,
+                recurse,
+                free_form,
+                _is_repeated(field),
+                not _is_repeated(field) and field.has_presence,
+            )
+        )
     return tuple(plans)
 
 
@@ -240,18 +253,24 @@ def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
     descriptor = message.DESCRIPTOR
     for plan in _plan(descriptor):
         field = plan.field
-        path = f"{prefix}{field.json_name}"
-        present = _present(message, field)
+        name = field.name
+        if plan.repeated:
+            present = len(getattr(message, name)) > 0
+        elif plan.presence:
+            present = message.HasField(name)
+        else:
+            present = bool(getattr(message, name))
         if not present and plan.set_default is not None:
             plan.set_default(message)
             present = True
         rules = plan.rules
         if not present:
             if rules is not None and rules.required:
-                out.append(FieldViolation(path, "is required"))
+                out.append(FieldViolation(f"{prefix}{field.json_name}", "is required"))
             continue
-        value = getattr(message, field.name)
-        if _is_repeated(field):
+        value = getattr(message, name)
+        path = f"{prefix}{field.json_name}"
+        if plan.repeated:
             _check_items(plan, path, value, out)
             continue
         if field.message_type is not None:
@@ -333,12 +352,35 @@ def non_finite(message: Message, path: str = "") -> list[str]:
 
 def _bad_free_form(value: Message, path: str, out: list[FieldViolation]) -> bool:
     """Too deep, or holding a non-finite number: field violations, True."""
-    if json_depth(value) > MAX_STRUCT_DEPTH:
+    depth, finite = _scan(value)
+    if depth > MAX_STRUCT_DEPTH:
         out.append(FieldViolation(path, f"must be nested at most {MAX_STRUCT_DEPTH} levels deep"))
         return True
+    if finite:
+        return False
     bad = non_finite(value, path)
     out.extend(FieldViolation(p, "must be a finite number (not NaN or Infinity)") for p in bad)
     return bool(bad)
+
+
+def _scan(message: Message) -> tuple[int, bool]:
+    """(``json_depth``, whether every number is finite) of a Struct, Value or ListValue, in
+    one walk (paths of non-finite numbers are looked for only when there are some)."""
+    name = message.DESCRIPTOR.full_name
+    if name == _STRUCT or name == _LIST_VALUE:
+        items = message.fields.values() if name == _STRUCT else message.values  # type: ignore[attr-defined]
+        depth, finite = 0, True
+        for item in items:
+            d, f = _scan(item)
+            depth = max(depth, d)
+            finite = finite and f
+        return 1 + depth, finite
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value" or kind == "list_value":
+        return _scan(getattr(message, kind))
+    if kind == "number_value":
+        return 0, math.isfinite(message.number_value)  # type: ignore[attr-defined]
+    return 0, True
 
 
 def deepest_free_form(descriptor: Descriptor, depth: int = 1) -> int:

@@ -207,9 +207,10 @@ class QueueIndex:
 
     # -- applying ----------------------------------------------------------------------------
 
-    def note(self, kv: KeyValue) -> None:
+    def note(self, kv: KeyValue, record: spb.StoredMessage | None = None) -> None:
         """A message record this replica wrote or read (a txn's result): applied now, unless the
-        index already holds something newer."""
+        index already holds something newer. ``record``: ``kv.value`` decoded, when the caller
+        has it (records are never changed in place: every transition makes a new one)."""
         message_id = keys.message_id_of(kv.key)
         if message_id is None:
             return
@@ -218,7 +219,7 @@ class QueueIndex:
         if self._noted.get(message_id, 0) >= kv.mod_revision:
             return
         self._noted[message_id] = kv.mod_revision
-        self._put(message_id, kv)
+        self._put(message_id, kv, record)
 
     def apply_event(self, event: WatchEvent) -> None:
         message_id = keys.message_id_of(event.kv.key)
@@ -240,8 +241,9 @@ class QueueIndex:
         else:
             self._drop(message_id, None)
 
-    def _put(self, message_id: str, kv: KeyValue) -> None:
-        record = spb.StoredMessage.FromString(kv.value)
+    def _put(self, message_id: str, kv: KeyValue, record: spb.StoredMessage | None = None) -> None:
+        if record is None:
+            record = spb.StoredMessage.FromString(kv.value)
         if record.message.message_id != message_id:
             raise ValueError(f"the record holds messageId {record.message.message_id!r}")
         if record.state in records.FINAL:

@@ -181,7 +181,7 @@ class MessageQueue:
         message = record.message
         if result.succeeded:
             key = keys.message_key(message.message_id)
-            self._index.note(KeyValue(key, value, result.revision, result.revision, 1))
+            self._index.note(KeyValue(key, value, result.revision, result.revision, 1), record)
             return records.accepted(record, result.revision)
         existing = result.responses[0]
         assert isinstance(existing, KeyValue)  # the compare failed: the key exists (one txn)
@@ -579,7 +579,7 @@ class MessageQueue:
     ) -> tuple[Known | None, KeyValue | None]:
         if result.succeeded:
             kv = KeyValue(begun.key, begun.value, known.create_revision, result.revision, 0)
-            self._index.note(kv)
+            self._index.note(kv, begun.record)
             return Known(begun.record, result.revision, known.create_revision), None
         current = result.responses[0] if result.responses else None
         if isinstance(current, KeyValue):

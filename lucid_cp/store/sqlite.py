@@ -140,6 +140,9 @@ class _Write:
 
     revision: int
     keys: list[bytes] = field(default_factory=list)
+    # Rows the txn's compares read, by key (None: missing), until a put of the key uses them
+    # (a compare-and-swap then reads its row once).
+    compared: dict[bytes, tuple[int, int, int] | None] = field(default_factory=dict)
 
 
 class _Engine:
@@ -198,9 +201,12 @@ class _Engine:
     def _put(self, w: _Write, key: bytes, value: bytes, lease: int) -> None:
         if lease:
             self._require_lease(lease)
-        row = self._db.execute(
-            "SELECT create_revision, mod_revision, version FROM kv WHERE key = ?", (key,)
-        ).fetchone()
+        if key in w.compared:
+            row = w.compared.pop(key)
+        else:
+            row = self._db.execute(
+                "SELECT create_revision, mod_revision, version FROM kv WHERE key = ?", (key,)
+            ).fetchone()
         if row is None:
             create, prev, version = w.revision, 0, 1
         else:
@@ -262,7 +268,7 @@ class _Engine:
         self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp]
     ) -> TxnResult:
         def body(w: _Write) -> tuple[bool, list[KeyValue | int | None]]:
-            succeeded = all(self._compare(c) for c in compares)
+            succeeded = all(self._compare(c, w) for c in compares)
             responses: list[KeyValue | int | None] = []
             for op in success if succeeded else failure:
                 if isinstance(op, Put):
@@ -277,11 +283,12 @@ class _Engine:
         succeeded, responses = self._write(body)
         return TxnResult(succeeded, self.revision, responses)
 
-    def _compare(self, c: Compare) -> bool:
+    def _compare(self, c: Compare, w: _Write) -> bool:
         row = self._db.execute(
             "SELECT value, create_revision, mod_revision, version, lease FROM kv WHERE key = ?",
             (c.key,),
         ).fetchone()
+        w.compared[c.key] = None if row is None else (row[1], row[2], row[3])
         return holds(c, None if row is None else KeyValue(c.key, *row))
 
     def grant_lease(self, ttl: int) -> Lease:
