@@ -70,7 +70,7 @@ class QueueStore(KeyReader, KeyWriter, Protocol):
     """The store methods the core uses: reads and txns."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # made several times per message: no frozen-init cost
 class Known:
     """A record as some reader last saw it, with the revisions a compare-and-swap needs."""
 
@@ -588,7 +588,7 @@ class MessageQueue:
         return None, None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # made several times per message: no frozen-init cost
 class PendingSend:
     """A submitted send: its record, the record's bytes, the create-only txn's future."""
 
@@ -597,7 +597,7 @@ class PendingSend:
     future: asyncio.Future[TxnResult]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)  # made several times per message: no frozen-init cost
 class _Begun:
     """A submitted compare-and-swap: the new record, its key and bytes, the txn's future."""
 

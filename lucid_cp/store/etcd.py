@@ -146,11 +146,6 @@ def _batches(events: Iterable[Any], from_revision: int) -> list[WatchBatch]:
     return batches
 
 
-def _compare_message(c: Compare) -> Any:
-    target, field_name = _COMPARE_TARGETS[c.target]
-    return rpc.Compare(key=c.key, result=_COMPARE_OPS[c.op], target=target, **{field_name: c.value})
-
-
 def _request_op(op: TxnOp) -> Any:
     if isinstance(op, Put):
         return rpc.RequestOp(request_put=rpc.PutRequest(key=op.key, value=op.value, lease=op.lease))
@@ -163,6 +158,32 @@ def _request_op(op: TxnOp) -> Any:
         return rpc.RequestOp(request_delete_range=request)
     assert isinstance(op, Get)
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key))
+
+
+def _txn_request(
+    compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp]
+) -> Any:
+    """The etcd TxnRequest, built in place (a third of the cost of nested constructors: a
+    joined txn carries hundreds of ops)."""
+    request = rpc.TxnRequest()
+    add_compare = request.compare.add
+    for c in compares:
+        target, field_name = _COMPARE_TARGETS[c.target]
+        compare = add_compare(key=c.key, result=_COMPARE_OPS[c.op], target=target)
+        setattr(compare, field_name, c.value)
+    for ops, branch in ((success, request.success), (failure, request.failure)):
+        for op in ops:
+            if type(op) is Put:
+                put = branch.add().request_put
+                put.key = op.key
+                put.value = op.value
+                if op.lease:
+                    put.lease = op.lease
+            elif type(op) is Get:
+                branch.add().request_range.key = op.key
+            else:
+                branch.append(_request_op(op))
+    return request
 
 
 def _response(resp: Any) -> KeyValue | int | None:
@@ -584,11 +605,7 @@ class EtcdStore:
         failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
         check_txn(compares, success, failure)
-        request = rpc.TxnRequest(
-            compare=[_compare_message(c) for c in compares],
-            success=[_request_op(op) for op in success],
-            failure=[_request_op(op) for op in failure],
-        )
+        request = _txn_request(compares, success, failure)
         leases = [op.lease for op in (*success, *failure) if isinstance(op, Put) and op.lease]
 
         def send(c: _Connection, t: float) -> Awaitable[Any]:
