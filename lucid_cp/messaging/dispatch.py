@@ -21,6 +21,7 @@ it has nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from lucid_cp.clock import Clock
 from lucid_cp.messaging import records
 from lucid_cp.messaging.claims import Claimer, Wakeups
 from lucid_cp.messaging.index import Entry, QueueIndex
+from lucid_cp.messaging.queue import DirectSlot
 from lucid_cp.tasks import cancel_and_wait
 
 log = logging.getLogger("lucid_cp.messaging.dispatch")
@@ -141,6 +143,8 @@ class Dispatcher:
         self._replica = replica
         self._services: dict[str, _Service] = {}
         self._holders: dict[str, Consumer] = {}
+        # Messages claimed for a consumer here as they were sent (no claim of their own).
+        self.direct_claims = 0
         index.listen(self._changed)
 
     @property
@@ -171,6 +175,34 @@ class Dispatcher:
             del self._services[consumer.service]
             if state.task is not None:
                 state.task.cancel()
+
+    def reserve_direct(self, service: str) -> DirectSlot | None:
+        """For a message of ``service`` being sent while nothing of it waits: a free slot of
+        one of its consumers here (round-robin), reserved until the send is written; None when
+        every consumer is full (the message is queued as usual)."""
+        state = self._services.get(service)
+        if state is None or not state.consumers:
+            return None
+        now = self._clock.now()
+        consumers = state.consumers
+        start = state.cursor % len(consumers)
+        for consumer in consumers[start:] + consumers[:start]:
+            if not consumer.closed and consumer.free(now) > 0:
+                state.cursor += 1
+                consumer.reserved += 1
+                give = functools.partial(self._direct_written, state, consumer)
+                return DirectSlot(consumer.label, consumer.ack_wait, give)
+        return None
+
+    def _direct_written(
+        self, state: _Service, consumer: Consumer, record: spb.StoredMessage | None
+    ) -> None:
+        consumer.reserved -= 1
+        if record is None:
+            self._wakeups.notify(consumer.service)  # the slot is free again
+            return
+        self.direct_claims += 1
+        self._hand(state, consumer, record)
 
     def settled(self, consumer: Consumer, message_id: str) -> None:
         """The consumer acked or nacked ``message_id``, or the message left that attempt: its

@@ -182,6 +182,11 @@ class QueueIndex:
                 next_due = at if next_due is None else min(next_due, at)
         return ready, stale, next_due
 
+    def waiting(self, destination: str) -> int:
+        """How many of the destination's messages are queued (due or backing off)."""
+        queue = self._queues.get(destination)
+        return len(queue.order) - len(queue.processing) if queue is not None else 0
+
     def processing(self, destination: str) -> int:
         """How many of the destination's messages are being processed, on any replica."""
         queue = self._queues.get(destination)

@@ -82,6 +82,7 @@ class MessagingSystem:
         self.dispatcher = Dispatcher(
             self.claimer, self.index, self.wakeups, env.clock, replica, self.queue.consumer_config
         )
+        self.queue.direct = self.dispatcher.reserve_direct
         self.pusher = Pusher(
             self.claimer,
             self.queue,
@@ -110,6 +111,13 @@ class MessagingSystem:
             "lucid_messaging_pushed",
             "Messages pushed by this replica and answered 2xx.",
             lambda: pusher.pushed,
+        )
+        dispatcher = self.dispatcher
+        count_from(
+            metrics,
+            "lucid_messaging_direct_claims",
+            "Messages claimed for a Consume stream of this replica as they were sent.",
+            lambda: dispatcher.direct_claims,
         )
         count_from(
             metrics,

@@ -15,6 +15,7 @@ anyone, and a message the caller neither sent nor received is "not found".
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,10 @@ class MessageQueue:
         self._store = store
         # Sends and record changes: concurrent ones share store txns (group commit).
         self.writes = GroupCommit(store)
+        # Direct delivery: the dispatcher's "a consumer slot for this destination, if any".
+        self.direct: Callable[[str], DirectSlot | None] | None = None
+        # Sends in flight that were not claimed directly, per destination.
+        self._sending: dict[str, int] = {}
         self._index = index
         self._clock = clock
         self.replica = replica
@@ -170,19 +175,59 @@ class MessageQueue:
         return self._end_new(pending, await pending.future)
 
     def _begin_new(self, message: pb.InterServiceMessage) -> PendingSend:
-        record = records.new_record(message, self._clock.now())
+        now = self._clock.now()
+        record = records.new_record(message, now)
+        destination = message.destination
+        slot = self._direct_slot(destination)
+        if slot is not None:
+            # Nothing of the destination waits and a consumer here has room: the message is
+            # written claimed for it (attempt 1), and handed over once written.
+            record = records.claim(record, now, slot.consumer, self.replica, slot.ack_wait)
+        else:
+            self._sending[destination] = self._sending.get(destination, 0) + 1
         key = keys.message_key(message.message_id)
         value = record.SerializeToString()
         future = self.writes.submit([key_missing(key)], [Put(key, value)], [Get(key)])
-        return PendingSend(record, value, future)
+        pending = PendingSend(record, value, future, slot)
+        future.add_done_callback(functools.partial(self._written_new, pending))
+        return pending
+
+    def _direct_slot(self, destination: str) -> DirectSlot | None:
+        """A slot of a consumer on this replica for a message sent now, when nothing of the
+        destination is queued here (the index) nor on its way to be (sends in flight): a
+        direct claim never overtakes a message sent before it."""
+        if self.direct is None or self._sending.get(destination, 0):
+            return None
+        if self._index.waiting(destination):
+            return None
+        return self.direct(destination)
+
+    def _written_new(self, pending: PendingSend, done: asyncio.Future[TxnResult]) -> None:
+        """Runs when a send's write returned, whoever awaits it (or nobody): the index notes
+        the record, a direct claim is handed to its consumer (or its slot given back)."""
+        record = pending.record
+        destination = record.message.destination
+        result = None if done.cancelled() or done.exception() else done.result()
+        written = result is not None and result.succeeded
+        if written:
+            assert result is not None
+            key = keys.message_key(record.message.message_id)
+            kv = KeyValue(key, pending.value, result.revision, result.revision, 1)
+            self._index.note(kv, record)
+        if pending.slot is not None:
+            pending.slot.give(record if written else None)
+        else:
+            left = self._sending[destination] - 1
+            if left:
+                self._sending[destination] = left
+            else:
+                del self._sending[destination]
 
     def _end_new(self, pending: PendingSend, result: TxnResult) -> pb.MessageResponse:
-        record, value = pending.record, pending.value
+        record = pending.record
         message = record.message
         if result.succeeded:
-            key = keys.message_key(message.message_id)
-            self._index.note(KeyValue(key, value, result.revision, result.revision, 1), record)
-            return records.accepted(record, result.revision)
+            return records.accepted(record, result.revision)  # noted by _written_new
         existing = result.responses[0]
         assert isinstance(existing, KeyValue)  # the compare failed: the key exists (one txn)
         stored = spb.StoredMessage.FromString(existing.value)
@@ -590,11 +635,24 @@ class MessageQueue:
 
 @dataclass(slots=True, eq=False)  # made several times per message: no frozen-init cost
 class PendingSend:
-    """A submitted send: its record, the record's bytes, the create-only txn's future."""
+    """A submitted send: its record, the record's bytes, the create-only txn's future, and the
+    consumer slot it was claimed for (None: written queued)."""
 
     record: spb.StoredMessage
     value: bytes
     future: asyncio.Future[TxnResult]
+    slot: DirectSlot | None = None
+
+
+@dataclass(slots=True, eq=False)
+class DirectSlot:
+    """A free slot of a consumer on this replica, reserved for a message being sent:
+    ``give(record)`` once it is written claimed for ``consumer`` (None: not written, the slot
+    is free again)."""
+
+    consumer: str  # the claim's consumer label
+    ack_wait: float  # seconds
+    give: Callable[[spb.StoredMessage | None], None]
 
 
 @dataclass(slots=True, eq=False)  # made several times per message: no frozen-init cost
