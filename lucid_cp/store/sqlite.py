@@ -268,9 +268,13 @@ class _Engine:
         self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp]
     ) -> TxnResult:
         def body(w: _Write) -> tuple[bool, list[KeyValue | int | None]]:
-            succeeded = all(self._compare(c, w) for c in compares)
+            succeeded = self._compare_all(compares, w)
+            ops = success if succeeded else failure
+            if len(ops) > 1 and all(type(op) is Put for op in ops):
+                self._put_all(w, ops)  # type: ignore[arg-type]
+                return succeeded, [None] * len(ops)
             responses: list[KeyValue | int | None] = []
-            for op in success if succeeded else failure:
+            for op in ops:
                 if isinstance(op, Put):
                     self._put(w, op.key, op.value, op.lease)
                     responses.append(None)
@@ -282,6 +286,62 @@ class _Engine:
 
         succeeded, responses = self._write(body)
         return TxnResult(succeeded, self.revision, responses)
+
+    def _rows(self, keys: Sequence[bytes]) -> dict[bytes, tuple[bytes, int, int, int, int]]:
+        """(value, create_revision, mod_revision, version, lease) of each existing key, in one
+        query (a txn holds at most MAX_TXN_OPS keys: within sqlite's parameter limit)."""
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        cursor = self._db.execute(
+            "SELECT key, value, create_revision, mod_revision, version, lease FROM kv"
+            f" WHERE key IN ({marks})",
+            list(keys),
+        )
+        return {row[0]: row[1:] for row in cursor}
+
+    def _compare_all(self, compares: Sequence[Compare], w: _Write) -> bool:
+        """Every compare, against the rows read in one query (each kept for a put of its key
+        in the same txn, so a compare-and-swap reads its row once)."""
+        if len(compares) == 1:
+            return self._compare(compares[0], w)
+        rows = self._rows(list(dict.fromkeys(c.key for c in compares)))
+        held = True
+        for c in compares:
+            row = rows.get(c.key)
+            w.compared[c.key] = None if row is None else (row[1], row[2], row[3])
+            held = held and holds(c, None if row is None else KeyValue(c.key, *row))
+        return held
+
+    def _put_all(self, w: _Write, puts: Sequence[Put]) -> None:
+        """A branch of puts only (of distinct keys: validated), written with two statements."""
+        for lease in {p.lease for p in puts if p.lease}:
+            self._require_lease(lease)
+        unread = [p.key for p in puts if p.key not in w.compared]
+        fetched = self._rows(unread)
+        kv_rows = []
+        history_rows = []
+        for p in puts:
+            if p.key in w.compared:
+                known = w.compared.pop(p.key)
+            else:
+                row = fetched.get(p.key)
+                known = None if row is None else (row[1], row[2], row[3])
+            if known is None:
+                create, prev, version = w.revision, 0, 1
+            else:
+                create, prev, version = known[0], known[1], known[2] + 1
+            kv_rows.append((p.key, p.value, create, w.revision, version, p.lease))
+            history_rows.append((w.revision, p.key, p.value, create, version, p.lease, prev))
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", kv_rows
+        )
+        self._db.executemany(
+            "INSERT INTO history (revision, key, deleted, value, create_revision, version, lease,"
+            " prev_revision) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+            history_rows,
+        )
+        w.keys.extend(p.key for p in puts)
 
     def _compare(self, c: Compare, w: _Write) -> bool:
         row = self._db.execute(
