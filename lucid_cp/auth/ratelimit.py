@@ -18,8 +18,8 @@ class _Bucket:
 
 class RateLimiter:
     """``acquire(bucket, subject, cost)`` takes ``cost`` tokens (one by default) or raises
-    RateLimited with the wait time (none taken). A cost above the bucket's capacity can never be
-    met: callers keep costs below it (a batch's items are capped by its field rules).
+    RateLimited with the wait time (none taken). A cost above the bucket's capacity takes the
+    whole bucket (it could never be met otherwise).
 
     Buckets are kept per (bucket name, subject); the least recently used are forgotten past
     ``max_principals`` (a forgotten bucket restarts full, which only ever errs on the lenient side).
@@ -50,6 +50,7 @@ class RateLimiter:
             self._buckets.move_to_end(key)
             state.tokens = min(limit.capacity, state.tokens + (now - state.updated) * rate)
             state.updated = now
+        cost = min(cost, limit.capacity)  # a batch larger than the bucket takes all of it
         if state.tokens < cost:
             raise RateLimited(bucket, (cost - state.tokens) / rate)
         state.tokens -= cost

@@ -190,18 +190,18 @@ class Dispatcher:
             if not consumer.closed and consumer.free(now) > 0:
                 state.cursor += 1
                 consumer.reserved += 1
-                give = functools.partial(self._direct_written, state, consumer)
+                give = functools.partial(self._direct_written, consumer)
                 return DirectSlot(consumer.label, consumer.ack_wait, give)
         return None
 
-    def _direct_written(
-        self, state: _Service, consumer: Consumer, record: spb.StoredMessage | None
-    ) -> None:
+    def _direct_written(self, consumer: Consumer, record: spb.StoredMessage | None) -> None:
         consumer.reserved -= 1
         if record is None:
             self._wakeups.notify(consumer.service)  # the slot is free again
             return
         self.direct_claims += 1
+        # The service's consumers as they are now (all may have left and others come).
+        state = self._services.get(consumer.service) or _Service()
         self._hand(state, consumer, record)
 
     def settled(self, consumer: Consumer, message_id: str) -> None:

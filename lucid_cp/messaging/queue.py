@@ -134,7 +134,11 @@ class MessageQueue:
         for n, message in enumerate(messages):
             self._check_send(principal, message, f"messages[{n}]")
         begun = [self._begin_new(m) for m in messages]
-        answers = await asyncio.gather(*(b.future for b in begun), return_exceptions=True)
+        # Shielded: a caller that goes away does not cancel writes already submitted (their
+        # callbacks must see how they ended).
+        answers = await asyncio.gather(
+            *(asyncio.shield(b.future) for b in begun), return_exceptions=True
+        )
         return [self.send_result(b, a) for b, a in zip(begun, answers, strict=True)]
 
     def submit_send(self, principal: Principal, message: pb.InterServiceMessage) -> PendingSend:
@@ -172,7 +176,7 @@ class MessageQueue:
 
     async def _store_new(self, message: pb.InterServiceMessage) -> pb.MessageResponse:
         pending = self._begin_new(message)
-        return self._end_new(pending, await pending.future)
+        return self._end_new(pending, await asyncio.shield(pending.future))
 
     def _begin_new(self, message: pb.InterServiceMessage) -> PendingSend:
         now = self._clock.now()
@@ -209,19 +213,21 @@ class MessageQueue:
         destination = record.message.destination
         result = None if done.cancelled() or done.exception() else done.result()
         written = result is not None and result.succeeded
-        if written:
-            assert result is not None
-            key = keys.message_key(record.message.message_id)
-            kv = KeyValue(key, pending.value, result.revision, result.revision, 1)
-            self._index.note(kv, record)
-        if pending.slot is not None:
-            pending.slot.give(record if written else None)
-        else:
-            left = self._sending[destination] - 1
-            if left:
-                self._sending[destination] = left
+        try:
+            if written:
+                assert result is not None
+                key = keys.message_key(record.message.message_id)
+                kv = KeyValue(key, pending.value, result.revision, result.revision, 1)
+                self._index.note(kv, record)
+        finally:  # whatever the note did, the slot or the count is given back
+            if pending.slot is not None:
+                pending.slot.give(record if written else None)
             else:
-                del self._sending[destination]
+                left = self._sending[destination] - 1
+                if left:
+                    self._sending[destination] = left
+                else:
+                    del self._sending[destination]
 
     def _end_new(self, pending: PendingSend, result: TxnResult) -> pb.MessageResponse:
         record = pending.record

@@ -199,12 +199,16 @@ class GroupCommit:
         keys: set[bytes] = set()
         compares = ops = size = 0
         waiting: list[_Member] = []
+        blocked: set[bytes] = set()
         while self._queue:
             member = self._queue.popleft()
-            if not self._in_flight.keys().isdisjoint(member.keys) or not keys.isdisjoint(
-                member.keys
+            if (
+                not self._in_flight.keys().isdisjoint(member.keys)
+                or not keys.isdisjoint(member.keys)
+                or not blocked.isdisjoint(member.keys)
             ):
                 waiting.append(member)
+                blocked.update(member.keys)  # nothing after it may pass it on any of its keys
                 continue
             if not member.joinable:
                 if group:

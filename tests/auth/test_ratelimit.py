@@ -147,3 +147,17 @@ def test_unknown_bucket_is_refused() -> None:
     rl = limiter(FakeClock())
     with pytest.raises((LookupError, ValueError)):  # KeyError is a LookupError
         rl.acquire("no-such-bucket", "alice")
+
+
+def test_a_cost_takes_that_many_tokens_and_one_above_capacity_takes_the_bucket() -> None:
+    clock = FakeClock()
+    rl = limiter(clock)  # 3 per 60 s
+    rl.acquire("registration", "alice", 2)
+    with pytest.raises(RateLimited) as err:
+        rl.acquire("registration", "alice", 2)  # 1 left: none taken
+    assert err.value.retry_after == pytest.approx(20.0)
+    rl.acquire("registration", "alice", 1)
+    clock.advance(60.0)
+    rl.acquire("registration", "alice", 50)  # a batch larger than the bucket: all of it
+    with pytest.raises(RateLimited):
+        rl.acquire("registration", "alice")

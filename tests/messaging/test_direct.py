@@ -4,7 +4,10 @@ fewer) and handed over once written; never ahead of a message sent before it."""
 
 from __future__ import annotations
 
+import asyncio
+
 from lucid_cp.api.lucid.messaging.v1 import messages_pb2 as pb
+from lucid_cp.auth.tokens import Principal, Role
 
 from .conftest import Queue, message, until
 from .fake_consumer import FakeConsumer
@@ -101,3 +104,21 @@ async def _free(q: Queue) -> bool:
     dispatcher = q.system.dispatcher
     consumers = [c for s in dispatcher._services.values() for c in s.consumers]
     return all(c.reserved == 0 and not c.in_flight for c in consumers)
+
+
+async def test_a_send_whose_caller_left_is_still_handed_over(q: Queue) -> None:
+    # Review: a cancelled SendMessage cancelled its write's future, so a direct claim that was
+    # written anyway stayed with nobody until its ack deadline.
+    consumer = FakeConsumer(q.stub, "tron-node", q.md("tron-node"), max_in_flight=5)
+    try:
+        await until(lambda: _consumers(q, 1))
+        queue = q.system.queue
+        msg = message()
+        principal = Principal("api-gateway", Role.SERVICE)
+        task = asyncio.ensure_future(queue.send(principal, msg))
+        await asyncio.sleep(0)
+        task.cancel()
+        [delivery] = await consumer.wait(1)
+        assert delivery.message.message_id == msg.message_id
+    finally:
+        await consumer.close()

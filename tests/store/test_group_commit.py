@@ -271,3 +271,26 @@ async def test_stop_waits_for_writes_not_yet_sent(store: Counting) -> None:
     pending = group.submit(*create(b"late"))
     await group.stop()
     assert pending.done() and pending.result().succeeded
+
+
+async def test_a_waiting_write_blocks_later_writes_of_any_of_its_keys(store: Counting) -> None:
+    # Review: M2 {k, j} waited for k (in flight) while a later M3 {j} went ahead.
+    gate = asyncio.Event()
+    real = store.txn
+
+    async def gated(*args: Any) -> TxnResult:
+        await gate.wait()
+        return await real(*args)
+
+    store.txn = gated  # type: ignore[method-assign]
+    group = GroupCommit(store, parallel=2)
+    first = asyncio.ensure_future(group.txn([], [Put(b"k", b"1")]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    both = asyncio.ensure_future(group.txn([], [Put(b"k", b"2"), Put(b"j", b"2")]))
+    later = asyncio.ensure_future(group.txn([], [Put(b"j", b"3")]))
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(first, both, later)
+    assert results[0].revision < results[1].revision < results[2].revision
+    assert (await store.store.get(b"j")).value == b"3"  # type: ignore[union-attr]

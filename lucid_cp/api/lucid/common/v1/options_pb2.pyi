@@ -289,7 +289,7 @@ class MethodPolicy(_message.Message):
     """Only admin principals may call the method; service tokens are refused."""
     rate_limit_items: _builtins.str
     """A unary method whose request carries several items (a batch): the name of that repeated
-    field; the call takes one token per item (at least one).
+    field; the call takes one token per item (at least one, at most the bucket's capacity).
     """
     rate_limit_each_request: _builtins.bool
     """A client-streaming method whose every request message is a unit of work (a pipelined

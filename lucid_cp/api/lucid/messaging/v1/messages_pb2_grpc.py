@@ -115,7 +115,7 @@ class MessageServiceServicer:
     def SendMessages(self, request, context):
         """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
         Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
-        when the bucket holds fewer).
+        when the bucket holds fewer; a batch larger than the whole bucket takes all of it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

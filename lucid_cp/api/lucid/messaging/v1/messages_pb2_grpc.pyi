@@ -69,7 +69,7 @@ class MessageServiceStub:
     SendMessages: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SendMessagesRequest, _messages_pb2.SendMessagesResponse]
     """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
     Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
-    when the bucket holds fewer).
+    when the bucket holds fewer; a batch larger than the whole bucket takes all of it).
     """
     PublishMessages: _grpc.StreamStreamMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendResult]
     """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
@@ -114,7 +114,7 @@ class MessageServiceAsyncStub(MessageServiceStub):
     SendMessages: _aio.UnaryUnaryMultiCallable[_messages_pb2.SendMessagesRequest, _messages_pb2.SendMessagesResponse]  # type: ignore[assignment]
     """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
     Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
-    when the bucket holds fewer).
+    when the bucket holds fewer; a batch larger than the whole bucket takes all of it).
     """
     PublishMessages: _aio.StreamStreamMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendResult]  # type: ignore[assignment]
     """SendMessage pipelined on one stream (as a NATS async publish): each request is stored as if
@@ -168,7 +168,7 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messages_pb2.SendMessagesResponse, _abc.Awaitable[_messages_pb2.SendMessagesResponse]]:
         """SendMessage for up to 100 messages at once: 202 with one result per message, in order.
         Takes a token of the rate limit per message (429 for the whole batch, nothing stored,
-        when the bucket holds fewer).
+        when the bucket holds fewer; a batch larger than the whole bucket takes all of it).
         """
 
     @_abc_1.abstractmethod
