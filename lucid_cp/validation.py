@@ -321,15 +321,7 @@ def _check_item(plan: _FieldPlan, path: str, item: Message, out: list[FieldViola
 def json_depth(message: Message) -> int:
     """Levels of JSON nesting of a Struct, Value or ListValue: {} and [] count one level each,
     scalars none."""
-    name = message.DESCRIPTOR.full_name
-    if name == _STRUCT:
-        return 1 + max((json_depth(v) for v in message.fields.values()), default=0)  # type: ignore[attr-defined]
-    if name == _LIST_VALUE:
-        return 1 + max((json_depth(v) for v in message.values), default=0)  # type: ignore[attr-defined]
-    kind = message.WhichOneof("kind")
-    if kind == "struct_value" or kind == "list_value":
-        return json_depth(getattr(message, kind))
-    return 0
+    return _scan(message)[0]
 
 
 def non_finite(message: Message, path: str = "") -> list[str]:

@@ -112,7 +112,19 @@ class MessagingSystem:
             "Messages pushed by this replica and answered 2xx.",
             lambda: pusher.pushed,
         )
-        dispatcher = self.dispatcher
+        dispatcher, writes = self.dispatcher, self.queue.writes
+        count_from(
+            metrics,
+            "lucid_messaging_store_txns",
+            "Store txns the queue's group commit sent (joined or alone).",
+            lambda: writes.txns,
+        )
+        count_from(
+            metrics,
+            "lucid_messaging_store_writes",
+            "Message writes (sends, claims, acks...) those txns carried.",
+            lambda: writes.members,
+        )
         count_from(
             metrics,
             "lucid_messaging_direct_claims",

@@ -199,28 +199,7 @@ class _Engine:
             raise LeaseNotFoundError(lease_id)
 
     def _put(self, w: _Write, key: bytes, value: bytes, lease: int) -> None:
-        if lease:
-            self._require_lease(lease)
-        if key in w.compared:
-            row = w.compared.pop(key)
-        else:
-            row = self._db.execute(
-                "SELECT create_revision, mod_revision, version FROM kv WHERE key = ?", (key,)
-            ).fetchone()
-        if row is None:
-            create, prev, version = w.revision, 0, 1
-        else:
-            create, prev, version = row[0], row[1], row[2] + 1
-        self._db.execute(
-            f"INSERT OR REPLACE INTO kv ({_KV_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            (key, value, create, w.revision, version, lease),
-        )
-        self._db.execute(
-            "INSERT INTO history (revision, key, deleted, value, create_revision, version, lease,"
-            " prev_revision) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
-            (w.revision, key, value, create, version, lease, prev),
-        )
-        w.keys.append(key)
+        self._put_all(w, [Put(key, value, lease)])
 
     def _delete_rows(self, w: _Write, rows: list[tuple[bytes, int]]) -> int:
         if not rows:
@@ -303,8 +282,6 @@ class _Engine:
     def _compare_all(self, compares: Sequence[Compare], w: _Write) -> bool:
         """Every compare, against the rows read in one query (each kept for a put of its key
         in the same txn, so a compare-and-swap reads its row once)."""
-        if len(compares) == 1:
-            return self._compare(compares[0], w)
         rows = self._rows(list(dict.fromkeys(c.key for c in compares)))
         held = True
         for c in compares:
@@ -342,14 +319,6 @@ class _Engine:
             history_rows,
         )
         w.keys.extend(p.key for p in puts)
-
-    def _compare(self, c: Compare, w: _Write) -> bool:
-        row = self._db.execute(
-            "SELECT value, create_revision, mod_revision, version, lease FROM kv WHERE key = ?",
-            (c.key,),
-        ).fetchone()
-        w.compared[c.key] = None if row is None else (row[1], row[2], row[3])
-        return holds(c, None if row is None else KeyValue(c.key, *row))
 
     def grant_lease(self, ttl: int) -> Lease:
         while True:
