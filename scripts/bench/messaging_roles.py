@@ -188,6 +188,13 @@ class SentIds:
     last: list[str] = field(default_factory=list)  # the last messages sent (20)
     refused: list[str] = field(default_factory=list)  # whose SendMessage failed (the first 100)
 
+    def accept(self, *ids: str) -> None:
+        self.last.extend(ids)
+        del self.last[:-20]
+
+    def refuse(self, *ids: str) -> None:
+        self.refused.extend(ids[: max(0, 100 - len(self.refused))])
+
 
 def _ours_sender(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
     """SendMessage (``message``) or PublishEvent (``event``) on one channel."""
@@ -213,14 +220,12 @@ def _ours_sender(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
             try:
                 answer = await send_many(request, metadata=md, timeout=RPC_TIMEOUT)
             except grpc.aio.AioRpcError:
-                if len(sent.refused) < 100:
-                    sent.refused.extend(m.message_id for m in messages)
+                sent.refuse(*(m.message_id for m in messages))
                 raise
             refused = [r.message_id for r in answer.results if not r.HasField("accepted")]
             if refused:
                 raise RuntimeError(f"{len(refused)} of a batch refused: {refused[:3]}")
-            sent.last.extend(m.message_id for m in messages)
-            del sent.last[:-20]
+            sent.accept(*(m.message_id for m in messages))
 
         return send_batch, channel.close
     send = messages_pb2_grpc.MessageServiceStub(channel).SendMessage
@@ -230,11 +235,9 @@ def _ours_sender(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
         try:
             await send(mpb.SendMessageRequest(message=message), metadata=md, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError:
-            if len(sent.refused) < 100:
-                sent.refused.append(message.message_id)
+            sent.refuse(message.message_id)
             raise
-        sent.last.append(message.message_id)
-        del sent.last[:-20]
+        sent.accept(message.message_id)
 
     return send_one, channel.close
 
@@ -281,11 +284,9 @@ def _ours_publisher(spec: dict[str, Any], sent: SentIds) -> tuple[Op, Closer]:
         outbox.put_nowait(mpb.SendMessageRequest(message=message))
         answer = await asyncio.wait_for(future, RPC_TIMEOUT)
         if not answer.HasField("accepted"):
-            if len(sent.refused) < 100:
-                sent.refused.append(message.message_id)
+            sent.refuse(message.message_id)
             raise RuntimeError(f"{answer.code}: {answer.error}")
-        sent.last.append(message.message_id)
-        del sent.last[:-20]
+        sent.accept(message.message_id)
 
     async def close() -> None:
         outbox.put_nowait(None)
